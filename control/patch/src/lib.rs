@@ -1,0 +1,1 @@
+//! Patch semantics of the Kubernetes API server.

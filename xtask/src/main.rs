@@ -1,1 +1,194 @@
-fn main() {}
+//! `cargo xtask <task>`: Skiff's build and dev tasks, in Rust (matklad's xtask pattern).
+//!
+//! `setup` installs what a fresh machine lacks, idempotently and step by step; `up` and `test`
+//! call it first, so the README's two commands are all a new machine needs.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing system packages and toolchain parts (idempotent).
+    Setup,
+    /// Setup, build, and run a single-node cluster (`skiff up`).
+    Up {
+        /// Extra arguments for `skiff up`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, and run the whole test suite.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark area: api, scheduler, pods, dataplane, dns, footprint.
+    Bench { area: String },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn step(msg: &str) {
+    println!("==> {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Debian packages the build and the tests need, and why.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("protobuf-compiler", "etcd-client's build needs protoc"),
+    ("libprotobuf-dev", "etcd-client's build needs the well-known protos"),
+    ("etcd-server", "the etcd storage backend's tests run a real etcd"),
+    ("pkg-config", "finding libnftnl/libmnl"),
+    ("libnftnl-dev", "nftables through nftnl"),
+    ("libmnl-dev", "nftables through nftnl"),
+    ("llvm-22-dev", "bpf-linker links the eBPF programs"),
+    ("dnsutils", "dig for DNS tests"),
+];
+
+fn setup() -> Result<()> {
+    step("checking Debian packages");
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(p, _)| !dpkg_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        println!("    all present");
+    } else {
+        for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+            println!("    missing {p} ({why})");
+        }
+        step("apt-get update");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        step(&format!("apt-get install {}", missing.join(" ")));
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    step("checking rust-src for the nightly toolchain (eBPF builds)");
+    let has_nightly = succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
+    if !has_nightly {
+        println!("    no nightly toolchain installed; eBPF programs cannot be built here (only the stable toolchain is available)");
+    } else {
+        let installed = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src")).unwrap_or(false);
+        if installed {
+            println!("    present");
+        } else {
+            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        }
+    }
+
+    step("checking bpf-linker");
+    let cargo_bin = home::cargo_bin();
+    if cargo_bin.join("bpf-linker").exists() || succeeds(Command::new("bpf-linker").arg("--version")) {
+        println!("    present");
+    } else {
+        println!("    installing bpf-linker against LLVM 22 (about a minute)");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    step("setup done");
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+mod home {
+    use std::path::PathBuf;
+    pub fn cargo_bin() -> PathBuf {
+        std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+            .join("bin")
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    step(if release { "building skiff (release)" } else { "building skiff" });
+    let mut c = cargo();
+    c.args(["build", "-p", "skiff"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(root().join("target").join(if release { "release" } else { "debug" }).join("skiff"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Up { args } => {
+            setup()?;
+            let bin = build(true)?;
+            step("skiff up");
+            let err = exec(Command::new(bin).arg("up").args(args));
+            Err(err)
+        }
+        Task::Test { args } => {
+            setup()?;
+            let bin = build(false)?;
+            step("running the test suite");
+            // Two cores: two test threads keep kubectl-driven suites from starving each other.
+            let mut c = cargo();
+            c.args(["test", "--workspace", "--no-fail-fast"]).arg("--").args(["--test-threads", "2"]).args(args).env("SKIFF_BIN", &bin);
+            run(&mut c)
+        }
+        Task::Bench { area } => bench(&area),
+    }
+}
+
+fn exec(cmd: &mut Command) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    anyhow::Error::from(cmd.exec())
+}
+
+fn bench(area: &str) -> Result<()> {
+    match area {
+        "api" => {
+            setup()?;
+            let bin = build(true)?;
+            step("benchmark: api");
+            let mut c = cargo();
+            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-api", "--"]).env("SKIFF_BIN", &bin);
+            run(&mut c)
+        }
+        "scheduler" | "pods" | "dataplane" | "dns" | "footprint" => bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)"),
+        other => bail!("unknown benchmark area {other:?}; expected one of: api, scheduler, pods, dataplane, dns, footprint"),
+    }
+}

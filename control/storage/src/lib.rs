@@ -8,6 +8,14 @@
 
 use futures::stream::BoxStream;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod embedded;
+pub mod etcd;
+
+pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+
 pub type Revision = i64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +83,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// All keys starting with `prefix`, sorted by key, as of `revision` (`None` = latest).
     /// Returns the items and the revision the list reflects.
+    ///
+    /// As in etcd, `Some(r)` with `r <= 0` also means latest. `Compacted` if `r` is below the
+    /// compacted revision (listing *at* the compacted revision works), `FutureRevision` if `r` is
+    /// above the current revision.
     async fn list(&self, prefix: &str, revision: Option<Revision>) -> Result<(Vec<KeyValue>, Revision)>;
 
     /// Fails with `AlreadyExists` if the key exists.
@@ -89,10 +101,15 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)>;
 
     /// Every change to keys under `prefix` with revision > `after`, in order, then live changes.
-    /// Fails with `Compacted` if `after` is older than the compacted revision.
+    /// Fails with `Compacted` if `after` is older than the compacted revision. An `after` beyond
+    /// the current revision is allowed (the stream waits for it, as etcd does). The stream never
+    /// ends by itself while the store is alive: an `Err` item is terminal and is followed by the
+    /// end of the stream (the caller re-lists and re-watches, like a Kubernetes reflector).
     async fn watch(&self, prefix: &str, after: Revision) -> Result<BoxStream<'static, Result<Event>>>;
 
     /// Discards history at and below `revision`; lists and watches at older revisions fail afterwards.
+    /// Compacting to a revision at or below the current compacted revision is a no-op; a revision
+    /// above the current one fails with `FutureRevision`.
     async fn compact(&self, revision: Revision) -> Result<()>;
 
     /// The revision history was compacted to (0 if never).

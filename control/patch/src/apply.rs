@@ -1,0 +1,841 @@
+//! Server-side apply (`application/apply-patch+yaml`) and the field ownership bookkeeping
+//! (`metadata.managedFields`) that goes with it.
+//!
+//! A simplified sigs.k8s.io/structured-merge-diff:
+//! * the apply configuration is merged into the live object: maps recursively, associative
+//!   lists (a merge key in [`crate::list_strategy`]) element by element, sets (merge strategy
+//!   on scalars) by value, every other list replaced;
+//! * the fields the configuration sets become the manager's `Apply` entry in `managedFields`;
+//! * fields the manager applied last time but not any more are removed from the object unless
+//!   another manager still owns them — the defining behaviour of apply;
+//! * conflicts are resolved as with `force=true`: the applier takes over the fields whose value
+//!   it changes from other managers (see the crate docs for this and the other gaps).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde_json::{Map, Value};
+
+use crate::fieldpath::{
+    FieldSet, Path, PathElement, child_mut, field_pe, key_pe, parse_pe, remove_child, value_at, value_pe,
+};
+use crate::schema::{self, FieldMeta, ListStrategy, Ty};
+use crate::util::{check_depth, guard, metadata_mut, now_rfc3339, opt_json_eq, remove_key, strip_nulls};
+use crate::{GroupKind, PatchError};
+
+type Result<T> = std::result::Result<T, PatchError>;
+
+const APPLY: &str = "Apply";
+const UPDATE: &str = "Update";
+
+/// Server-side apply of `applied` (the request body, already decoded from JSON or YAML) by
+/// field manager `manager`.
+///
+/// `live` is the stored object, `None` when the apply creates it. The result carries an
+/// updated `metadata.managedFields`. The HTTP layer still owns everything around it (name and
+/// namespace checks, `resourceVersion` preconditions, defaulting, status reset, validation).
+pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupKind) -> Result<Value> {
+    check_depth(applied, "apply configuration")?;
+    if let Some(live) = live {
+        check_depth(live, "object")?;
+    }
+    if manager.is_empty() {
+        return Err(PatchError::Invalid("fieldManager is required for apply requests".into()));
+    }
+    let Value::Object(cfg_map) = applied else {
+        return Err(PatchError::Invalid("an apply configuration must be an object".into()));
+    };
+    match cfg_map.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(meta)) => match meta.get("managedFields") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => return Err(PatchError::Invalid("metadata.managedFields must be nil".into())),
+        },
+        Some(_) => return Err(PatchError::Invalid("metadata must be an object".into())),
+    }
+
+    // `null` in a configuration means "not set": drop it rather than own it.
+    let mut cfg = applied.clone();
+    strip_nulls(&mut cfg);
+    remove_managed_fields(&mut cfg);
+
+    let ty = schema::root(kind);
+    let new_set = object_field_set(&cfg, ty, true)?;
+    let api_version = cfg
+        .get("apiVersion")
+        .or_else(|| live.and_then(|l| l.get("apiVersion")))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let now = now_rfc3339();
+
+    let Some(live) = live else {
+        let entry = Entry::new(manager, APPLY, &api_version, new_set);
+        let mut entries = vec![entry];
+        return Ok(with_managed_fields(cfg, &mut entries, &now));
+    };
+    if !live.is_object() {
+        return Err(PatchError::Invalid("the live object is not a JSON object".into()));
+    }
+
+    let mut entries = parse_entries(live);
+    let mut base = live.clone();
+    remove_managed_fields(&mut base);
+    let mut merged = merge(&base, &cfg, Some(ty), 0)?;
+
+    let mine = entries.iter().position(|e| e.is(manager, APPLY));
+    let previous = mine.map(|i| entries[i].set.clone()).unwrap_or_default();
+
+    // force=true: other managers lose the leaf fields whose value this apply changes. Fields
+    // set to the value they already had stay shared, as in Kubernetes.
+    for (i, e) in entries.iter_mut().enumerate() {
+        if Some(i) == mine {
+            continue;
+        }
+        let lost: Vec<Path> = e
+            .set
+            .members()
+            .into_iter()
+            .filter(|p| new_set.contains_leaf(p))
+            .filter(|p| !opt_json_eq(value_at(&base, p), value_at(&merged, p)))
+            .collect();
+        for p in &lost {
+            e.set.remove(p);
+            e.changed = true;
+        }
+    }
+
+    // Prune what this manager stopped applying, unless someone (the new config included)
+    // still owns it.
+    let mut owned = new_set.clone();
+    for (i, e) in entries.iter().enumerate() {
+        if Some(i) != mine {
+            owned.union_with(&e.set);
+        }
+    }
+    for path in previous.difference(&owned).members() {
+        remove_path(&mut merged, &path, &owned, &mut Vec::new());
+    }
+
+    match mine {
+        Some(i) => {
+            let e = &mut entries[i];
+            e.set = new_set;
+            e.api_version = api_version;
+            e.changed = true;
+        }
+        None => entries.push(Entry::new(manager, APPLY, &api_version, new_set)),
+    }
+    Ok(with_managed_fields(merged, &mut entries, &now))
+}
+
+/// Records field ownership for a non-apply write (create, update, or a non-apply patch) by
+/// `manager`, the way the API server's field manager does for `operation: Update`: the manager
+/// gains the fields whose value it set or changed, the other managers lose them, and nobody
+/// keeps fields that are gone from the object. Returns `new` with `metadata.managedFields` set.
+///
+/// `managedFields` sent in `new` replace the old ones when they differ from them (a client may
+/// rewrite them; `[{}]` clears them), as in Kubernetes.
+pub fn update_managed_fields(old: Option<&Value>, new: &Value, manager: &str, kind: &GroupKind) -> Result<Value> {
+    check_depth(new, "object")?;
+    if let Some(old) = old {
+        check_depth(old, "object")?;
+    }
+    if manager.is_empty() {
+        return Err(PatchError::Invalid("a field manager name is required".into()));
+    }
+    if !new.is_object() {
+        return Err(PatchError::Invalid("the object is not a JSON object".into()));
+    }
+    let requested = new.pointer("/metadata/managedFields").filter(|v| match v {
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    });
+    let previous = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let mut entries = match requested {
+        Some(r) if Some(r) != previous => parse_entries(new),
+        _ => old.map(parse_entries).unwrap_or_default(),
+    };
+
+    let ty = schema::root(kind);
+    let mut new_obj = new.clone();
+    remove_managed_fields(&mut new_obj);
+    let old_obj = old.map(|o| {
+        let mut o = o.clone();
+        remove_managed_fields(&mut o);
+        o
+    });
+    let new_fields = object_field_set(&new_obj, ty, false)?;
+    let old_fields = match &old_obj {
+        Some(o) if o.is_object() => object_field_set(o, ty, false)?,
+        _ => FieldSet::default(),
+    };
+
+    let mut changed = FieldSet::default();
+    for p in new_fields.members() {
+        let is_leaf = new_fields.contains_leaf(&p);
+        let differs = if is_leaf {
+            !opt_json_eq(old_obj.as_ref().and_then(|o| value_at(o, &p)), value_at(&new_obj, &p))
+        } else {
+            !old_fields.contains(&p)
+        };
+        if differs {
+            changed.insert(&p);
+        }
+    }
+
+    let mine = entries.iter().position(|e| e.is(manager, UPDATE));
+    for (i, e) in entries.iter_mut().enumerate() {
+        let mut set = e.set.intersection(&new_fields);
+        if Some(i) != mine {
+            set = set.difference(&changed);
+        }
+        if set != e.set {
+            e.set = set;
+            e.changed = true;
+        }
+    }
+    let api_version = new_obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    match mine {
+        Some(i) => {
+            let e = &mut entries[i];
+            let before = e.set.clone();
+            e.set.union_with(&changed);
+            if e.set != before {
+                e.changed = true;
+                e.api_version = api_version;
+            }
+        }
+        None if !changed.is_empty() => entries.push(Entry::new(manager, UPDATE, &api_version, changed)),
+        None => {}
+    }
+    Ok(with_managed_fields(new_obj, &mut entries, &now_rfc3339()))
+}
+
+/// One `metadata.managedFields` entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The entry as stored, to keep fields this crate does not interpret.
+    raw: Map<String, Value>,
+    manager: String,
+    operation: String,
+    subresource: String,
+    api_version: String,
+    set: FieldSet,
+    /// Re-render the set and bump `time`.
+    changed: bool,
+}
+
+impl Entry {
+    fn new(manager: &str, operation: &str, api_version: &str, set: FieldSet) -> Entry {
+        Entry {
+            raw: Map::new(),
+            manager: manager.into(),
+            operation: operation.into(),
+            subresource: String::new(),
+            api_version: api_version.into(),
+            set,
+            changed: true,
+        }
+    }
+
+    fn is(&self, manager: &str, operation: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource.is_empty()
+    }
+
+    fn render(&self, now: &str) -> Value {
+        let mut m = self.raw.clone();
+        let s = |v: &str| Value::String(v.to_string());
+        m.insert("manager".into(), s(&self.manager));
+        m.insert("operation".into(), s(&self.operation));
+        if !self.api_version.is_empty() {
+            m.insert("apiVersion".into(), s(&self.api_version));
+        }
+        if self.changed || !m.contains_key("time") {
+            m.insert("time".into(), s(now));
+        }
+        m.insert("fieldsType".into(), s("FieldsV1"));
+        m.insert("fieldsV1".into(), self.set.to_fields_v1());
+        Value::Object(m)
+    }
+}
+
+/// The usable entries of an object's `managedFields`; malformed ones are dropped, as the API
+/// server resets managed fields it cannot decode rather than failing the request.
+fn parse_entries(obj: &Value) -> Vec<Entry> {
+    let Some(Value::Array(list)) = obj.pointer("/metadata/managedFields") else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let raw = e.as_object()?;
+            let text = |k: &str| raw.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            if raw.get("fieldsType").is_some_and(|t| t.as_str() != Some("FieldsV1")) {
+                return None;
+            }
+            let set = match raw.get("fieldsV1") {
+                None | Some(Value::Null) => FieldSet::default(),
+                Some(v) => FieldSet::from_fields_v1(v)?,
+            };
+            let manager = text("manager");
+            let operation = text("operation");
+            if operation.is_empty() {
+                return None;
+            }
+            Some(Entry {
+                raw: raw.clone(),
+                manager,
+                operation,
+                subresource: text("subresource"),
+                api_version: text("apiVersion"),
+                set,
+                changed: false,
+            })
+        })
+        .collect()
+}
+
+fn remove_managed_fields(obj: &mut Value) {
+    if let Some(meta) = obj.as_object_mut().and_then(metadata_mut) {
+        remove_key(meta, "managedFields");
+    }
+}
+
+fn with_managed_fields(mut obj: Value, entries: &mut Vec<Entry>, now: &str) -> Value {
+    entries.retain(|e| !e.set.is_empty());
+    let Some(root) = obj.as_object_mut() else { return obj };
+    if entries.is_empty() {
+        if let Some(meta) = metadata_mut(root) {
+            remove_key(meta, "managedFields");
+        }
+        return obj;
+    }
+    let rendered = Value::Array(entries.iter().map(|e| e.render(now)).collect());
+    let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("managedFields".into(), rendered);
+    }
+    obj
+}
+
+// --- field sets of objects -------------------------------------------------------------------
+
+/// Fields nobody owns (structured-merge-diff's strip set): identity and server-maintained
+/// metadata.
+const STRIPPED_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "creationTimestamp",
+    "selfLink",
+    "uid",
+    "clusterName",
+    "generation",
+    "managedFields",
+    "resourceVersion",
+];
+
+fn object_field_set(obj: &Value, ty: Ty, strict: bool) -> Result<FieldSet> {
+    let mut set = FieldSet::default();
+    if let Value::Object(m) = obj {
+        collect_map(m, Some(ty), &mut Vec::new(), &mut set, strict, 0)?;
+    }
+    set.remove(&[field_pe("apiVersion")]);
+    set.remove(&[field_pe("kind")]);
+    set.remove(&[field_pe("metadata")]);
+    for f in STRIPPED_METADATA {
+        set.remove(&[field_pe("metadata"), field_pe(f)]);
+    }
+    Ok(set)
+}
+
+fn collect_map(
+    m: &Map<String, Value>,
+    ty: Option<Ty>,
+    prefix: &mut Path,
+    set: &mut FieldSet,
+    strict: bool,
+    depth: usize,
+) -> Result<()> {
+    guard(depth)?;
+    for (k, v) in m {
+        if v.is_null() {
+            continue;
+        }
+        let meta = schema::field(ty, k);
+        prefix.push(field_pe(k));
+        collect_value(v, &meta, prefix, set, strict, depth + 1)?;
+        prefix.pop();
+    }
+    Ok(())
+}
+
+fn collect_value(
+    v: &Value,
+    meta: &FieldMeta,
+    prefix: &mut Path,
+    set: &mut FieldSet,
+    strict: bool,
+    depth: usize,
+) -> Result<()> {
+    match v {
+        // An empty map is owned as a whole (e.g. `emptyDir: {}`), a non-empty one through its
+        // fields.
+        Value::Object(m) if m.is_empty() => set.insert(prefix),
+        Value::Object(m) => collect_map(m, meta.ty, prefix, set, strict, depth + 1)?,
+        Value::Array(items) => match list_kind(items, meta, strict)? {
+            ListKind::Keyed(key) => {
+                for item in items {
+                    let Value::Object(m) = item else { continue };
+                    let Some(kv) = m.get(key) else { continue };
+                    prefix.push(key_pe(key, kv));
+                    set.insert(prefix);
+                    collect_map(m, meta.ty, prefix, set, strict, depth + 1)?;
+                    prefix.pop();
+                }
+            }
+            ListKind::Set => {
+                for item in items {
+                    prefix.push(value_pe(item));
+                    set.insert(prefix);
+                    prefix.pop();
+                }
+            }
+            ListKind::Atomic => set.insert(prefix),
+        },
+        _ => set.insert(prefix),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Keyed(&'static str),
+    Set,
+    Atomic,
+}
+
+/// How apply treats a given list value. A list that cannot be associative (an element without
+/// its key, duplicate keys) is an error in a configuration (`strict`) and atomic in a stored
+/// object, so that a bad stored object never blocks writes.
+fn list_kind(items: &[Value], meta: &FieldMeta, strict: bool) -> Result<ListKind> {
+    match meta.strategy {
+        Some(ListStrategy::Merge { key }) => {
+            let mut seen = HashSet::new();
+            for item in items {
+                let kv = item.as_object().and_then(|m| m.get(key)).filter(|v| !v.is_null());
+                let Some(kv) = kv else {
+                    if strict {
+                        return Err(PatchError::Invalid(format!(
+                            "associative list with keys has an element that omits key field {key:?}: {item}"
+                        )));
+                    }
+                    return Ok(ListKind::Atomic);
+                };
+                if !seen.insert(key_pe(key, kv)) {
+                    if strict {
+                        return Err(PatchError::Invalid(format!("duplicate entries for key [{key}={kv}]")));
+                    }
+                    return Ok(ListKind::Atomic);
+                }
+            }
+            Ok(ListKind::Keyed(key))
+        }
+        Some(ListStrategy::MergePrimitives) => {
+            let mut seen = HashSet::new();
+            for item in items {
+                if item.is_object() || item.is_array() {
+                    if strict {
+                        return Err(PatchError::Invalid(format!("a set may only hold scalars, found {item}")));
+                    }
+                    return Ok(ListKind::Atomic);
+                }
+                if !seen.insert(value_pe(item)) && strict {
+                    return Err(PatchError::Invalid(format!("duplicate entries for value {item}")));
+                }
+            }
+            Ok(ListKind::Set)
+        }
+        _ => Ok(ListKind::Atomic),
+    }
+}
+
+// --- merging ---------------------------------------------------------------------------------
+
+/// Merges an apply configuration into a live value.
+fn merge(live: &Value, cfg: &Value, ty: Option<Ty>, depth: usize) -> Result<Value> {
+    guard(depth)?;
+    let (Value::Object(l), Value::Object(c)) = (live, cfg) else {
+        return Ok(cfg.clone());
+    };
+    let mut out = l.clone();
+    for (k, cv) in c {
+        let meta = schema::field(ty, k);
+        let merged = match l.get(k) {
+            Some(lv) => merge_field(lv, cv, &meta, depth + 1)?,
+            None => cv.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    Ok(Value::Object(out))
+}
+
+fn merge_field(live: &Value, cfg: &Value, meta: &FieldMeta, depth: usize) -> Result<Value> {
+    match (live, cfg) {
+        (Value::Object(_), Value::Object(_)) => merge(live, cfg, meta.ty, depth),
+        (Value::Array(l), Value::Array(c)) => match list_kind(c, meta, true)? {
+            ListKind::Keyed(key) => {
+                let ident = |v: &Value| v.as_object().and_then(|m| m.get(key)).map(|kv| key_pe(key, kv));
+                merge_list(l, c, ident, |lv, cv| match lv {
+                    Some(lv) => merge(lv, cv, meta.ty, depth + 1),
+                    None => Ok(cv.clone()),
+                })
+                .map(Value::Array)
+            }
+            ListKind::Set => merge_list(l, c, |v| Some(value_pe(v)), |_, cv| Ok(cv.clone())).map(Value::Array),
+            ListKind::Atomic => Ok(cfg.clone()),
+        },
+        _ => Ok(cfg.clone()),
+    }
+}
+
+/// Merges two keyed lists with structured-merge-diff's ordering: items only in the live list
+/// keep their place, items of the configuration come in its order, new items right after the
+/// configuration item before them.
+fn merge_list(
+    lhs: &[Value],
+    rhs: &[Value],
+    ident: impl Fn(&Value) -> Option<String>,
+    mut merge_item: impl FnMut(Option<&Value>, &Value) -> Result<Value>,
+) -> Result<Vec<Value>> {
+    // Live items without an identity can never match; give them unique private ones.
+    let lhs_pes: Vec<String> =
+        lhs.iter().enumerate().map(|(i, v)| ident(v).unwrap_or_else(|| format!("\u{0}live#{i}"))).collect();
+    let rhs_pes: Vec<String> =
+        rhs.iter().enumerate().map(|(i, v)| ident(v).unwrap_or_else(|| format!("\u{0}cfg#{i}"))).collect();
+    let mut observed_lhs: HashMap<&str, usize> = HashMap::new();
+    for (i, pe) in lhs_pes.iter().enumerate() {
+        observed_lhs.entry(pe).or_insert(i);
+    }
+    let observed_rhs: HashSet<&str> = rhs_pes.iter().map(String::as_str).collect();
+
+    let mut shared: VecDeque<&str> =
+        rhs_pes.iter().map(String::as_str).filter(|pe| observed_lhs.contains_key(pe)).collect();
+    let mut next_shared = shared.pop_front();
+    let mut merged_rhs: HashSet<&str> = HashSet::new();
+    let mut out = Vec::with_capacity(lhs.len().max(rhs.len()));
+
+    let (mut li, mut ri) = (0, 0);
+    while li < lhs.len() || ri < rhs.len() {
+        if li < lhs.len() && ri < rhs.len() {
+            let pe = lhs_pes[li].as_str();
+            if pe == rhs_pes[ri] {
+                merged_rhs.insert(pe);
+                out.push(merge_item(Some(&lhs[li]), &rhs[ri])?);
+                li += 1;
+                ri += 1;
+                next_shared = shared.pop_front();
+                continue;
+            }
+            if observed_rhs.contains(pe) && next_shared.is_some_and(|n| n != pe) {
+                // A shared item, but not the next one in the configuration's order.
+                li += 1;
+                continue;
+            }
+        }
+        if li < lhs.len() {
+            let pe = lhs_pes[li].as_str();
+            if !observed_rhs.contains(pe) {
+                out.push(lhs[li].clone());
+                li += 1;
+                continue;
+            }
+            if merged_rhs.contains(pe) {
+                li += 1;
+                continue;
+            }
+        }
+        if ri < rhs.len() {
+            let pe = rhs_pes[ri].as_str();
+            merged_rhs.insert(pe);
+            let live_item = observed_lhs.get(pe).map(|&i| &lhs[i]);
+            out.push(merge_item(live_item, &rhs[ri])?);
+            ri += 1;
+            if next_shared == Some(pe) {
+                next_shared = shared.pop_front();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `path` from `v`; maps and lists left empty by the removal go too, unless someone
+/// owns them (Go structs drop empty `omitempty` fields the same way).
+fn remove_path(v: &mut Value, path: &[String], owned: &FieldSet, prefix: &mut Path) -> bool {
+    let Some((head, rest)) = path.split_first() else { return false };
+    let Some(pe) = parse_pe(head) else { return false };
+    if rest.is_empty() {
+        return remove_child(v, &pe);
+    }
+    let Some(child) = child_mut(v, &pe) else { return false };
+    prefix.push(head.clone());
+    let removed = remove_path(child, rest, owned, prefix);
+    let emptied = match child {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    if removed && emptied && matches!(pe, PathElement::Field(_)) && !owned.contains(prefix) {
+        remove_child(v, &pe);
+    }
+    prefix.pop();
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod() -> GroupKind {
+        GroupKind::new("", "Pod")
+    }
+
+    fn managed(obj: &Value) -> &Vec<Value> {
+        obj["metadata"]["managedFields"].as_array().expect("managedFields")
+    }
+
+    fn entry<'a>(obj: &'a Value, manager: &str) -> Option<&'a Value> {
+        managed(obj).iter().find(|e| e["manager"] == manager)
+    }
+
+    fn without_managed(mut v: Value) -> Value {
+        remove_managed_fields(&mut v);
+        v
+    }
+
+    fn nginx(image: &str) -> Value {
+        json!({
+            "apiVersion":"v1","kind":"Pod",
+            "metadata":{"name":"nginx","namespace":"default","labels":{"app":"web"}},
+            "spec":{"containers":[{"name":"nginx","image":image,"ports":[{"containerPort":80}]}]}
+        })
+    }
+
+    #[test]
+    fn create_records_fields_v1() {
+        let got = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        assert_eq!(without_managed(got.clone()), nginx("nginx:1.7.9"));
+        let e = entry(&got, "kubectl").unwrap();
+        assert_eq!(e["operation"], "Apply");
+        assert_eq!(e["apiVersion"], "v1");
+        assert_eq!(e["fieldsType"], "FieldsV1");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            e["fieldsV1"],
+            json!({
+                "f:metadata":{"f:labels":{"f:app":{}}},
+                "f:spec":{"f:containers":{"k:{\"name\":\"nginx\"}":{
+                    ".":{},"f:image":{},"f:name":{},
+                    "f:ports":{"k:{\"containerPort\":80}":{".":{},"f:containerPort":{}}}}}}
+            })
+        );
+    }
+
+    #[test]
+    fn reapply_changes_image_and_keeps_server_fields() {
+        let created = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        // The server adds defaults and status that nobody applied.
+        let mut live = created;
+        live["metadata"]["uid"] = json!("u1");
+        live["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+        live["spec"]["containers"][0]["ports"][0]["protocol"] = json!("TCP");
+        live["spec"]["restartPolicy"] = json!("Always");
+        live["status"] = json!({"phase":"Running"});
+
+        let got = apply(Some(&live), &nginx("nginx:1.9"), "kubectl", &pod()).unwrap();
+        assert_eq!(got["spec"]["containers"][0]["image"], "nginx:1.9");
+        assert_eq!(got["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(got["spec"]["containers"][0]["ports"], json!([{"containerPort":80,"protocol":"TCP"}]));
+        assert_eq!(got["spec"]["restartPolicy"], "Always");
+        assert_eq!(got["status"], json!({"phase":"Running"}));
+        assert_eq!(got["metadata"]["uid"], "u1");
+        assert_eq!(managed(&got).len(), 1);
+    }
+
+    #[test]
+    fn removing_a_field_from_the_config_removes_it() {
+        let mut cfg = nginx("nginx:1.7.9");
+        cfg["metadata"]["labels"]["tier"] = json!("frontend");
+        cfg["metadata"]["annotations"] = json!({"note":"x"});
+        cfg["spec"]["containers"][0]["env"] = json!([{"name":"A","value":"1"},{"name":"B","value":"2"}]);
+        let live = apply(None, &cfg, "kubectl", &pod()).unwrap();
+
+        let mut cfg2 = nginx("nginx:1.7.9");
+        cfg2["spec"]["containers"][0]["env"] = json!([{"name":"A","value":"1"}]);
+        let got = apply(Some(&live), &cfg2, "kubectl", &pod()).unwrap();
+        assert_eq!(got["metadata"]["labels"], json!({"app":"web"}));
+        // The annotations map went empty and disappears, like an omitempty Go field.
+        assert!(got["metadata"].get("annotations").is_none());
+        assert_eq!(got["spec"]["containers"][0]["env"], json!([{"name":"A","value":"1"}]));
+        let fields = &entry(&got, "kubectl").unwrap()["fieldsV1"];
+        assert!(fields["f:metadata"]["f:labels"].get("f:tier").is_none());
+    }
+
+    #[test]
+    fn fields_owned_by_another_manager_survive() {
+        let mut cfg = nginx("nginx:1.7.9");
+        cfg["metadata"]["labels"]["shared"] = json!("yes");
+        let live = apply(None, &cfg, "kubectl", &pod()).unwrap();
+        // A controller also applies the same label value: shared ownership.
+        let ctrl_cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx","labels":{"shared":"yes"}}});
+        let live = apply(Some(&live), &ctrl_cfg, "controller", &pod()).unwrap();
+        assert_eq!(managed(&live).len(), 2);
+
+        let got = apply(Some(&live), &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        assert_eq!(got["metadata"]["labels"], json!({"app":"web","shared":"yes"}));
+        // The controller removing its label now really removes it.
+        let ctrl_cfg2 = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx"}});
+        let got = apply(Some(&got), &ctrl_cfg2, "controller", &pod()).unwrap();
+        assert_eq!(got["metadata"]["labels"], json!({"app":"web"}));
+        assert!(entry(&got, "controller").is_none(), "empty entries are dropped");
+    }
+
+    #[test]
+    fn force_takes_over_conflicting_fields() {
+        let live = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        let other = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx"},
+                           "spec":{"containers":[{"name":"nginx","image":"nginx:2"}]}});
+        let got = apply(Some(&live), &other, "ci", &pod()).unwrap();
+        assert_eq!(got["spec"]["containers"][0]["image"], "nginx:2");
+        let kubectl = &entry(&got, "kubectl").unwrap()["fieldsV1"];
+        let c = &kubectl["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"];
+        assert!(c.get("f:image").is_none(), "kubectl lost the image: {kubectl}");
+        assert!(c.get("f:name").is_some(), "same-valued fields stay shared");
+        // kubectl dropping the whole container does not remove what ci still owns.
+        let kubectl_cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx","labels":{"app":"web"}}});
+        let got = apply(Some(&got), &kubectl_cfg, "kubectl", &pod()).unwrap();
+        assert_eq!(got["spec"]["containers"], json!([{"name":"nginx","image":"nginx:2"}]));
+    }
+
+    #[test]
+    fn associative_lists_merge_by_key_with_apply_ordering() {
+        let live = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+            "spec":{"containers":[{"name":"a","image":"1"},{"name":"server","image":"s"},{"name":"b","image":"1"}]}});
+        let cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+            "spec":{"containers":[{"name":"b","image":"2"},{"name":"new","image":"n"},{"name":"a","image":"2"}]}});
+        let got = apply(Some(&live), &cfg, "m", &pod()).unwrap();
+        let names: Vec<&str> =
+            got["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["server", "b", "new", "a"]);
+        assert_eq!(got["spec"]["containers"][1]["image"], "2");
+        // Sets union; atomic lists are replaced.
+        let live = json!({"metadata":{"name":"p","finalizers":["x"]},"spec":{"tolerations":[{"key":"a"}]}});
+        let cfg = json!({"metadata":{"name":"p","finalizers":["y"]},"spec":{"tolerations":[{"key":"b"}]}});
+        let got = apply(Some(&live), &cfg, "m", &pod()).unwrap();
+        assert_eq!(got["metadata"]["finalizers"], json!(["x", "y"]));
+        assert_eq!(got["spec"]["tolerations"], json!([{"key":"b"}]));
+        let fields = &entry(&got, "m").unwrap()["fieldsV1"];
+        assert_eq!(fields["f:metadata"]["f:finalizers"], json!({"v:\"y\"":{}}));
+        assert_eq!(fields["f:spec"]["f:tolerations"], json!({}));
+    }
+
+    #[test]
+    fn invalid_configurations() {
+        let bad = [
+            json!([]),
+            json!("x"),
+            json!({"metadata":"x"}),
+            json!({"metadata":{"managedFields":[{"manager":"x"}]}}),
+            json!({"spec":{"containers":[{"image":"no-name"}]}}),
+            json!({"spec":{"containers":[{"name":"a"},{"name":"a"}]}}),
+            json!({"metadata":{"finalizers":[{"a":1}]}}),
+        ];
+        for cfg in bad {
+            let e = apply(None, &cfg, "m", &pod()).unwrap_err();
+            assert_eq!(e.status_code(), 400, "{cfg}");
+        }
+        assert!(apply(None, &json!({}), "", &pod()).is_err());
+        assert!(apply(Some(&json!(3)), &json!({}), "m", &pod()).is_err());
+        // An empty managedFields list is tolerated; nulls are dropped.
+        let got = apply(
+            None,
+            &json!({"metadata":{"name":"x","managedFields":[]},"data":{"a":null,"b":"1"}}),
+            "m",
+            &GroupKind::new("", "ConfigMap"),
+        )
+        .unwrap();
+        assert_eq!(got["data"], json!({"b":"1"}));
+    }
+
+    #[test]
+    fn malformed_managed_fields_in_live_are_ignored() {
+        let live = json!({"metadata":{"name":"x","managedFields":[1, {"manager":"a","operation":"Apply","fieldsV1":"bad"},
+            {"manager":"b","operation":"Update","fieldsType":"FieldsV2"}]},"data":{"k":"v"}});
+        let got = apply(
+            Some(&live),
+            &json!({"metadata":{"name":"x"},"data":{"j":"w"}}),
+            "m",
+            &GroupKind::new("", "ConfigMap"),
+        )
+        .unwrap();
+        assert_eq!(got["data"], json!({"k":"v","j":"w"}));
+        assert_eq!(managed(&got).len(), 1);
+    }
+
+    #[test]
+    fn update_tracks_ownership_for_non_apply_writers() {
+        let cm = GroupKind::new("", "ConfigMap");
+        let created = update_managed_fields(
+            None,
+            &json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}}),
+            "kubectl-create",
+            &cm,
+        )
+        .unwrap();
+        let e = entry(&created, "kubectl-create").unwrap();
+        assert_eq!(e["operation"], "Update");
+        assert_eq!(e["fieldsV1"], json!({"f:data":{"f:a":{}}}));
+
+        // Apply by another manager adds b and takes a (different value).
+        let applied = apply(
+            Some(&created),
+            &json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"2","b":"1"}}),
+            "ssa",
+            &cm,
+        )
+        .unwrap();
+        assert!(entry(&applied, "kubectl-create").is_none());
+
+        // An update that changes b moves b to the updater; the applier then drops b from its
+        // config but b stays, owned by the updater.
+        let mut updated = applied.clone();
+        updated["data"]["b"] = json!("9");
+        let updated = update_managed_fields(Some(&applied), &updated, "editor", &cm).unwrap();
+        assert_eq!(entry(&updated, "editor").unwrap()["fieldsV1"], json!({"f:data":{"f:b":{}}}));
+        let reapplied = apply(
+            Some(&updated),
+            &json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"2"}}),
+            "ssa",
+            &cm,
+        )
+        .unwrap();
+        assert_eq!(reapplied["data"], json!({"a":"2","b":"9"}));
+
+        // Fields deleted by an update are owned by nobody any more.
+        let mut gone = reapplied.clone();
+        gone["data"].as_object_mut().unwrap().remove("b");
+        let gone = update_managed_fields(Some(&reapplied), &gone, "editor", &cm).unwrap();
+        assert!(entry(&gone, "editor").is_none());
+
+        // Unchanged writes record nothing; `[{}]` clears managedFields.
+        let same = update_managed_fields(Some(&gone), &gone, "noop", &cm).unwrap();
+        assert!(entry(&same, "noop").is_none());
+        let mut cleared = gone.clone();
+        cleared["metadata"]["managedFields"] = json!([{}]);
+        let cleared = update_managed_fields(Some(&gone), &cleared, "noop", &cm).unwrap();
+        assert!(cleared["metadata"].get("managedFields").is_none());
+    }
+}

@@ -34,6 +34,28 @@ enum Command {
         #[arg(long, default_value = "10.96.0.0/12")]
         service_cidr: String,
     },
+    /// A single-node cluster in one command. Today it runs the control plane; the agent, the
+    /// eBPF dataplane and DNS join it as their issues land.
+    Up {
+        #[arg(long, default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value = "embedded")]
+        store: StoreArg,
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+        etcd_endpoints: Vec<String>,
+    },
+    /// Stops the cluster started by `skiff up` on this data directory.
+    Down {
+        #[arg(long, default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+    },
+    /// Health of each component of the cluster on this data directory.
+    Status {
+        #[arg(long, default_value = "/var/lib/skiff")]
+        data_dir: PathBuf,
+    },
     /// Prints the admin kubeconfig of a data directory.
     Kubeconfig {
         #[arg(long, default_value = "/var/lib/skiff")]
@@ -49,6 +71,104 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+}
+
+const PID_FILE: &str = "skiff.pid";
+
+async fn up(data_dir: PathBuf, listen: SocketAddr, store: StoreArg, etcd_endpoints: Vec<String>) -> Result<()> {
+    let pid_path = data_dir.join(PID_FILE);
+    if let Some(pid) = running_pid(&data_dir) {
+        anyhow::bail!("a cluster is already running on {} (pid {pid}); `skiff down --data-dir {}` stops it", data_dir.display(), data_dir.display());
+    }
+    println!("==> data directory {}", data_dir.display());
+    let mut cfg = skiff_control::ControlConfig::new(data_dir.clone());
+    cfg.listen = listen;
+    cfg.store = match store {
+        StoreArg::Embedded => skiff_control::StoreKind::Embedded,
+        StoreArg::Etcd => skiff_control::StoreKind::Etcd,
+    };
+    cfg.etcd_endpoints = etcd_endpoints;
+    println!("==> starting the API server ({} store)", match cfg.store {
+        skiff_control::StoreKind::Embedded => "embedded",
+        skiff_control::StoreKind::Etcd => "etcd",
+    });
+    let control = skiff_control::start(cfg).await?;
+    std::fs::write(&pid_path, std::process::id().to_string())?;
+    println!("==> not yet part of this build: scheduler, controllers, node agent, eBPF dataplane, DNS");
+    println!();
+    println!("Skiff is up.");
+    println!("  API server:  https://{}", control.addr);
+    println!("  kubeconfig:  {}", control.kubeconfig.display());
+    println!();
+    println!("  export KUBECONFIG={}", control.kubeconfig.display());
+    println!("  kubectl get namespaces");
+    println!();
+    println!("Stop with Ctrl-C or `skiff down --data-dir {}`.", data_dir.display());
+    let result = tokio::select! {
+        r = control.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&pid_path);
+    result
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The pid recorded by `skiff up`, if that process is still alive.
+fn running_pid(data_dir: &std::path::Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(data_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    // Signal 0 checks existence without signalling.
+    let alive = std::process::Command::new("kill").args(["-0", &pid.to_string()]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    alive.then_some(pid)
+}
+
+fn down(data_dir: &std::path::Path) -> Result<()> {
+    match running_pid(data_dir) {
+        None => {
+            println!("no cluster running on {}", data_dir.display());
+            Ok(())
+        }
+        Some(pid) => {
+            std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+            for _ in 0..100 {
+                if running_pid(data_dir).is_none() {
+                    println!("stopped (pid {pid})");
+                    let _ = std::fs::remove_file(data_dir.join(PID_FILE));
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            anyhow::bail!("pid {pid} did not stop within 10 s")
+        }
+    }
+}
+
+fn status(data_dir: &std::path::Path) -> Result<()> {
+    let Some(pid) = running_pid(data_dir) else {
+        println!("not running (no live `skiff up` on {})", data_dir.display());
+        std::process::exit(1);
+    };
+    let kubeconfig = std::fs::read_to_string(data_dir.join("kubeconfig")).unwrap_or_default();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap_or("").to_string();
+    let addr = server.trim_start_matches("https://");
+    let api_ok = addr.parse::<SocketAddr>().ok().is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
+    println!("skiff (pid {pid})");
+    println!("  api-server   {}  {server}", if api_ok { "healthy  " } else { "unhealthy" });
+    for c in ["scheduler", "controllers", "agent", "dataplane", "dns"] {
+        println!("  {c:<12} not part of this build yet");
+    }
+    if !api_ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -87,6 +207,12 @@ fn main() -> Result<()> {
                 }
             })
         }
+        Command::Up { data_dir, listen, store, etcd_endpoints } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(up(data_dir, listen, store, etcd_endpoints))
+        }
+        Command::Down { data_dir } => down(&data_dir),
+        Command::Status { data_dir } => status(&data_dir),
         Command::Kubeconfig { data_dir } => {
             let path = data_dir.join("kubeconfig");
             let text = std::fs::read_to_string(&path).with_context(|| format!("no kubeconfig at {} (has `skiff control --data-dir {}` run?)", path.display(), data_dir.display()))?;

@@ -1,1 +1,161 @@
-//! Helpers shared by the end-to-end suites.
+//! Helpers shared by the end-to-end suites: start a real `skiff` process, talk to it with the
+//! real `kubectl` and kube-rs, and clean up even when a test fails.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `skiff` binary under test: `SKIFF_BIN` (set by `cargo xtask test`) or the debug build.
+pub fn skiff_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/skiff")
+}
+
+/// The seed's manifests (`tests/fixtures/seed/`).
+pub fn seed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/seed").join(name)
+}
+
+/// A `skiff control` process on a free loopback port with its own data directory.
+/// Killed (SIGKILL) and its directory removed on drop.
+pub struct Control {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    extra_args: Vec<String>,
+}
+
+impl Control {
+    pub fn start() -> Result<Control> {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `skiff control` arguments (e.g. `--store etcd --etcd-endpoints ...`).
+    pub fn start_with(args: &[&str]) -> Result<Control> {
+        let dir = tempfile::tempdir()?;
+        let mut c = Control {
+            child: None,
+            kubeconfig: dir.path().join("kubeconfig"),
+            dir,
+            server: String::new(),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        c.spawn("127.0.0.1:0")?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self, listen: &str) -> Result<()> {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("skiff.log"))?;
+        let child = Command::new(skiff_bin())
+            .args(["control", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--listen", listen])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", skiff_bin().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.kubeconfig) {
+                if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("server:")) {
+                    self.server = line.trim().trim_start_matches("server:").trim().to_string();
+                    if self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                bail!("skiff control exited early with {status}; log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("skiff control did not become ready in 30 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the process with SIGKILL and starts it again on the same port and data directory.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        self.kill();
+        let listen = self.server.trim_start_matches("https://").to_string();
+        self.spawn(&listen)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("skiff.log")).unwrap_or_default()
+    }
+
+    /// Runs the real kubectl against this server with a fresh cache directory.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new("/usr/bin/kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.dir.path().join("kube-cache")).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl must be installed at /usr/bin/kubectl");
+        if let Some(input) = stdin {
+            let _ = child.stdin.take().expect("piped").write_all(input.as_bytes());
+        }
+        child.wait_with_output().expect("kubectl runs")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl that must fail; returns stderr.
+    pub fn kubectl_err(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(!out.status.success(), "kubectl {} unexpectedly succeeded: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A kube-rs client from the kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
+    /// The admin bearer token (for raw HTTP tests).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pki/admin.token")).unwrap_or_default().trim().to_string()
+    }
+
+    /// The CA certificate (PEM) (for raw HTTP tests).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pki/ca.crt")).unwrap_or_default()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -623,6 +623,10 @@ fn patch_type(ct: &str) -> ApiResult<PatchType> {
     }
 }
 
+fn patch_error(e: skiff_patch::PatchError) -> ApiError {
+    ApiError::new(e.status_code(), e.reason(), e.message().to_string())
+}
+
 fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manager: &str) -> ApiResult<Value> {
     let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
     let r = match pt {
@@ -631,10 +635,7 @@ fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manag
         PatchType::Strategic => skiff_patch::strategic_merge_patch(current, patch, &gk),
         PatchType::Apply => skiff_patch::apply(Some(current), patch, manager, &gk),
     };
-    r.map_err(|e| match e {
-        skiff_patch::PatchError::Conflict(m) => ApiError::new(409, "Conflict", m),
-        other => ApiError::new(422, "UnprocessableEntity", other.to_string()),
-    })
+    r.map_err(patch_error)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -652,7 +653,7 @@ async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
         let Some((old, rev)) = load(state, kind, ns, name).await? else {
             if pt == PatchType::Apply && part == Part::Main {
                 let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
-                let applied = skiff_patch::apply(None, &patch_doc, manager, &gk).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let applied = skiff_patch::apply(None, &patch_doc, manager, &gk).map_err(patch_error)?;
                 let (obj, warnings) = accept_input(kind, applied, None, fv)?;
                 if obj["metadata"]["name"].as_str().unwrap_or(name) != name {
                     return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj["metadata"]["name"])));
@@ -892,7 +893,7 @@ async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
                     PatchType::Strategic => skiff_patch::strategic_merge_patch(&current, &doc, &gk),
                     PatchType::Apply => skiff_patch::apply(Some(&current), &doc, q.get("fieldManager").unwrap_or(""), &gk),
                 };
-                r.map_err(|e| ApiError::new(422, "UnprocessableEntity", e.to_string()))?
+                r.map_err(patch_error)?
             }
             _ => return Err(ApiError::method_not_allowed("scale supports get, update and patch")),
         };

@@ -174,7 +174,6 @@ pub fn replication_controller(obj: &mut Value) {
     let template_labels = obj.pointer("/spec/template/metadata/labels").cloned();
     if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
         set_default(spec, "replicas", json!(1));
-        set_default(spec, "minReadySeconds", json!(0));
         if let Some(labels) = &template_labels {
             let empty = spec.get("selector").and_then(Value::as_object).is_none_or(Map::is_empty);
             if empty {
@@ -196,7 +195,6 @@ pub fn replication_controller(obj: &mut Value) {
 pub fn replica_set(obj: &mut Value) {
     if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
         set_default(spec, "replicas", json!(1));
-        set_default(spec, "minReadySeconds", json!(0));
     }
     template(obj, &["spec", "template"]);
 }

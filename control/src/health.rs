@@ -95,9 +95,15 @@ pub async fn component_statuses(state: &Shared, name: Option<&str>, accept: &str
         Some(n) => items.into_iter().find(|i| i["metadata"]["name"] == n).ok_or_else(|| ApiError::not_found("", "componentstatuses", n))?,
         None if crate::api::negotiate_output_is_table(accept) => {
             let t = skiff_apimachinery::table::table(kind.plural, &items, chrono::Utc::now(), skiff_apimachinery::table::IncludeObject::Metadata);
-            return Ok((StatusCode::OK, [("content-type", "application/json")], t.to_string()).into_response());
+            return Ok(deprecated((StatusCode::OK, [("content-type", "application/json")], t.to_string()).into_response()));
         }
         None => json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items}),
     };
-    Ok((StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response())
+    Ok(deprecated((StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()))
+}
+
+/// Kubernetes deprecated ComponentStatus in 1.19 and says so on every response.
+fn deprecated(mut r: Response) -> Response {
+    r.headers_mut().insert("warning", axum::http::HeaderValue::from_static("299 - \"v1 ComponentStatus is deprecated in v1.19+\""));
+    r
 }

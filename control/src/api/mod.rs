@@ -110,6 +110,17 @@ async fn dispatch(state: &Shared, req: Request<Body>) -> ApiResult<Response> {
             ["apis", group] => return discovery::api_group(group).map(|d| ok(&d)).ok_or_else(|| not_found_path(&path)),
             ["apis", group, version] => return discovery::api_resource_list(group, version).map(|d| ok(&d)).ok_or_else(|| not_found_path(&path)),
             ["openapi", "v3"] => return Ok(ok(&state.openapi.index)),
+            // kubectl falls back to the v2 document for kinds it finds no v3 schema for (e.g. a
+            // group-version Skiff does not serve). An empty Swagger 2.0 document lets it go on to
+            // report the unknown kind the way Kubernetes users know, instead of a 404 abort.
+            ["openapi", "v2"] => {
+                return Ok(if accept.contains("protobuf") {
+                    // gnostic openapi_v2.Document { swagger: "2.0" }
+                    (StatusCode::OK, [("content-type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")], Bytes::from_static(b"\x0a\x032.0")).into_response()
+                } else {
+                    ok(&json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}))
+                });
+            }
             ["openapi", "v3", rest @ ..] => {
                 let key = rest.join("/");
                 return match state.openapi.by_path.get(&key) {

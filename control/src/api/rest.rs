@@ -69,16 +69,25 @@ fn to_storage(kind: &Kind, obj: Value) -> Value {
     }
 }
 
-/// Storage holds objects without `resourceVersion` (it is the key's revision).
+/// Storage holds objects without `resourceVersion` (it is the key's revision). Empty metadata
+/// maps and lists are dropped, as Go's `omitempty` does, so `labels: {}` never shows up.
 fn encode(obj: &Value) -> Vec<u8> {
     let mut v = obj.clone();
+    omit_empty_metadata(&mut v);
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+fn omit_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|_, f| !(f.is_null() || f.as_object().is_some_and(|m| m.is_empty()) || f.as_array().is_some_and(|a| a.is_empty())));
+    }
+}
+
 fn with_rv(mut obj: Value, rev: i64) -> Value {
+    omit_empty_metadata(&mut obj);
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(rev.to_string()));
     }

@@ -109,6 +109,13 @@ fn setup() -> Result<()> {
             .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+    step("checking the official Kubernetes Python client (compatibility tests)");
+    if succeeds(Command::new("python3").args(["-c", "import kubernetes"])) {
+        println!("    present");
+    } else {
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes==33.1.0"]))?;
+    }
+
     step("setup done");
     Ok(())
 }

@@ -20,8 +20,9 @@ impl Query {
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
     }
+    /// A boolean parameter, parsed like Go's `strconv.ParseBool` (clients send `true`, `True`, `1`).
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1") | Some(""))
+        matches!(self.get(k), Some("1" | "t" | "T" | "true" | "True" | "TRUE" | ""))
     }
     pub fn int(&self, k: &str) -> ApiResult<Option<i64>> {
         match self.get(k) {

@@ -185,6 +185,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (code, [("content-type", "application/json")], self.to_status().to_string()).into_response();
+        if self.code == 413 {
+            // The unread rest of the body makes the connection unusable; say so, as Go does.
+            resp.headers_mut().insert("connection", axum::http::HeaderValue::from_static("close"));
+        }
         if let Some(s) = self.retry_after {
             if let Ok(v) = s.to_string().parse() {
                 resp.headers_mut().insert("retry-after", v);

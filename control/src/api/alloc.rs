@@ -63,30 +63,6 @@ impl Allocator {
         let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else { return causes };
         let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
 
-        // Values that were allocated before and not given now are kept (Kubernetes'
-        // patchAllocatedValues), so `kubectl replace` of a manifest without them works.
-        if let Some(old) = old {
-            let old_ip = &old["spec"]["clusterIP"];
-            let empty = |v: &Value| v.is_null() || v == "";
-            if empty(&spec["clusterIP"]) && !empty(old_ip) && ty != "ExternalName" {
-                spec["clusterIP"] = old_ip.clone();
-            }
-            if ty == "NodePort" || ty == "LoadBalancer" {
-                let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-                if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                    for p in ports {
-                        if p["nodePort"].is_null() {
-                            if let Some(op) = old_ports.iter().find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"]) {
-                                if !op["nodePort"].is_null() {
-                                    p["nodePort"] = op["nodePort"].clone();
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
         if ty == "ExternalName" {
             if let Some(m) = spec.as_object_mut() {
                 m.remove("clusterIP");
@@ -188,6 +164,36 @@ impl Allocator {
     }
 }
 
+/// Values that were allocated before and are not given now are kept (Kubernetes'
+/// `patchAllocatedValues`), so `kubectl replace` of a manifest without them works. Runs before
+/// validation, so "may not change once set" only fires for real changes.
+pub fn keep_allocated(new: &mut Value, old: &Value) {
+    let Some(spec) = new.get_mut("spec").filter(|s| s.is_object()) else { return };
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let empty = |v: &Value| v.is_null() || v == "";
+    if ty != "ExternalName" {
+        if empty(&spec["clusterIP"]) && !empty(&old["spec"]["clusterIP"]) {
+            spec["clusterIP"] = old["spec"]["clusterIP"].clone();
+        }
+        if spec["clusterIPs"].as_array().is_none_or(|a| a.is_empty()) && !old["spec"]["clusterIPs"].is_null() {
+            spec["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+        }
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for p in ports {
+                if p["nodePort"].is_null() {
+                    let same = old_ports.iter().find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"]);
+                    if let Some(np) = same.map(|op| &op["nodePort"]).filter(|np| !np.is_null()) {
+                        p["nodePort"] = np.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn free_port(used: &HashSet<i64>) -> Option<i64> {
     let (lo, hi) = (NODE_PORT_RANGE.0 as i64, NODE_PORT_RANGE.1 as i64);
     for _ in 0..64 {
@@ -235,6 +241,7 @@ mod tests {
         let a = Allocator::new("10.96.0.0/12").unwrap();
         let old = svc("a", json!({"type": "NodePort", "clusterIP": "10.96.5.5", "clusterIPs": ["10.96.5.5"], "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}));
         let mut new = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
+        keep_allocated(&mut new, &old);
         assert!(a.assign(&mut new, Some(&old), &[]).is_empty());
         assert_eq!(new["spec"]["clusterIP"], "10.96.5.5");
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 31000);

@@ -474,6 +474,7 @@ fn prepare_update(kind: &Kind, mut new: Value, old: &Value, part: Part) -> ApiRe
     new["apiVersion"] = old["apiVersion"].clone();
     new["kind"] = old["kind"].clone();
     kind.strategy.default(&mut new);
+    kind.strategy.prepare_update(&mut new, old);
     // Generation counts changes of the desired state (everything but metadata and status).
     let desired = |v: &Value| {
         let mut d = v.clone();
@@ -736,7 +737,17 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
 async fn delete(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, q: &Query, body: &[u8]) -> ApiResult<Response> {
     let opts = delete_options(q, body)?;
     let obj = delete_object(state, kind, ns, name, &opts).await?;
-    Ok(respond_object(kind, &obj, "", StatusCode::OK))
+    // An object still present (graceful deletion, finalizers) is returned; one that is gone is
+    // returned only by the kinds Kubernetes registers that way, the others answer a Status.
+    let still_present = !obj["metadata"]["deletionTimestamp"].is_null() && !opts.dry_run && load(state, kind, ns, name).await?.is_some();
+    if still_present || kind.strategy.return_deleted_object() {
+        return Ok(respond_object(kind, &obj, "", StatusCode::OK));
+    }
+    let mut details = json!({"name": name, "kind": kind.plural, "uid": obj["metadata"]["uid"]});
+    if !kind.group.is_empty() {
+        details["group"] = json!(kind.group);
+    }
+    Ok(json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})))
 }
 
 async fn delete_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
@@ -985,7 +996,4 @@ async fn finalize_namespace(state: &Shared, name: &str, ct: &str, body: &[u8]) -
     Err(ApiError::modified("", "namespaces", name))
 }
 
-pub fn status_success(kind: &Kind, name: &str) -> Response {
-    json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "kind": kind.plural}}))
-}
 

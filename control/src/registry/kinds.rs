@@ -51,7 +51,7 @@ pub fn kinds() -> &'static [Kind] {
             kind!(core::ReplicationController, "", "v1", "ReplicationController", "replicationcontrollers", "replicationcontroller", namespaced: true, short: &["rc"], cat: ALL, sub: &[Status, Scale], storage: "controllers", name: Dns1123Subdomain, strategy: &ReplicationControllerStrategy),
             kind!(core::ConfigMap, "", "v1", "ConfigMap", "configmaps", "configmap", namespaced: true, short: &["cm"], cat: NONE, sub: &[], storage: "configmaps", name: Dns1123Subdomain, strategy: &DefaultStrategy),
             kind!(core::Secret, "", "v1", "Secret", "secrets", "secret", namespaced: true, short: &[], cat: NONE, sub: &[], storage: "secrets", name: Dns1123Subdomain, strategy: &SecretStrategy),
-            kind!(core::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], cat: NONE, sub: &[], storage: "serviceaccounts", name: Dns1123Subdomain, strategy: &DefaultStrategy),
+            kind!(core::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true, short: &["sa"], cat: NONE, sub: &[], storage: "serviceaccounts", name: Dns1123Subdomain, strategy: &ServiceAccountStrategy),
             kind!(core::Event, "", "v1", "Event", "events", "event", namespaced: true, short: &["ev"], cat: NONE, sub: &[], storage: "events", name: Dns1123Subdomain, strategy: &CreateOnUpdate),
             kind!(core::ComponentStatus, "", "v1", "ComponentStatus", "componentstatuses", "componentstatus", namespaced: false, short: &["cs"], cat: NONE, sub: &[], storage: "componentstatuses", name: Dns1123Subdomain, strategy: &DefaultStrategy, read_only: true),
             kind!(apps::Deployment, "apps", "v1", "Deployment", "deployments", "deployment", namespaced: true, short: &["deploy"], cat: ALL, sub: &[Status, Scale], storage: "deployments", name: Dns1123Subdomain, strategy: &WorkloadStrategy(defaults::deployment, true)),
@@ -82,8 +82,18 @@ impl Strategy for NamespaceStrategy {
     fn has_status(&self) -> bool {
         true
     }
+    fn return_deleted_object(&self) -> bool {
+        true
+    }
     fn initial_status(&self, _obj: &Value) -> Option<Value> {
         Some(json!({"phase": "Active"}))
+    }
+}
+
+struct ServiceAccountStrategy;
+impl Strategy for ServiceAccountStrategy {
+    fn return_deleted_object(&self) -> bool {
+        true
     }
 }
 
@@ -135,6 +145,9 @@ impl Strategy for PodStrategy {
         Vec::new()
     }
     fn has_status(&self) -> bool {
+        true
+    }
+    fn return_deleted_object(&self) -> bool {
         true
     }
     fn initial_status(&self, _obj: &Value) -> Option<Value> {
@@ -210,6 +223,12 @@ impl Strategy for ServiceStrategy {
             }
         }
         causes
+    }
+    fn prepare_update(&self, new: &mut Value, old: &Value) {
+        crate::api::alloc::keep_allocated(new, old);
+    }
+    fn return_deleted_object(&self) -> bool {
+        true
     }
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
         let (n, o) = (&new["spec"]["clusterIP"], &old["spec"]["clusterIP"]);

@@ -69,6 +69,13 @@ pub trait Strategy: Send + Sync {
     fn allow_unconditional_update(&self) -> bool {
         true
     }
+    /// Adjusts an update before validation (e.g. keeping values the server allocated).
+    fn prepare_update(&self, _new: &mut Value, _old: &Value) {}
+    /// Whether a DELETE that removes the object answers with the object (pods, services...)
+    /// rather than a `Status`, as each Kubernetes store is registered.
+    fn return_deleted_object(&self) -> bool {
+        false
+    }
     /// Status a new object starts with (most kinds: empty).
     fn initial_status(&self, _obj: &Value) -> Option<Value> {
         None

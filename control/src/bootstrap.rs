@@ -37,7 +37,7 @@ pub async fn ensure(state: &Shared, api_ip: &str, api_port: u16) -> anyhow::Resu
 }
 
 async fn create_if_missing(state: &Shared, kind: &'static registry::Kind, ns: Option<&str>, obj: Value) -> anyhow::Result<()> {
-    match rest::create_object(state, kind, ns, obj, false).await {
+    match rest::create_object(state, kind, ns, obj, false, Some("skiff-apiserver")).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
         Err(e) => anyhow::bail!("bootstrapping {}: {}", kind.plural, e.message),

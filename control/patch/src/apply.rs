@@ -8,15 +8,19 @@
 //! * the fields the configuration sets become the manager's `Apply` entry in `managedFields`;
 //! * fields the manager applied last time but not any more are removed from the object unless
 //!   another manager still owns them — the defining behaviour of apply;
-//! * conflicts are resolved as with `force=true`: the applier takes over the fields whose value
-//!   it changes from other managers (see the crate docs for this and the other gaps).
+//! * a field another manager owns (an `Apply` or `Update` entry, including the applier's own
+//!   `Update` entry) and whose value the configuration changes is a conflict: without `force`
+//!   the apply fails with [`PatchError::Conflict`] (409) listing them in Kubernetes' words, with
+//!   `force` the applier takes them over and the other managers lose them. Setting a field to
+//!   the value it already has is no conflict: the field becomes shared.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
 
 use crate::fieldpath::{
-    FieldSet, Path, PathElement, child_mut, field_pe, key_pe, parse_pe, remove_child, value_at, value_pe,
+    FieldSet, Path, PathElement, child_mut, field_pe, go_quote, key_pe, parse_pe, path_string, remove_child, value_at,
+    value_pe,
 };
 use crate::schema::{self, FieldMeta, ListStrategy, Ty};
 use crate::util::{check_depth, guard, metadata_mut, now_rfc3339, opt_json_eq, remove_key, strip_nulls};
@@ -32,8 +36,28 @@ const UPDATE: &str = "Update";
 ///
 /// `live` is the stored object, `None` when the apply creates it. The result carries an
 /// updated `metadata.managedFields`. The HTTP layer still owns everything around it (name and
-/// namespace checks, `resourceVersion` preconditions, defaulting, status reset, validation).
-pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupKind) -> Result<Value> {
+/// namespace checks, `resourceVersion` preconditions, defaulting, status reset, validation,
+/// rejecting `force` on non-apply patches).
+///
+/// `force` is the request's `force` query parameter. A *conflict* is a field that the
+/// configuration sets to a value different from the live one while another manager owns it —
+/// any other entry of `managedFields`, `Apply` or `Update`, the applier's own `Update` entry
+/// included, since Kubernetes identifies managers by name *and* operation. Without `force` any
+/// conflict fails the whole apply with [`PatchError::Conflict`], whose message is the API
+/// server's:
+///
+/// ```text
+/// Apply failed with 1 conflict: conflict with "mgr": .data.k
+/// Apply failed with 2 conflicts: conflicts with "kubectl-edit" using v1:
+/// - .data.a
+/// - .data.b
+/// ```
+///
+/// (managers printed as `"name"` for `Apply` entries, `"name" using <apiVersion>` for `Update`
+/// ones, plus ` with subresource "s"` when the entry has one). With `force` the applier takes
+/// the conflicting fields over and the other managers lose them. Setting a field to the value
+/// it already has is never a conflict: the field is then shared by both managers.
+pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupKind, force: bool) -> Result<Value> {
     check_depth(applied, "apply configuration")?;
     if let Some(live) = live {
         check_depth(live, "object")?;
@@ -86,23 +110,33 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupK
     let mine = entries.iter().position(|e| e.is(manager, APPLY));
     let previous = mine.map(|i| entries[i].set.clone()).unwrap_or_default();
 
-    // force=true: other managers lose the leaf fields whose value this apply changes. Fields
-    // set to the value they already had stay shared, as in Kubernetes.
-    for (i, e) in entries.iter_mut().enumerate() {
+    // Conflicts: leaf fields of other managers whose value this apply changes. Fields set to
+    // the value they already had are not conflicts; they become shared, as in Kubernetes.
+    let mut conflicts: Vec<(usize, FieldSet)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
         if Some(i) == mine {
             continue;
         }
-        let lost: Vec<Path> = e
-            .set
-            .members()
-            .into_iter()
-            .filter(|p| new_set.contains_leaf(p))
-            .filter(|p| !opt_json_eq(value_at(&base, p), value_at(&merged, p)))
-            .collect();
-        for p in &lost {
-            e.set.remove(p);
-            e.changed = true;
+        let mut lost = FieldSet::default();
+        for p in e.set.members() {
+            if new_set.contains_leaf(&p) && !opt_json_eq(value_at(&base, &p), value_at(&merged, &p)) {
+                lost.insert(&p);
+            }
         }
+        if !lost.is_empty() {
+            conflicts.push((i, lost));
+        }
+    }
+    if !force && !conflicts.is_empty() {
+        return Err(conflict_error(&entries, &conflicts));
+    }
+    // force=true: the other managers lose the conflicting fields.
+    for (i, lost) in &conflicts {
+        let e = &mut entries[*i];
+        for p in lost.members() {
+            e.set.remove(&p);
+        }
+        e.changed = true;
     }
 
     // Prune what this manager stopped applying, unless someone (the new config included)
@@ -133,6 +167,11 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupK
 /// `manager`, the way the API server's field manager does for `operation: Update`: the manager
 /// gains the fields whose value it set or changed, the other managers lose them, and nobody
 /// keeps fields that are gone from the object. Returns `new` with `metadata.managedFields` set.
+///
+/// The manager's entry has `operation: Update` and the object's `apiVersion`; a later
+/// [`apply`] by another manager (or by the same name, which is a different manager for an
+/// `Update` entry) that changes one of these fields without `force` conflicts with
+/// `"<manager>" using <apiVersion>`. Updates themselves never conflict.
 ///
 /// `managedFields` sent in `new` replace the old ones when they differ from them (a client may
 /// rewrite them; `[{}]` clears them), as in Kubernetes.
@@ -243,6 +282,38 @@ impl Entry {
         self.manager == manager && self.operation == operation && self.subresource.is_empty()
     }
 
+    /// The API server's manager identifier (`BuildManagerIdentifier`): the entry's JSON without
+    /// fields and time, and without `apiVersion` for `Apply` entries. Conflicts are grouped and
+    /// sorted by it.
+    fn identifier(&self) -> String {
+        let q = |v: &str| Value::String(v.to_string()).to_string();
+        let mut parts = Vec::new();
+        if !self.manager.is_empty() {
+            parts.push(format!("\"manager\":{}", q(&self.manager)));
+        }
+        parts.push(format!("\"operation\":{}", q(&self.operation)));
+        if self.operation != APPLY && !self.api_version.is_empty() {
+            parts.push(format!("\"apiVersion\":{}", q(&self.api_version)));
+        }
+        if !self.subresource.is_empty() {
+            parts.push(format!("\"subresource\":{}", q(&self.subresource)));
+        }
+        format!("{{{}}}", parts.join(","))
+    }
+
+    /// The manager as conflict messages print it (`printManager`): `"name"`, then
+    /// ` with subresource "s"`, then ` using <apiVersion>` for `Update` entries.
+    fn printed(&self) -> String {
+        let mut s = go_quote(&self.manager);
+        if !self.subresource.is_empty() {
+            s = format!("{s} with subresource {}", go_quote(&self.subresource));
+        }
+        if self.operation == UPDATE {
+            s = format!("{s} using {}", self.api_version);
+        }
+        s
+    }
+
     fn render(&self, now: &str) -> Value {
         let mut m = self.raw.clone();
         let s = |v: &str| Value::String(v.to_string());
@@ -258,6 +329,36 @@ impl Entry {
         m.insert("fieldsV1".into(), self.set.to_fields_v1());
         Value::Object(m)
     }
+}
+
+/// The `PatchError::Conflict` for `conflicts` (entry index, conflicting fields), worded as the
+/// API server's `getConflictMessage` (k8s.io/apimachinery `managedfields/internal/conflict.go`):
+/// one conflict on one line; several grouped by manager, managers sorted by their identifier,
+/// paths in structured-merge-diff's set order.
+fn conflict_error(entries: &[Entry], conflicts: &[(usize, FieldSet)]) -> PatchError {
+    // (manager identifier, printed manager, paths); entries with the same identifier merge.
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (i, set) in conflicts {
+        let e = &entries[*i];
+        let id = e.identifier();
+        let paths = set.members_smd_order().iter().map(|p| path_string(p)).collect::<Vec<_>>();
+        match groups.iter_mut().find(|g| g.0 == id) {
+            Some(g) => g.2.extend(paths),
+            None => groups.push((id, e.printed(), paths)),
+        }
+    }
+    let total: usize = groups.iter().map(|g| g.2.len()).sum();
+    if total == 1 {
+        let (_, who, paths) = &groups[0];
+        return PatchError::Conflict(format!("Apply failed with 1 conflict: conflict with {who}: {}", paths[0]));
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut lines = Vec::new();
+    for (_, who, paths) in &groups {
+        lines.push(format!("conflicts with {who}:"));
+        lines.extend(paths.iter().map(|p| format!("- {p}")));
+    }
+    PatchError::Conflict(format!("Apply failed with {total} conflicts: {}", lines.join("\n")))
 }
 
 /// The usable entries of an object's `managedFields`; malformed ones are dropped, as the API
@@ -626,7 +727,7 @@ mod tests {
 
     #[test]
     fn create_records_fields_v1() {
-        let got = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        let got = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod(), false).unwrap();
         assert_eq!(without_managed(got.clone()), nginx("nginx:1.7.9"));
         let e = entry(&got, "kubectl").unwrap();
         assert_eq!(e["operation"], "Apply");
@@ -646,7 +747,7 @@ mod tests {
 
     #[test]
     fn reapply_changes_image_and_keeps_server_fields() {
-        let created = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        let created = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod(), false).unwrap();
         // The server adds defaults and status that nobody applied.
         let mut live = created;
         live["metadata"]["uid"] = json!("u1");
@@ -655,7 +756,7 @@ mod tests {
         live["spec"]["restartPolicy"] = json!("Always");
         live["status"] = json!({"phase":"Running"});
 
-        let got = apply(Some(&live), &nginx("nginx:1.9"), "kubectl", &pod()).unwrap();
+        let got = apply(Some(&live), &nginx("nginx:1.9"), "kubectl", &pod(), false).unwrap();
         assert_eq!(got["spec"]["containers"][0]["image"], "nginx:1.9");
         assert_eq!(got["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(got["spec"]["containers"][0]["ports"], json!([{"containerPort":80,"protocol":"TCP"}]));
@@ -671,11 +772,11 @@ mod tests {
         cfg["metadata"]["labels"]["tier"] = json!("frontend");
         cfg["metadata"]["annotations"] = json!({"note":"x"});
         cfg["spec"]["containers"][0]["env"] = json!([{"name":"A","value":"1"},{"name":"B","value":"2"}]);
-        let live = apply(None, &cfg, "kubectl", &pod()).unwrap();
+        let live = apply(None, &cfg, "kubectl", &pod(), false).unwrap();
 
         let mut cfg2 = nginx("nginx:1.7.9");
         cfg2["spec"]["containers"][0]["env"] = json!([{"name":"A","value":"1"}]);
-        let got = apply(Some(&live), &cfg2, "kubectl", &pod()).unwrap();
+        let got = apply(Some(&live), &cfg2, "kubectl", &pod(), false).unwrap();
         assert_eq!(got["metadata"]["labels"], json!({"app":"web"}));
         // The annotations map went empty and disappears, like an omitempty Go field.
         assert!(got["metadata"].get("annotations").is_none());
@@ -688,27 +789,33 @@ mod tests {
     fn fields_owned_by_another_manager_survive() {
         let mut cfg = nginx("nginx:1.7.9");
         cfg["metadata"]["labels"]["shared"] = json!("yes");
-        let live = apply(None, &cfg, "kubectl", &pod()).unwrap();
+        let live = apply(None, &cfg, "kubectl", &pod(), false).unwrap();
         // A controller also applies the same label value: shared ownership.
         let ctrl_cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx","labels":{"shared":"yes"}}});
-        let live = apply(Some(&live), &ctrl_cfg, "controller", &pod()).unwrap();
+        let live = apply(Some(&live), &ctrl_cfg, "controller", &pod(), false).unwrap();
         assert_eq!(managed(&live).len(), 2);
 
-        let got = apply(Some(&live), &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        let got = apply(Some(&live), &nginx("nginx:1.7.9"), "kubectl", &pod(), false).unwrap();
         assert_eq!(got["metadata"]["labels"], json!({"app":"web","shared":"yes"}));
         // The controller removing its label now really removes it.
         let ctrl_cfg2 = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx"}});
-        let got = apply(Some(&got), &ctrl_cfg2, "controller", &pod()).unwrap();
+        let got = apply(Some(&got), &ctrl_cfg2, "controller", &pod(), false).unwrap();
         assert_eq!(got["metadata"]["labels"], json!({"app":"web"}));
         assert!(entry(&got, "controller").is_none(), "empty entries are dropped");
     }
 
     #[test]
     fn force_takes_over_conflicting_fields() {
-        let live = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod()).unwrap();
+        let live = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod(), false).unwrap();
         let other = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx"},
                            "spec":{"containers":[{"name":"nginx","image":"nginx:2"}]}});
-        let got = apply(Some(&live), &other, "ci", &pod()).unwrap();
+        let err = apply(Some(&live), &other, "ci", &pod(), false).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.containers[name=\"nginx\"].image"
+        );
+        assert_eq!(err.status_code(), 409);
+        let got = apply(Some(&live), &other, "ci", &pod(), true).unwrap();
         assert_eq!(got["spec"]["containers"][0]["image"], "nginx:2");
         let kubectl = &entry(&got, "kubectl").unwrap()["fieldsV1"];
         let c = &kubectl["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"];
@@ -716,7 +823,7 @@ mod tests {
         assert!(c.get("f:name").is_some(), "same-valued fields stay shared");
         // kubectl dropping the whole container does not remove what ci still owns.
         let kubectl_cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"nginx","labels":{"app":"web"}}});
-        let got = apply(Some(&got), &kubectl_cfg, "kubectl", &pod()).unwrap();
+        let got = apply(Some(&got), &kubectl_cfg, "kubectl", &pod(), false).unwrap();
         assert_eq!(got["spec"]["containers"], json!([{"name":"nginx","image":"nginx:2"}]));
     }
 
@@ -726,7 +833,7 @@ mod tests {
             "spec":{"containers":[{"name":"a","image":"1"},{"name":"server","image":"s"},{"name":"b","image":"1"}]}});
         let cfg = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
             "spec":{"containers":[{"name":"b","image":"2"},{"name":"new","image":"n"},{"name":"a","image":"2"}]}});
-        let got = apply(Some(&live), &cfg, "m", &pod()).unwrap();
+        let got = apply(Some(&live), &cfg, "m", &pod(), false).unwrap();
         let names: Vec<&str> =
             got["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["server", "b", "new", "a"]);
@@ -734,7 +841,7 @@ mod tests {
         // Sets union; atomic lists are replaced.
         let live = json!({"metadata":{"name":"p","finalizers":["x"]},"spec":{"tolerations":[{"key":"a"}]}});
         let cfg = json!({"metadata":{"name":"p","finalizers":["y"]},"spec":{"tolerations":[{"key":"b"}]}});
-        let got = apply(Some(&live), &cfg, "m", &pod()).unwrap();
+        let got = apply(Some(&live), &cfg, "m", &pod(), false).unwrap();
         assert_eq!(got["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(got["spec"]["tolerations"], json!([{"key":"b"}]));
         let fields = &entry(&got, "m").unwrap()["fieldsV1"];
@@ -754,17 +861,18 @@ mod tests {
             json!({"metadata":{"finalizers":[{"a":1}]}}),
         ];
         for cfg in bad {
-            let e = apply(None, &cfg, "m", &pod()).unwrap_err();
+            let e = apply(None, &cfg, "m", &pod(), false).unwrap_err();
             assert_eq!(e.status_code(), 400, "{cfg}");
         }
-        assert!(apply(None, &json!({}), "", &pod()).is_err());
-        assert!(apply(Some(&json!(3)), &json!({}), "m", &pod()).is_err());
+        assert!(apply(None, &json!({}), "", &pod(), false).is_err());
+        assert!(apply(Some(&json!(3)), &json!({}), "m", &pod(), false).is_err());
         // An empty managedFields list is tolerated; nulls are dropped.
         let got = apply(
             None,
             &json!({"metadata":{"name":"x","managedFields":[]},"data":{"a":null,"b":"1"}}),
             "m",
             &GroupKind::new("", "ConfigMap"),
+            false,
         )
         .unwrap();
         assert_eq!(got["data"], json!({"b":"1"}));
@@ -779,6 +887,7 @@ mod tests {
             &json!({"metadata":{"name":"x"},"data":{"j":"w"}}),
             "m",
             &GroupKind::new("", "ConfigMap"),
+            false,
         )
         .unwrap();
         assert_eq!(got["data"], json!({"k":"v","j":"w"}));
@@ -799,14 +908,17 @@ mod tests {
         assert_eq!(e["operation"], "Update");
         assert_eq!(e["fieldsV1"], json!({"f:data":{"f:a":{}}}));
 
-        // Apply by another manager adds b and takes a (different value).
-        let applied = apply(
-            Some(&created),
-            &json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"2","b":"1"}}),
-            "ssa",
-            &cm,
-        )
-        .unwrap();
+        // Apply by another manager adds b and changes a: a conflict with the creator, unless
+        // forced, and then ssa takes a.
+        let cfg = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"2","b":"1"}});
+        let err = apply(Some(&created), &cfg, "ssa", &cm, false).unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::Conflict(
+                "Apply failed with 1 conflict: conflict with \"kubectl-create\" using v1: .data.a".into()
+            )
+        );
+        let applied = apply(Some(&created), &cfg, "ssa", &cm, true).unwrap();
         assert!(entry(&applied, "kubectl-create").is_none());
 
         // An update that changes b moves b to the updater; the applier then drops b from its
@@ -820,6 +932,7 @@ mod tests {
             &json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"2"}}),
             "ssa",
             &cm,
+            false,
         )
         .unwrap();
         assert_eq!(reapplied["data"], json!({"a":"2","b":"9"}));
@@ -837,5 +950,126 @@ mod tests {
         cleared["metadata"]["managedFields"] = json!([{}]);
         let cleared = update_managed_fields(Some(&gone), &cleared, "noop", &cm).unwrap();
         assert!(cleared["metadata"].get("managedFields").is_none());
+    }
+
+    fn cm() -> GroupKind {
+        GroupKind::new("", "ConfigMap")
+    }
+
+    fn config_map(data: Value) -> Value {
+        json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"default"},"data":data})
+    }
+
+    fn owns(obj: &Value, manager: &str, field: &str) -> bool {
+        entry(obj, manager).is_some_and(|e| e["fieldsV1"]["f:data"].get(field).is_some())
+    }
+
+    #[test]
+    fn conflicting_apply_fails_without_force_and_takes_over_with_it() {
+        let live = apply(None, &config_map(json!({"k":"v"})), "mgr", &cm(), false).unwrap();
+        let cfg = config_map(json!({"k":"w"}));
+
+        let err = apply(Some(&live), &cfg, "mgr2", &cm(), false).unwrap_err();
+        assert_eq!(err, PatchError::Conflict("Apply failed with 1 conflict: conflict with \"mgr\": .data.k".into()));
+        assert_eq!((err.status_code(), err.reason()), (409, "Conflict"));
+
+        let got = apply(Some(&live), &cfg, "mgr2", &cm(), true).unwrap();
+        assert_eq!(got["data"], json!({"k":"w"}));
+        assert!(owns(&got, "mgr2", "f:k"));
+        assert!(!owns(&got, "mgr", "f:k"), "mgr lost k");
+        assert!(entry(&got, "mgr").is_none(), "an entry left empty is dropped");
+
+        // Now the original applier is the one in conflict.
+        let err = apply(Some(&got), &config_map(json!({"k":"v"})), "mgr", &cm(), false).unwrap_err();
+        assert_eq!(err.message(), "Apply failed with 1 conflict: conflict with \"mgr2\": .data.k");
+    }
+
+    #[test]
+    fn same_value_is_shared_not_a_conflict() {
+        let live = apply(None, &config_map(json!({"k":"v","own":"1"})), "mgr", &cm(), false).unwrap();
+        let got = apply(Some(&live), &config_map(json!({"k":"v"})), "mgr2", &cm(), false).unwrap();
+        assert_eq!(got["data"], json!({"k":"v","own":"1"}));
+        assert!(owns(&got, "mgr", "f:k"));
+        assert!(owns(&got, "mgr2", "f:k"));
+        // An applier changing only its own fields never conflicts.
+        let got = apply(Some(&got), &config_map(json!({"k":"v","own":"2"})), "mgr", &cm(), false).unwrap();
+        assert_eq!(got["data"]["own"], "2");
+    }
+
+    #[test]
+    fn update_owners_conflict_with_appliers() {
+        let mut cfg = config_map(json!({"k":"v"}));
+        cfg["metadata"]["labels"] = json!({"tier":"web"});
+        let live = apply(None, &cfg, "mgr", &cm(), false).unwrap();
+
+        // `kubectl edit` changes the label: an Update entry takes it from mgr.
+        let mut edited = live.clone();
+        edited["metadata"]["labels"]["tier"] = json!("db");
+        let edited = update_managed_fields(Some(&live), &edited, "kubectl-edit", &cm()).unwrap();
+        let e = entry(&edited, "kubectl-edit").unwrap();
+        assert_eq!(e["operation"], "Update");
+        assert_eq!(e["apiVersion"], "v1");
+        assert_eq!(e["fieldsV1"], json!({"f:metadata":{"f:labels":{"f:tier":{}}}}));
+
+        // mgr re-applying its own (now stale) value conflicts with the editor.
+        let err = apply(Some(&edited), &cfg, "mgr", &cm(), false).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .metadata.labels.tier"
+        );
+        // Agreeing with the editor is fine, and forcing wins.
+        let mut agree = cfg.clone();
+        agree["metadata"]["labels"]["tier"] = json!("db");
+        apply(Some(&edited), &agree, "mgr", &cm(), false).unwrap();
+        let forced = apply(Some(&edited), &cfg, "mgr", &cm(), true).unwrap();
+        assert_eq!(forced["metadata"]["labels"]["tier"], "web");
+        assert!(entry(&forced, "kubectl-edit").is_none());
+
+        // A manager's own Update entry is another manager to its Apply, as in Kubernetes.
+        let mut self_edit = live.clone();
+        self_edit["data"]["k"] = json!("x");
+        let self_edit = update_managed_fields(Some(&live), &self_edit, "mgr", &cm()).unwrap();
+        let err = apply(Some(&self_edit), &cfg, "mgr", &cm(), false).unwrap_err();
+        assert_eq!(err.message(), "Apply failed with 1 conflict: conflict with \"mgr\" using v1: .data.k");
+    }
+
+    #[test]
+    fn unowned_fields_never_conflict() {
+        // Written before field management, or by a writer that recorded nothing.
+        let live = config_map(json!({"k":"v"}));
+        let got = apply(Some(&live), &config_map(json!({"k":"w","n":"1"})), "mgr", &cm(), false).unwrap();
+        assert_eq!(got["data"], json!({"k":"w","n":"1"}));
+        assert!(owns(&got, "mgr", "f:k"));
+        // A field owned by someone else but not touched by the configuration is no conflict.
+        let got = apply(Some(&got), &config_map(json!({"other":"1"})), "mgr2", &cm(), false).unwrap();
+        assert_eq!(got["data"], json!({"k":"w","n":"1","other":"1"}));
+    }
+
+    #[test]
+    fn several_conflicts_are_grouped_by_manager() {
+        let live = apply(None, &config_map(json!({"b":"1","a":"1","z":"1"})), "mgr", &cm(), false).unwrap();
+        let err = apply(Some(&live), &config_map(json!({"a":"2","b":"2"})), "ci", &cm(), false).unwrap_err();
+        assert_eq!(err.message(), "Apply failed with 2 conflicts: conflicts with \"mgr\":\n- .data.a\n- .data.b");
+
+        let mut edited = live.clone();
+        edited["metadata"]["labels"] = json!({"x":"1"});
+        edited["data"]["z"] = json!("2");
+        let edited = update_managed_fields(Some(&live), &edited, "kubectl-edit", &cm()).unwrap();
+        let mut cfg = config_map(json!({"a":"3","b":"3","z":"3"}));
+        cfg["metadata"]["labels"] = json!({"x":"3"});
+        let err = apply(Some(&edited), &cfg, "ci", &cm(), false).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 4 conflicts: conflicts with \"kubectl-edit\" using v1:\n\
+             - .data.z\n\
+             - .metadata.labels.x\n\
+             conflicts with \"mgr\":\n\
+             - .data.a\n\
+             - .data.b"
+        );
+        // Forced, ci owns all four and both other entries are emptied.
+        let got = apply(Some(&edited), &cfg, "ci", &cm(), true).unwrap();
+        assert_eq!(managed(&got).len(), 1);
+        assert_eq!(got["data"], json!({"a":"3","b":"3","z":"3"}));
     }
 }

@@ -7,6 +7,7 @@
 //! is in the set; FieldsV1 writes a member without children as `{}` and a member with children
 //! with an extra `".": {}` entry.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
@@ -132,6 +133,36 @@ impl FieldSet {
         }
     }
 
+    /// Every member path in the order of structured-merge-diff's `Set.Iterate`: at each level
+    /// the members first, then the descendants of each child, both sorted by [`pe_cmp`]. This is
+    /// the order in which Kubernetes lists apply conflicts.
+    pub fn members_smd_order(&self) -> Vec<Path> {
+        let mut out = Vec::new();
+        let mut prefix = Vec::new();
+        self.collect_smd_order(&mut prefix, &mut out);
+        out
+    }
+
+    fn collect_smd_order(&self, prefix: &mut Path, out: &mut Vec<Path>) {
+        let mut keys: Vec<&String> = self.children.keys().collect();
+        keys.sort_by(|a, b| pe_cmp(a, b));
+        for k in &keys {
+            if self.children[*k].member {
+                prefix.push((*k).clone());
+                out.push(prefix.clone());
+                prefix.pop();
+            }
+        }
+        for k in &keys {
+            let child = &self.children[*k];
+            if !child.children.is_empty() {
+                prefix.push((*k).clone());
+                child.collect_smd_order(prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+
     pub fn to_fields_v1(&self) -> Value {
         let mut m = Map::new();
         if self.member && !self.children.is_empty() {
@@ -185,6 +216,181 @@ pub(crate) fn parse_pe(s: &str) -> Option<PathElement> {
         "v:" => serde_json::from_str::<Value>(rest).ok().map(PathElement::Value),
         "i:" => rest.parse().ok().map(PathElement::Index),
         _ => None,
+    }
+}
+
+/// Orders serialized path elements as structured-merge-diff's `PathElement.Compare` does:
+/// fields before keys before values before indices; fields by name, keys field by field,
+/// values by [`value_cmp`], indices numerically. Unparseable elements sort last, by text.
+pub(crate) fn pe_cmp(a: &str, b: &str) -> Ordering {
+    fn rank(pe: &Option<PathElement>) -> u8 {
+        match pe {
+            Some(PathElement::Field(_)) => 0,
+            Some(PathElement::Key(_)) => 1,
+            Some(PathElement::Value(_)) => 2,
+            Some(PathElement::Index(_)) => 3,
+            None => 4,
+        }
+    }
+    let (pa, pb) = (parse_pe(a), parse_pe(b));
+    let by_rank = rank(&pa).cmp(&rank(&pb));
+    if by_rank != Ordering::Equal {
+        return by_rank;
+    }
+    match (pa, pb) {
+        (Some(PathElement::Field(x)), Some(PathElement::Field(y))) => x.cmp(&y),
+        (Some(PathElement::Key(x)), Some(PathElement::Key(y))) => {
+            let (x, y) = (sorted_fields(&x), sorted_fields(&y));
+            for ((xn, xv), (yn, yv)) in x.iter().zip(&y) {
+                let c = xn.cmp(yn).then_with(|| value_cmp(xv, yv));
+                if c != Ordering::Equal {
+                    return c;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Some(PathElement::Value(x)), Some(PathElement::Value(y))) => value_cmp(&x, &y),
+        (Some(PathElement::Index(x)), Some(PathElement::Index(y))) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+fn sorted_fields(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+/// structured-merge-diff's `value.Compare`: numbers (compared numerically) < strings < bools
+/// < lists < maps < null.
+pub(crate) fn value_cmp(a: &Value, b: &Value) -> Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Number(_) => 0,
+            Value::String(_) => 1,
+            Value::Bool(_) => 2,
+            Value::Array(_) => 3,
+            Value::Object(_) => 4,
+            Value::Null => 5,
+        }
+    }
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => {
+                let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+                x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+            }
+        },
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Array(x), Value::Array(y)) => {
+            for (x, y) in x.iter().zip(y) {
+                let c = value_cmp(x, y);
+                if c != Ordering::Equal {
+                    return c;
+                }
+            }
+            x.len().cmp(&y.len())
+        }
+        (Value::Object(_), Value::Object(_)) => canonical_json(a).cmp(&canonical_json(b)),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// A path as structured-merge-diff's `Path.String` prints it (`.spec.containers[name="c"].image`,
+/// `.metadata.finalizers[="x"]`, `.spec.args[0]`): the form of conflict messages.
+pub(crate) fn path_string(path: &[String]) -> String {
+    let mut out = String::new();
+    for pe in path {
+        match parse_pe(pe) {
+            Some(PathElement::Field(f)) => {
+                out.push('.');
+                out.push_str(&f);
+            }
+            Some(PathElement::Key(m)) => {
+                let parts: Vec<String> =
+                    sorted_fields(&m).into_iter().map(|(k, v)| format!("{k}={}", go_value_string(v))).collect();
+                out.push('[');
+                out.push_str(&parts.join(","));
+                out.push(']');
+            }
+            Some(PathElement::Value(v)) => {
+                out.push_str("[=");
+                out.push_str(&go_value_string(&v));
+                out.push(']');
+            }
+            Some(PathElement::Index(i)) => out.push_str(&format!("[{i}]")),
+            None => out.push_str("{{invalid path element}}"),
+        }
+    }
+    out
+}
+
+/// structured-merge-diff's `value.ToString`: strings quoted as Go's `%q`, numbers as Go's `%v`.
+fn go_value_string(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => go_quote(s),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(u)) => u.to_string(),
+            _ => go_float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::Array(a) => format!("[{}]", a.iter().map(go_value_string).collect::<Vec<_>>().join(",")),
+        Value::Object(m) => {
+            let parts: Vec<String> =
+                sorted_fields(m).into_iter().map(|(k, v)| format!("{k}={}", go_value_string(v))).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+    }
+}
+
+/// Go's `%q` (`strconv.Quote`) for the characters that occur in practice.
+pub(crate) fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `%v` for a float64: the shortest representation, in exponent form (`1e+06`) when the
+/// decimal exponent is below -4 or at least 6.
+fn go_float(f: f64) -> String {
+    if !f.is_finite() {
+        return if f.is_nan() {
+            "NaN".into()
+        } else if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if f != 0.0 && !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else {
+        format!("{f}")
     }
 }
 
@@ -287,6 +493,45 @@ mod tests {
         assert_eq!(a, b);
         b.union_with(&d);
         assert_eq!(b.members().len(), 2);
+    }
+
+    #[test]
+    fn paths_print_like_structured_merge_diff() {
+        let path = p(&[
+            "f:spec",
+            "f:containers",
+            "k:{\"name\":\"web\"}",
+            "f:ports",
+            "k:{\"containerPort\":80,\"protocol\":\"TCP\"}",
+        ]);
+        assert_eq!(path_string(&path), ".spec.containers[name=\"web\"].ports[containerPort=80,protocol=\"TCP\"]");
+        assert_eq!(
+            path_string(&p(&["f:metadata", "f:finalizers", "v:\"a\\\"b\""])),
+            ".metadata.finalizers[=\"a\\\"b\"]"
+        );
+        assert_eq!(path_string(&p(&["f:args", "i:3"])), ".args[3]");
+        assert_eq!(go_float(1.5), "1.5");
+        assert_eq!(go_float(1e6), "1e+06");
+        assert_eq!(go_float(1234567.0), "1.234567e+06");
+        assert_eq!(go_float(0.00001), "1e-05");
+        assert_eq!(go_float(0.0001), "0.0001");
+        assert_eq!(go_quote("a\tb\u{1}"), "\"a\\tb\\x01\"");
+    }
+
+    #[test]
+    fn smd_iteration_order() {
+        let mut s = FieldSet::default();
+        for path in [
+            p(&["f:spec", "f:a", "f:b"]),
+            p(&["f:spec", "f:z"]),
+            p(&["f:data", "f:k"]),
+            p(&["f:spec", "f:ports", "k:{\"port\":443}"]),
+            p(&["f:spec", "f:ports", "k:{\"port\":80}"]),
+        ] {
+            s.insert(&path);
+        }
+        let got: Vec<String> = s.members_smd_order().iter().map(|m| path_string(m)).collect();
+        assert_eq!(got, [".data.k", ".spec.z", ".spec.a.b", ".spec.ports[port=80]", ".spec.ports[port=443]"]);
     }
 
     #[test]

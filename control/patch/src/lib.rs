@@ -22,7 +22,13 @@
 //!   this object. Kubernetes answers 422 for *every* failure while applying a JSON patch (missing
 //!   path, index out of range, failed `test`) — a failed `test` is **not** a 409 — and for
 //!   strategic merge patches that contain lists of lists.
-//! * [`PatchError::Conflict`] → 409: server-side apply conflicts. Never produced today: see below.
+//! * [`PatchError::Conflict`] → 409: server-side apply conflicts, only from [`apply`] with
+//!   `force == false`: the configuration changes the value of a field another manager owns
+//!   (an `Apply` or `Update` entry of `managedFields`). The message is the API server's, e.g.
+//!   `Apply failed with 1 conflict: conflict with "mgr": .data.k`, or for several
+//!   `Apply failed with 2 conflicts: conflicts with "kubectl-edit" using v1:\n- .data.a\n- .data.b`.
+//!   Setting a field to the value it already has is no conflict (the field becomes shared);
+//!   with `force == true` the applier takes the fields over instead.
 //! * [`PatchError::TooLarge`] → 413: more than 10 000 JSON patch operations.
 //!
 //! # Robustness
@@ -30,8 +36,11 @@
 //! rejected with `Invalid` before any recursive work starts.
 //!
 //! # Known gaps
-//! * Server-side apply always behaves as `force=true`: fields owned by other managers are taken
-//!   over instead of reported as conflicts (no 409).
+//! * Apply conflicts carry only the message: the API server's 409 `Status` also lists each
+//!   conflict as a `details.causes` entry (`type: FieldManagerConflict`, `field: .data.k`);
+//!   the HTTP layer can only rebuild those by parsing the message.
+//! * Conflicts are found on leaf fields only (scalars, atomic lists, empty maps, set elements);
+//!   managers are not converted between API versions before comparing.
 //! * Server-side apply identifies list elements by the single strategic-merge key of
 //!   [`list_strategy`] (e.g. `containerPort`), where Kubernetes uses the OpenAPI
 //!   `x-kubernetes-list-map-keys` (e.g. `containerPort`+`protocol`); lists of custom resources
@@ -67,8 +76,8 @@ pub enum PatchError {
     /// The patch is well-formed but cannot be applied to this object (HTTP 422).
     #[error("{0}")]
     Unprocessable(String),
-    /// Server-side apply conflict with another field manager (HTTP 409). Not produced yet:
-    /// apply currently acts as `force=true`.
+    /// Server-side apply conflict with another field manager (HTTP 409), from [`apply`]
+    /// without `force`; the message lists the managers and fields as Kubernetes does.
     #[error("{0}")]
     Conflict(String),
     /// Too many JSON patch operations (HTTP 413 RequestEntityTooLarge).

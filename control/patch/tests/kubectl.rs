@@ -99,13 +99,24 @@ fn server_side_apply_lifecycle() {
     assert_eq!(managers(&created), [("kubectl-create".to_string(), "Update".to_string())]);
 
     // First server-side apply: same content, ownership becomes shared.
-    let applied = apply(Some(&created), &manifest(json!({"app":"web","team":"a"}), two), "kubectl", &deploy).unwrap();
+    let applied =
+        apply(Some(&created), &manifest(json!({"app":"web","team":"a"}), two), "kubectl", &deploy, false).unwrap();
     assert_eq!(managers(&applied).len(), 2);
 
     // Second apply drops the label and the sidecar: kubectl-create still co-owns them, so they
     // stay (this is what Kubernetes does too).
     let one = json!([{"name":"web","image":"nginx:2"}]);
-    let applied2 = apply(Some(&applied), &manifest(json!({"app":"web"}), one.clone()), "kubectl", &deploy).unwrap();
+    // The image change collides with kubectl-create's ownership: a 409 unless forced
+    // (`kubectl apply --server-side --force-conflicts`).
+    let cfg2 = manifest(json!({"app":"web"}), one.clone());
+    let err = apply(Some(&applied), &cfg2, "kubectl", &deploy, false).unwrap_err();
+    assert_eq!(err.status_code(), 409);
+    assert_eq!(
+        err.message(),
+        "Apply failed with 1 conflict: conflict with \"kubectl-create\" using apps/v1: \
+         .spec.template.spec.containers[name=\"web\"].image"
+    );
+    let applied2 = apply(Some(&applied), &cfg2, "kubectl", &deploy, true).unwrap();
     assert_eq!(applied2["metadata"]["labels"], json!({"app":"web","team":"a"}));
     assert_eq!(applied2["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 2);
     assert_eq!(applied2["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
@@ -119,9 +130,10 @@ fn server_side_apply_lifecycle() {
         ),
         "kubectl",
         &deploy,
+        false,
     )
     .unwrap();
-    let pruned = apply(Some(&solo), &manifest(json!({"app":"web"}), one), "kubectl", &deploy).unwrap();
+    let pruned = apply(Some(&solo), &manifest(json!({"app":"web"}), one), "kubectl", &deploy, false).unwrap();
     assert_eq!(pruned["metadata"]["labels"], json!({"app":"web"}));
     assert_eq!(pruned["spec"]["template"]["spec"]["containers"], json!([{"name":"web","image":"nginx:2"}]));
     let fields = &pruned["metadata"]["managedFields"][0]["fieldsV1"];

@@ -243,10 +243,15 @@ fn random_applies_never_panic() {
         let live = if r.below(3) == 0 { None } else { Some(podish(&mut r)) };
         let cfg = if r.below(2) == 0 { podish(&mut r) } else { value(&mut r, 4) };
         let manager = if i % 50 == 0 { "" } else { *r.pick(&["a", "b"]) };
-        if let Ok(out) = apply(live.as_ref(), &cfg, manager, kind) {
+        let force = r.below(2) == 0;
+        if let Ok(out) = apply(live.as_ref(), &cfg, manager, kind, force) {
             // Chain: apply again with the result as live, and record an update.
             let cfg2 = podish(&mut r);
-            let _ = apply(Some(&out), &cfg2, "b", kind);
+            match apply(Some(&out), &cfg2, "b", kind, false) {
+                Ok(_) | Err(PatchError::Invalid(_) | PatchError::Conflict(_)) => {}
+                Err(e) => panic!("unexpected error {e:?}"),
+            }
+            let _ = apply(Some(&out), &cfg2, "b", kind, true);
             let _ = update_managed_fields(Some(&out), &cfg2, "c", kind);
         }
         let _ = update_managed_fields(live.as_ref(), &cfg, "c", kind);
@@ -268,8 +273,8 @@ fn deep_nesting_is_bounded() {
     let ok = nested(MAX_DEPTH);
     strategic_merge_patch(&ok, &ok, &kind).unwrap();
     merge_patch(&ok, &ok).unwrap();
-    apply(None, &ok, "m", &kind).unwrap();
-    apply(Some(&ok), &ok, "m", &kind).unwrap();
+    apply(None, &ok, "m", &kind, false).unwrap();
+    apply(Some(&ok), &ok, "m", &kind, false).unwrap();
     update_managed_fields(Some(&ok), &ok, "m", &kind).unwrap();
 
     // Beyond it, Invalid — and no stack overflow even far beyond it.
@@ -280,7 +285,7 @@ fn deep_nesting_is_bounded() {
         assert!(matches!(strategic_merge_patch(&deep, &small, &kind), Err(PatchError::Invalid(_))));
         assert!(matches!(merge_patch(&small, &deep), Err(PatchError::Invalid(_))));
         assert!(matches!(json_patch(&deep, &json!([])), Err(PatchError::Invalid(_))));
-        assert!(matches!(apply(None, &deep, "m", &kind), Err(PatchError::Invalid(_))));
+        assert!(matches!(apply(None, &deep, "m", &kind, false), Err(PatchError::Invalid(_))));
         assert!(matches!(update_managed_fields(None, &deep, "m", &kind), Err(PatchError::Invalid(_))));
     }
 }

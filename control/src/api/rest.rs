@@ -27,24 +27,53 @@ pub async fn serve(state: &Shared, method: Method, t: Target, q: Query, headers:
         return super::super::health::component_statuses(state, t.name.as_deref(), accept).await;
     }
     let ct = header(headers, "content-type").to_string();
+    let manager = field_manager(&q, headers)?;
+    let manager = manager.as_str();
     match (t.name.as_deref(), t.subresource.as_deref(), method.clone()) {
         (None, None, Method::GET) if q.flag("watch") => super::watch::watch(state, kind, t.namespace.as_deref(), &q, accept).await,
         (None, None, Method::GET) => list(state, kind, t.namespace.as_deref(), &q, accept).await,
-        (None, None, Method::POST) => create(state, kind, t.namespace.as_deref(), &q, &ct, &body).await,
+        (None, None, Method::POST) => create(state, kind, t.namespace.as_deref(), &q, &ct, &body, manager).await,
         (None, None, Method::DELETE) => delete_collection(state, kind, t.namespace.as_deref(), &q, &body).await,
         (Some(name), None | Some("status"), Method::GET) => {
             let obj = get(state, kind, t.namespace.as_deref(), name, &q).await?;
             Ok(respond_object(kind, &obj, accept, StatusCode::OK))
         }
-        (Some(name), sub @ (None | Some("status")), Method::PUT) => update(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body).await,
-        (Some(name), sub @ (None | Some("status")), Method::PATCH) => patch(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body).await,
+        (Some(name), sub @ (None | Some("status")), Method::PUT) => update(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await,
+        (Some(name), sub @ (None | Some("status")), Method::PATCH) => patch(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await,
         (Some(name), None, Method::DELETE) => delete(state, kind, t.namespace.as_deref(), name, &q, &body).await,
-        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => scale(state, kind, t.namespace.as_deref(), name, m, &q, &ct, &body).await,
+        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => scale(state, kind, t.namespace.as_deref(), name, m, &q, &ct, &body, manager).await,
         (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => bind(state, kind, t.namespace.as_deref(), name, &body).await,
         (Some(name), Some("finalize"), Method::PUT) if kind.plural == "namespaces" => finalize_namespace(state, name, &ct, &body).await,
         (_, Some(sub), _) if !["status", "scale", "binding", "finalize"].contains(&sub) => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
         _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
     }
+}
+
+/// The field manager a write is recorded under: `fieldManager`, else the User-Agent's product
+/// (`kubectl/v1.33.1 (...)` → `kubectl`), as Kubernetes does.
+fn field_manager(q: &Query, headers: &HeaderMap) -> ApiResult<String> {
+    let m = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string(),
+        None => {
+            let ua = header(headers, "user-agent");
+            let product = ua.split('/').next().unwrap_or("").trim();
+            if product.is_empty() { "unknown".to_string() } else { product.chars().take(128).collect() }
+        }
+    };
+    if m.chars().count() > 128 {
+        return Err(ApiError::invalid("", "", "", vec![Cause { reason: "FieldValueTooLong", field: "fieldManager".into(), message: "Too long: may not be more than 128 bytes".into() }]));
+    }
+    if m.chars().any(|c| c.is_control()) {
+        return Err(ApiError::invalid("", "", "", vec![Cause::invalid("fieldManager", &json!(m), "must contain only printable characters")]));
+    }
+    Ok(m)
+}
+
+/// Records a non-apply write's field ownership in `managedFields` (operation `Update`).
+fn track_fields(kind: &Kind, old: Option<&Value>, new: Value, manager: Option<&str>) -> ApiResult<Value> {
+    let Some(manager) = manager else { return Ok(new) };
+    let gk = skiff_patch::GroupKind::new(kind.group, kind.kind);
+    skiff_patch::update_managed_fields(old, &new, manager, &gk).map_err(patch_error)
 }
 
 // ---------- encoding ----------
@@ -312,17 +341,18 @@ fn generate_name(prefix: &str) -> String {
 
 // ---------- writes ----------
 
-async fn create(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, ct: &str, body: &[u8]) -> ApiResult<Response> {
+async fn create(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
     let raw = decode_object(ct, body)?;
     let json_body = media_type(ct) == "application/json" || media_type(ct).is_empty();
     let (obj, warnings) = accept_input(kind, raw, json_body.then_some(body), fv)?;
-    let created = create_object(state, kind, ns, obj, q.dry_run()?).await?;
+    let created = create_object(state, kind, ns, obj, q.dry_run()?, Some(manager)).await?;
     Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings))
 }
 
-/// The create path shared by POST, PUT-creates and apply-creates.
-pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
+/// The create path shared by POST, PUT-creates and apply-creates. `manager` records field
+/// ownership as an `Update` (None: the caller already recorded it, as apply does).
+pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, mut obj: Value, dry_run: bool, manager: Option<&str>) -> ApiResult<Value> {
     let meta = obj.as_object_mut().and_then(|m| {
         m.entry("metadata").or_insert_with(|| json!({}));
         m.get_mut("metadata")?.as_object_mut()
@@ -378,6 +408,7 @@ pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>
     if let Some(ns) = ns.filter(|_| kind.namespaced) {
         ensure_namespace_accepts(state, ns, kind).await?;
     }
+    let mut obj = track_fields(kind, None, obj, manager)?;
     let key = key_of(kind, ns, &name);
     let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
     if kind.plural == "services" {
@@ -429,7 +460,7 @@ enum Part {
 
 /// Merges a requested new state with the stored one per the kind's rules, then defaults and
 /// validates it. `new` is in storage form.
-fn prepare_update(kind: &Kind, mut new: Value, old: &Value, part: Part) -> ApiResult<Value> {
+fn prepare_update(kind: &Kind, mut new: Value, old: &Value, part: Part, manager: Option<&str>) -> ApiResult<Value> {
     if !new.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
@@ -498,7 +529,7 @@ fn prepare_update(kind: &Kind, mut new: Value, old: &Value, part: Part) -> ApiRe
     if !causes.is_empty() {
         return Err(ApiError::invalid(kind.group, kind.kind, &name, causes));
     }
-    Ok(new)
+    track_fields(kind, Some(old), new, manager)
 }
 
 /// Writes `new` over the stored object at revision `expected`. Deletes instead when the last
@@ -564,7 +595,7 @@ fn pod_needs_kubelet(pod: &Value) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8]) -> ApiResult<Response> {
+async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
     let raw = decode_object(ct, body)?;
     let json_body = media_type(ct) == "application/json" || media_type(ct).is_empty();
@@ -591,7 +622,7 @@ async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &st
                 if let Some(m) = o["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
-                let created = create_object(state, kind, ns, o, dry_run).await?;
+                let created = create_object(state, kind, ns, o, dry_run, Some(manager)).await?;
                 return Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings));
             }
             return Err(ApiError::not_found(kind.group, kind.plural, name));
@@ -604,7 +635,7 @@ async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &st
             }
             None => rev,
         };
-        let new = prepare_update(kind, to_storage(kind, obj.clone()), &old, part)?;
+        let new = prepare_update(kind, to_storage(kind, obj.clone()), &old, part, Some(manager))?;
         match write_update(state, kind, ns, name, new, &old, expected, dry_run).await {
             Ok(v) => return Ok(with_warnings(respond_object(kind, &v, "", StatusCode::OK), &warnings)),
             Err(WriteError::Conflict) if requested_rv.is_none() => continue,
@@ -637,46 +668,51 @@ fn patch_error(e: skiff_patch::PatchError) -> ApiError {
     ApiError::new(e.status_code(), e.reason(), e.message().to_string())
 }
 
-fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manager: &str) -> ApiResult<Value> {
+fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manager: &str, force: bool) -> ApiResult<Value> {
     let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
     let r = match pt {
         PatchType::Json => skiff_patch::json_patch(current, patch),
         PatchType::Merge => skiff_patch::merge_patch(current, patch),
         PatchType::Strategic => skiff_patch::strategic_merge_patch(current, patch, &gk),
-        PatchType::Apply => skiff_patch::apply(Some(current), patch, manager, &gk),
+        PatchType::Apply => skiff_patch::apply(Some(current), patch, manager, &gk, force),
     };
     r.map_err(patch_error)
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8]) -> ApiResult<Response> {
+async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     let pt = patch_type(ct)?;
+    let force = q.get("force").is_some_and(|_| q.flag("force"));
+    if force && pt != PatchType::Apply {
+        return Err(ApiError::invalid("", "", "", vec![Cause::invalid("force", &json!(true), "may not be specified for non-apply patch")]));
+    }
     let fv = FieldValidation::from_query(q)?;
     let patch_doc = if pt == PatchType::Apply { super::negotiate::decode_yaml(body)? } else { decode_json(body)? };
-    let manager = q.get("fieldManager").unwrap_or("");
-    if pt == PatchType::Apply && manager.is_empty() {
+    if pt == PatchType::Apply && q.get("fieldManager").unwrap_or("").is_empty() {
         return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml requests must have a fieldManager"));
     }
+    // Apply records its own ownership (operation Apply); other patches are Updates.
+    let tracked = (pt != PatchType::Apply).then_some(manager);
     let part = if sub == Some("status") { Part::Status } else { Part::Main };
     let dry_run = q.dry_run()?;
     for _ in 0..MAX_RETRIES {
         let Some((old, rev)) = load(state, kind, ns, name).await? else {
             if pt == PatchType::Apply && part == Part::Main {
                 let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
-                let applied = skiff_patch::apply(None, &patch_doc, manager, &gk).map_err(patch_error)?;
+                let applied = skiff_patch::apply(None, &patch_doc, manager, &gk, force).map_err(patch_error)?;
                 let (obj, warnings) = accept_input(kind, applied, None, fv)?;
                 if obj["metadata"]["name"].as_str().unwrap_or(name) != name {
                     return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj["metadata"]["name"])));
                 }
                 let mut obj = obj;
                 obj["metadata"]["name"] = json!(name);
-                let created = create_object(state, kind, ns, obj, dry_run).await?;
+                let created = create_object(state, kind, ns, obj, dry_run, None).await?;
                 return Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings));
             }
             return Err(ApiError::not_found(kind.group, kind.plural, name));
         };
         let current = present(kind, &old);
-        let patched = apply_patch(pt, &current, &patch_doc, kind, manager)?;
+        let patched = apply_patch(pt, &current, &patch_doc, kind, manager, force)?;
         let (patched, warnings) = accept_input(kind, patched, None, fv)?;
         // A resourceVersion in the patch is a precondition.
         if let Some(rv) = patched["metadata"]["resourceVersion"].as_str() {
@@ -687,7 +723,7 @@ async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
         if patched["metadata"]["name"].as_str() != Some(name) {
             return Err(ApiError::bad_request("the name of the object may not be changed by a patch"));
         }
-        let new = prepare_update(kind, to_storage(kind, patched), &old, part)?;
+        let new = prepare_update(kind, to_storage(kind, patched), &old, part, tracked)?;
         match write_update(state, kind, ns, name, new, &old, rev, dry_run).await {
             Ok(v) => return Ok(with_warnings(respond_object(kind, &v, "", StatusCode::OK), &warnings)),
             Err(WriteError::Conflict) => continue,
@@ -890,7 +926,7 @@ fn scale_of(kind: &Kind, obj: &Value) -> Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, method: Method, q: &Query, ct: &str, body: &[u8]) -> ApiResult<Response> {
+async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, method: Method, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     if method == Method::GET {
         let obj = get(state, kind, ns, name, q).await?;
         return Ok(json_response(StatusCode::OK, &scale_of(kind, &obj)));
@@ -911,7 +947,7 @@ async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
                     PatchType::Json => skiff_patch::json_patch(&current, &doc),
                     PatchType::Merge => skiff_patch::merge_patch(&current, &doc),
                     PatchType::Strategic => skiff_patch::strategic_merge_patch(&current, &doc, &gk),
-                    PatchType::Apply => skiff_patch::apply(Some(&current), &doc, q.get("fieldManager").unwrap_or(""), &gk),
+                    PatchType::Apply => skiff_patch::apply(Some(&current), &doc, manager, &gk, q.flag("force") && q.get("force").is_some()),
                 };
                 r.map_err(patch_error)?
             }
@@ -928,7 +964,7 @@ async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(r);
-        let new = prepare_update(kind, new, &old, Part::Main)?;
+        let new = prepare_update(kind, new, &old, Part::Main, Some(manager))?;
         match write_update(state, kind, ns, name, new, &old, rev, dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &scale_of(kind, &v))),
             Err(WriteError::Conflict) => continue,

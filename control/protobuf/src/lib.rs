@@ -1,0 +1,1 @@
+//! Kubernetes protobuf (application/vnd.kubernetes.protobuf) request bodies decoded to JSON.

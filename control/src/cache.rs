@@ -7,6 +7,7 @@
 //! Architecture invariant: the cache never writes to storage and never decides anything; it is a
 //! mirror with a bounded event history (older `resourceVersion`s answer 410 Gone).
 
+use bytes::Bytes;
 use serde_json::Value;
 use skiff_storage::{Event, EventKind, KeyValue, Revision, Store};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,6 +35,28 @@ impl EventType {
     }
 }
 
+/// A cached object, parsed and serialized once: lists and watches write the bytes as they are,
+/// so serving 10,000 objects is copying, not encoding.
+#[derive(Clone, Debug)]
+pub struct Obj {
+    pub value: Arc<Value>,
+    pub json: Bytes,
+}
+
+impl Obj {
+    pub fn new(value: Value) -> Obj {
+        let json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        Obj { value: Arc::new(value), json }
+    }
+}
+
+impl std::ops::Deref for Obj {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
 #[derive(Debug)]
 pub struct CacheEvent {
     /// The storage resource (`pods`, `controllers`, ...).
@@ -41,15 +64,15 @@ pub struct CacheEvent {
     pub key: String,
     pub kind: EventType,
     /// The object after the change (for deletions: the last state, at the deletion's revision).
-    pub object: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
+    pub object: Obj,
+    pub prev: Option<Obj>,
     pub revision: Revision,
 }
 
 #[derive(Default)]
 struct State {
     revision: Revision,
-    objects: HashMap<String, BTreeMap<String, Arc<Value>>>,
+    objects: HashMap<String, BTreeMap<String, Obj>>,
     history: VecDeque<Arc<CacheEvent>>,
     /// Events at or below this revision are no longer in `history`.
     oldest: Revision,
@@ -89,10 +112,10 @@ impl Cache {
 
     async fn load(&self, store: &dyn Store) -> anyhow::Result<Revision> {
         let (items, rev) = store.list("/registry/", None).await?;
-        let mut objects: HashMap<String, BTreeMap<String, Arc<Value>>> = HashMap::new();
+        let mut objects: HashMap<String, BTreeMap<String, Obj>> = HashMap::new();
         for kv in &items {
             let (Some(res), Some(obj)) = (resource_of(&kv.key), decode(kv, kv.mod_revision)) else { continue };
-            objects.entry(res.to_string()).or_default().insert(kv.key.clone(), Arc::new(obj));
+            objects.entry(res.to_string()).or_default().insert(kv.key.clone(), Obj::new(obj));
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.objects = objects;
@@ -152,7 +175,7 @@ impl Cache {
                     st.revision = revision;
                     return;
                 };
-                let obj = Arc::new(obj);
+                let obj = Obj::new(obj);
                 map.insert(ev.kv.key.clone(), obj.clone());
                 let kind = if cached_prev.is_some() { EventType::Modified } else { EventType::Added };
                 CacheEvent { resource, key: ev.kv.key, kind, object: obj, prev: cached_prev, revision }
@@ -161,7 +184,7 @@ impl Cache {
                 map.remove(&ev.kv.key);
                 let last = ev.prev.as_ref().and_then(|p| decode(p, revision)).or_else(|| {
                     cached_prev.as_ref().map(|p| {
-                        let mut p = (**p).clone();
+                        let mut p = (*p.value).clone();
                         p["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                         p
                     })
@@ -170,7 +193,7 @@ impl Cache {
                     st.revision = revision;
                     return;
                 };
-                CacheEvent { resource, key: ev.kv.key, kind: EventType::Deleted, object: Arc::new(last), prev: cached_prev, revision }
+                CacheEvent { resource, key: ev.kv.key, kind: EventType::Deleted, object: Obj::new(last), prev: cached_prev, revision }
             }
         };
         let event = Arc::new(event);
@@ -198,7 +221,7 @@ impl Cache {
     }
 
     /// Objects of `resource` whose key starts with `prefix`, sorted by key, and the revision.
-    pub fn list(&self, resource: &str, prefix: &str) -> (Vec<(String, Arc<Value>)>, Revision) {
+    pub fn list(&self, resource: &str, prefix: &str) -> (Vec<(String, Obj)>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         let items = st
             .objects
@@ -208,7 +231,7 @@ impl Cache {
         (items, st.revision)
     }
 
-    pub fn get(&self, resource: &str, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, resource: &str, key: &str) -> Option<Obj> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         st.objects.get(resource).and_then(|m| m.get(key).cloned())
     }
@@ -225,7 +248,7 @@ impl Cache {
     }
 
     /// The current state as synthetic ADDED events plus a live receiver (watch with RV "" / "0").
-    pub fn snapshot_and_subscribe(&self, resource: &str, prefix: &str) -> (Vec<Arc<Value>>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
+    pub fn snapshot_and_subscribe(&self, resource: &str, prefix: &str) -> (Vec<Obj>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         let items = st
             .objects

@@ -36,69 +36,77 @@ fn walk(input: &Value, typed: &Value, path: String, out: &mut Vec<String>) {
     }
 }
 
-/// Duplicate keys in a JSON document (the last one would silently win otherwise).
-pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
+/// Parses a JSON document and reports its duplicate keys in the same pass (a plain parse lets
+/// the last duplicate win silently).
+pub fn parse_checked(body: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
+    let mut dups = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(body);
-    let _ = Dup { path: String::new(), out: &mut out }.deserialize(&mut de);
-    out
+    let v = Checked { path: String::new(), dups: &mut dups }.deserialize(&mut de)?;
+    de.end()?;
+    Ok((v, dups))
 }
 
-struct Dup<'a> {
+struct Checked<'a> {
     path: String,
-    out: &'a mut Vec<String>,
+    dups: &'a mut Vec<String>,
 }
 
-impl<'de> DeserializeSeed<'de> for Dup<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+impl<'de> DeserializeSeed<'de> for Checked<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Dup<'_> {
-    type Value = ();
+impl<'de> Visitor<'de> for Checked<'_> {
+    type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0;
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
         loop {
-            let p = format!("{}[{i}]", self.path);
-            if seq.next_element_seed(Dup { path: p, out: &mut *self.out })?.is_none() {
-                return Ok(());
+            let p = format!("{}[{}]", self.path, out.len());
+            match seq.next_element_seed(Checked { path: p, dups: &mut *self.dups })? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
             }
-            i += 1;
         }
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
         while let Some(k) = map.next_key::<String>()? {
             let p = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
-            if !seen.insert(k) {
-                self.out.push(p.clone());
+            let v = map.next_value_seed(Checked { path: p.clone(), dups: &mut *self.dups })?;
+            if out.insert(k, v).is_some() {
+                self.dups.push(p);
             }
-            map.next_value_seed(Dup { path: p, out: &mut *self.out })?;
         }
-        Ok(())
+        Ok(Value::Object(out))
     }
 }
 
@@ -106,6 +114,10 @@ impl<'de> Visitor<'de> for Dup<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn duplicate_fields(body: &[u8]) -> Vec<String> {
+        parse_checked(body).map(|(_, d)| d).unwrap_or_default()
+    }
 
     #[test]
     fn reports_misindented_fields_with_their_paths() {
@@ -120,6 +132,8 @@ mod tests {
     fn finds_duplicates_at_depth() {
         let d = duplicate_fields(br#"{"a":1,"b":{"c":[{"x":1,"x":2}]},"a":3}"#);
         assert_eq!(d, vec!["b.c[0].x", "a"]);
+        let (v, _) = parse_checked(br#"{"a":1,"a":3,"n":-2.5}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a": 3, "n": -2.5}), "the last duplicate wins, as in Go");
         assert!(duplicate_fields(br#"{"a":{"a":1}}"#).is_empty());
     }
 }

@@ -4,10 +4,11 @@
 
 use super::negotiate::{FieldValidation, Output, decode_json, decode_object, media_type, output};
 use super::{Query, Shared, Target, header, json_response};
+use crate::cache::Obj;
 use crate::registry::{Kind, validate_object_meta};
 use crate::status::{ApiError, ApiResult, Cause};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use skiff_apimachinery::{fields::FieldSelector, labels::LabelSelector};
@@ -153,7 +154,7 @@ async fn load(state: &Shared, kind: &Kind, ns: Option<&str>, name: &str) -> ApiR
 pub async fn get(state: &Shared, kind: &Kind, ns: Option<&str>, name: &str, q: &Query) -> ApiResult<Value> {
     let found = match q.get("resourceVersion") {
         // "0": any cached state will do.
-        Some("0") => state.cache.get(kind.storage, &key_of(kind, ns, name)).map(|v| (*v).clone()),
+        Some("0") => state.cache.get(kind.storage, &key_of(kind, ns, name)).map(|v| (*v.value).clone()),
         _ => load(state, kind, ns, name).await?.map(|(v, _)| v),
     };
     found.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))
@@ -197,7 +198,7 @@ async fn list(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, 
     let sel = Selectors::from_query(kind, q)?;
     let prefix = kind.storage_prefix(ns);
     let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
-    let (candidates, rev): (Vec<(String, Arc<Value>)>, i64) = if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+    let (candidates, rev): (Vec<(String, Obj)>, i64) = if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
         let (rev, start) = decode_continue(token)?;
         // Later pages read storage at the first page's revision: a consistent snapshot.
         let (kvs, rev) = match state.store.list(&prefix, Some(rev)).await {
@@ -206,14 +207,14 @@ async fn list(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, 
             }
             other => other?,
         };
-        let items = kvs.iter().filter(|kv| kv.key.as_str() > start.as_str()).filter_map(|kv| Some((kv.key.clone(), Arc::new(kv_object(kv).ok()?)))).collect();
+        let items = kvs.iter().filter(|kv| kv.key.as_str() > start.as_str()).filter_map(|kv| Some((kv.key.clone(), Obj::new(kv_object(kv).ok()?)))).collect();
         (items, rev)
     } else {
         match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
             (Some(rv), Some("Exact")) => {
                 let rv: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 let (kvs, rev) = state.store.list(&prefix, Some(rv)).await?;
-                (kvs.iter().filter_map(|kv| Some((kv.key.clone(), Arc::new(kv_object(kv).ok()?)))).collect(), rev)
+                (kvs.iter().filter_map(|kv| Some((kv.key.clone(), Obj::new(kv_object(kv).ok()?)))).collect(), rev)
             }
             (Some("0"), _) => state.cache.list(kind.storage, &prefix),
             (Some(rv), _) if !rv.is_empty() => {
@@ -229,7 +230,7 @@ async fn list(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, 
             }
         }
     };
-    let mut items = Vec::new();
+    let mut items: Vec<(&str, &Obj)> = Vec::new();
     let mut next = None;
     let mut remaining = 0usize;
     for (key, obj) in candidates.iter() {
@@ -239,32 +240,46 @@ async fn list(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, 
         if let Some(l) = limit {
             if items.len() >= l {
                 if next.is_none() {
-                    next = Some(encode_continue(rev, items.last().map(|(k, _): &(String, Value)| k.as_str()).unwrap_or("")));
+                    next = Some(encode_continue(rev, items.last().map(|(k, _)| *k).unwrap_or("")));
                 }
                 remaining += 1;
                 continue;
             }
         }
-        items.push((key.clone(), present(kind, obj)));
+        items.push((key, obj));
     }
     let mut meta = json!({"resourceVersion": rev.to_string()});
     if let Some(c) = &next {
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
-    let objs: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
     if output(accept) == Output::Table {
         let include = match q.get("includeObject") {
             Some("None") => skiff_apimachinery::table::IncludeObject::None,
             Some("Object") => skiff_apimachinery::table::IncludeObject::Object,
             _ => skiff_apimachinery::table::IncludeObject::Metadata,
         };
+        let objs: Vec<Value> = items.iter().map(|(_, o)| present(kind, o)).collect();
         let mut t = skiff_apimachinery::table::table(kind.plural, &objs, chrono::Utc::now(), include);
         t["metadata"] = meta;
         return Ok(json_response(StatusCode::OK, &t));
     }
-    let list = json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": meta, "items": objs});
-    Ok(json_response(StatusCode::OK, &list))
+    // The items are the cached bytes, concatenated; only converted versions re-encode.
+    let head = json!({"kind": kind.list_kind, "apiVersion": kind.api_version(), "metadata": meta}).to_string();
+    let mut body = Vec::with_capacity(head.len() + 16 + items.iter().map(|(_, o)| o.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, (_, o)) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match kind.convert {
+            None => body.extend_from_slice(&o.json),
+            Some(_) => body.extend_from_slice(present(kind, o).to_string().as_bytes()),
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response())
 }
 
 async fn wait_for_cache(state: &Shared, rev: i64) -> ApiResult<()> {
@@ -281,7 +296,7 @@ async fn wait_for_cache(state: &Shared, rev: i64) -> ApiResult<()> {
 
 /// Decodes a request object, type-checks it against the kind's schema and applies
 /// `fieldValidation`. Returns the object and warnings for the `Warning` header.
-fn accept_input(kind: &Kind, raw: Value, body: Option<&[u8]>, fv: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
+fn accept_input(kind: &Kind, raw: Value, duplicates: Vec<String>, fv: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
     if !raw.is_object() {
         return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: the request body must be a JSON object", kind.kind, kind.version, kind.kind)));
     }
@@ -300,9 +315,7 @@ fn accept_input(kind: &Kind, raw: Value, body: Option<&[u8]>, fv: FieldValidatio
     })?;
     let mut problems: Vec<String> = Vec::new();
     if fv != FieldValidation::Ignore {
-        if let Some(b) = body {
-            problems.extend(crate::strict::duplicate_fields(b).into_iter().map(|f| format!("duplicate field \"{f}\"")));
-        }
+        problems.extend(duplicates.into_iter().map(|f| format!("duplicate field \"{f}\"")));
         problems.extend(crate::strict::unknown_fields(&raw, &typed).into_iter().map(|f| format!("unknown field \"{f}\"")));
     }
     if fv == FieldValidation::Strict && !problems.is_empty() {
@@ -316,6 +329,18 @@ fn accept_input(kind: &Kind, raw: Value, body: Option<&[u8]>, fv: FieldValidatio
     }
     // Unknown fields are dropped, as a typed decoder would.
     Ok((typed, problems))
+}
+
+/// A request object and its duplicate fields (JSON bodies are checked while parsing).
+fn decode_checked(ct: &str, body: &[u8]) -> ApiResult<(Value, Vec<String>)> {
+    let mt = media_type(ct);
+    if mt.is_empty() || mt == "application/json" {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request("the request body is empty"));
+        }
+        return crate::strict::parse_checked(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")));
+    }
+    Ok((decode_object(ct, body)?, Vec::new()))
 }
 
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
@@ -343,9 +368,8 @@ fn generate_name(prefix: &str) -> String {
 
 async fn create(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
-    let raw = decode_object(ct, body)?;
-    let json_body = media_type(ct) == "application/json" || media_type(ct).is_empty();
-    let (obj, warnings) = accept_input(kind, raw, json_body.then_some(body), fv)?;
+    let (raw, dups) = decode_checked(ct, body)?;
+    let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
     let created = create_object(state, kind, ns, obj, q.dry_run()?, Some(manager)).await?;
     Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings))
 }
@@ -434,12 +458,19 @@ pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>
 async fn all_services(state: &Shared) -> ApiResult<Vec<Arc<Value>>> {
     let current = state.store.current_revision().await?;
     wait_for_cache(state, current).await?;
-    Ok(state.cache.list("services", "/registry/services/").0.into_iter().map(|(_, v)| v).collect())
+    Ok(state.cache.list("services", "/registry/services/").0.into_iter().map(|(_, v)| v.value).collect())
 }
 
 async fn ensure_namespace_accepts(state: &Shared, ns: &str, kind: &Kind) -> ApiResult<()> {
     let nsk = crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
-    match load(state, nsk, None, ns).await? {
+    // The cache answers for namespaces that exist (Kubernetes' lifecycle admission reads an
+    // informer too); storage is asked only when the cache has not seen the namespace yet.
+    let cached = state.cache.get(nsk.storage, &key_of(nsk, None, ns)).map(|o| (*o.value).clone());
+    let found = match cached {
+        Some(o) => Some(o),
+        None => load(state, nsk, None, ns).await?.map(|(o, _)| o),
+    };
+    match found.map(|o| (o, 0)) {
         None => Err(ApiError::not_found("", "namespaces", ns)),
         Some((obj, _)) if !obj["metadata"]["deletionTimestamp"].is_null() => Err(ApiError::forbidden(
             kind.group,
@@ -597,9 +628,8 @@ fn pod_needs_kubelet(pod: &Value) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
-    let raw = decode_object(ct, body)?;
-    let json_body = media_type(ct) == "application/json" || media_type(ct).is_empty();
-    let (obj, warnings) = accept_input(kind, raw, json_body.then_some(body), fv)?;
+    let (raw, dups) = decode_checked(ct, body)?;
+    let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
     let body_name = obj["metadata"]["name"].as_str().unwrap_or("");
     if body_name != name {
         return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
@@ -700,7 +730,7 @@ async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
             if pt == PatchType::Apply && part == Part::Main {
                 let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
                 let applied = skiff_patch::apply(None, &patch_doc, manager, &gk, force).map_err(patch_error)?;
-                let (obj, warnings) = accept_input(kind, applied, None, fv)?;
+                let (obj, warnings) = accept_input(kind, applied, Vec::new(), fv)?;
                 if obj["metadata"]["name"].as_str().unwrap_or(name) != name {
                     return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj["metadata"]["name"])));
                 }
@@ -713,7 +743,7 @@ async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
         };
         let current = present(kind, &old);
         let patched = apply_patch(pt, &current, &patch_doc, kind, manager, force)?;
-        let (patched, warnings) = accept_input(kind, patched, None, fv)?;
+        let (patched, warnings) = accept_input(kind, patched, Vec::new(), fv)?;
         // A resourceVersion in the patch is a precondition.
         if let Some(rv) = patched["metadata"]["resourceVersion"].as_str() {
             if rv != rev.to_string() {

@@ -8,7 +8,7 @@
 use super::negotiate::{Output, output};
 use super::rest::{Selectors, present};
 use super::{Query, Shared};
-use crate::cache::{CacheEvent, EventType};
+use crate::cache::{CacheEvent, EventType, Obj};
 use crate::registry::Kind;
 use crate::status::{ApiError, ApiResult};
 use axum::body::Body;
@@ -33,15 +33,14 @@ pub async fn watch(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Qu
     let timeout = q.int("timeoutSeconds")?.map(|s| Duration::from_secs(s.max(0) as u64)).unwrap_or(MAX_WATCH).min(MAX_WATCH);
     let table = output(accept) == Output::Table;
 
-    let (initial, mut rx, start_rev): (Vec<Value>, _, i64) = if rv.is_empty() || rv == "0" || send_initial {
+    let (initial, mut rx, start_rev): (Vec<Obj>, _, i64) = if rv.is_empty() || rv == "0" || send_initial {
         if rv.is_empty() {
             // "Most recent": the cache must have caught up with storage first.
             let current = state.store.current_revision().await?;
             state.cache.wait_for(current, Duration::from_secs(3)).await;
         }
         let (items, rx, rev) = state.cache.snapshot_and_subscribe(kind.storage, &prefix);
-        let mut objs: Vec<Value> = items.iter().filter(|o| sel.matches(o)).map(|o| present(kind, o)).collect();
-        objs.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+        let objs: Vec<Obj> = items.into_iter().filter(|o| sel.matches(o)).collect();
         (objs, rx, rev)
     } else {
         let after: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
@@ -85,6 +84,21 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// One event line. Unconverted objects are written from their cached bytes, so a hundred
+    /// watchers do not encode the same object a hundred times.
+    fn event(&mut self, ty: &str, obj: &Obj) -> Bytes {
+        if self.table || self.kind.convert.is_some() {
+            return self.line(ty, &present(self.kind, obj));
+        }
+        let mut b = Vec::with_capacity(obj.json.len() + 32);
+        b.extend_from_slice(b"{\"type\":\"");
+        b.extend_from_slice(ty.as_bytes());
+        b.extend_from_slice(b"\",\"object\":");
+        b.extend_from_slice(&obj.json);
+        b.extend_from_slice(b"}\n");
+        Bytes::from(b)
+    }
+
     fn line(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = if self.table && ty != "BOOKMARK" && ty != "ERROR" {
             let mut t = skiff_apimachinery::table::table(self.kind.plural, std::slice::from_ref(obj), chrono::Utc::now(), skiff_apimachinery::table::IncludeObject::Metadata);
@@ -112,17 +126,17 @@ impl Encoder {
 
 /// Translates one cache event for this watcher: label/field selectors turn a modification that
 /// leaves (enters) the selection into DELETED (ADDED), as Kubernetes' cacher does.
-fn translate(kind: &Kind, sel: &Selectors, ev: &CacheEvent) -> Option<(&'static str, Value)> {
+fn translate(sel: &Selectors, ev: &CacheEvent) -> Option<&'static str> {
     let now_matches = sel.matches(&ev.object);
     match ev.kind {
-        EventType::Added => now_matches.then(|| ("ADDED", present(kind, &ev.object))),
-        EventType::Deleted => now_matches.then(|| ("DELETED", present(kind, &ev.object))),
+        EventType::Added => now_matches.then_some("ADDED"),
+        EventType::Deleted => now_matches.then_some("DELETED"),
         EventType::Modified => {
             let was = ev.prev.as_ref().is_some_and(|p| sel.matches(p));
             match (was, now_matches) {
-                (true, true) => Some(("MODIFIED", present(kind, &ev.object))),
-                (false, true) => Some(("ADDED", present(kind, &ev.object))),
-                (true, false) => Some(("DELETED", present(kind, &ev.object))),
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
                 (false, false) => None,
             }
         }
@@ -136,7 +150,7 @@ async fn pump(
     prefix: String,
     mut rx: tokio::sync::broadcast::Receiver<Arc<CacheEvent>>,
     backlog: Vec<Arc<CacheEvent>>,
-    initial: Vec<Value>,
+    initial: Vec<Obj>,
     initial_end_bookmark: bool,
     bookmarks: bool,
     timeout: Duration,
@@ -147,7 +161,7 @@ async fn pump(
     let mut enc = Encoder { kind, table, columns_sent: false };
     let mut last = start_rev;
     for obj in &initial {
-        if tx.send(enc.line("ADDED", obj)).await.is_err() {
+        if tx.send(enc.event("ADDED", obj)).await.is_err() {
             return;
         }
     }
@@ -158,8 +172,8 @@ async fn pump(
     for ev in &backlog {
         sent_up_to = ev.revision;
         last = last.max(ev.revision);
-        if let Some((ty, obj)) = translate(kind, &sel, ev) {
-            if tx.send(enc.line(ty, &obj)).await.is_err() {
+        if let Some(ty) = translate(&sel, ev) {
+            if tx.send(enc.event(ty, &ev.object)).await.is_err() {
                 return;
             }
         }
@@ -183,8 +197,8 @@ async fn pump(
                         continue;
                     }
                     last = ev.revision;
-                    if let Some((ty, obj)) = translate(kind, &sel, &ev) {
-                        if tx.send(enc.line(ty, &obj)).await.is_err() {
+                    if let Some(ty) = translate(&sel, &ev) {
+                        if tx.send(enc.event(ty, &ev.object)).await.is_err() {
                             return;
                         }
                     }

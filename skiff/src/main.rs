@@ -1,6 +1,9 @@
 //! `skiff`: one binary for every Skiff component (DESIGN.md §2 is the command-line contract).
 
 use anyhow::{Context, Result};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod cache;
 pub mod health;
+pub mod leader;
 pub mod pki;
 pub mod registry;
 pub mod status;

@@ -360,6 +360,7 @@ where
     let mut failures: HashMap<ObjKey, u32> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut seq = 0u64;
+    let mut closed = false;
     let mut schedule = |key: ObjKey, at: Instant, due: &mut BTreeMap<(Instant, u64), ObjKey>, scheduled: &mut HashMap<ObjKey, (Instant, u64)>| {
         if let Some(prev) = scheduled.get(&key) {
             if prev.0 <= at {
@@ -404,9 +405,10 @@ where
         }
         let next = due.keys().next().map(|(at, _)| *at);
         tokio::select! {
-            msg = rx.rx.recv() => match msg {
+            msg = rx.rx.recv(), if !closed => match msg {
                 Some((key, after)) => schedule(key, Instant::now() + after, &mut due, &mut scheduled),
-                None => if tasks.is_empty() { return },
+                // No producer left (a controller that only requeues itself): keep serving timers.
+                None => closed = true,
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok((key, res, took)) = done else { continue };

@@ -209,7 +209,7 @@ pub fn pod_from_template(template: &PodTemplateSpec, namespace: &str, generate_n
 
 /// The order in which surplus pods are deleted: earlier is deleted first (Kubernetes'
 /// `ActivePods` ranking: unscheduled, pending, not ready, recently ready, restarting, newest).
-pub fn deletion_rank(pod: &Pod) -> impl Ord {
+pub fn deletion_rank(pod: &Pod) -> impl Ord + use<> {
     let assigned = pod_node(pod).is_some();
     let phase = match pod_phase(pod) {
         "Pending" => 0,

@@ -1,1 +1,4 @@
 //! Kubernetes protobuf (application/vnd.kubernetes.protobuf) request bodies decoded to JSON.
+#[cfg(test)]
+mod extract;
+mod table;

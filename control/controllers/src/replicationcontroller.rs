@@ -1,0 +1,41 @@
+//! The ReplicationController controller: `spec.replicas` pods matching the selector, owned by the controller.
+
+use crate::replicas::{self, Replicated};
+use crate::runtime::{Action, Informer, ObjKey, Queue};
+use crate::util::Selector;
+use crate::Ctx;
+use k8s_openapi::api::core::v1::ReplicationController;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use std::sync::Arc;
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "ReplicationController";
+    fn selector(&self) -> Selector {
+        Selector::from_map(self.spec.as_ref().and_then(|s| s.selector.as_ref()))
+    }
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+    }
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.status).unwrap_or_default()
+    }
+    fn informer(ctx: &Ctx) -> &Arc<Informer<Self>> {
+        &ctx.rcs
+    }
+}
+
+pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
+    replicas::register::<ReplicationController>(ctx, queue)
+}
+
+pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
+    replicas::reconcile::<ReplicationController>(key, ctx).await
+}

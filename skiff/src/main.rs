@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -21,34 +21,43 @@ enum StoreArg {
     Etcd,
 }
 
+/// The control plane's settings, shared by `skiff control` and `skiff up`.
+#[derive(Args)]
+struct ControlArgs {
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "embedded")]
+    store: StoreArg,
+    /// Comma-separated etcd client URLs (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+}
+
+impl ControlArgs {
+    fn config(self) -> skiff_control::ControlConfig {
+        let mut cfg = skiff_control::ControlConfig::new(self.data_dir);
+        cfg.listen = self.listen;
+        cfg.store = match self.store {
+            StoreArg::Embedded => skiff_control::StoreKind::Embedded,
+            StoreArg::Etcd => skiff_control::StoreKind::Etcd,
+        };
+        cfg.etcd_endpoints = self.etcd_endpoints;
+        cfg.service_cidr = self.service_cidr;
+        cfg
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// API server (and, as they land, scheduler and controllers). Writes D/kubeconfig.
-    Control {
-        #[arg(long, default_value = "/var/lib/skiff")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:6443")]
-        listen: SocketAddr,
-        #[arg(long, value_enum, default_value = "embedded")]
-        store: StoreArg,
-        /// Comma-separated etcd client URLs (with --store etcd).
-        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-        etcd_endpoints: Vec<String>,
-        #[arg(long, default_value = "10.96.0.0/12")]
-        service_cidr: String,
-    },
+    Control(ControlArgs),
     /// A single-node cluster in one command. Today it runs the control plane; the agent, the
     /// eBPF dataplane and DNS join it as their issues land.
-    Up {
-        #[arg(long, default_value = "/var/lib/skiff")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:6443")]
-        listen: SocketAddr,
-        #[arg(long, value_enum, default_value = "embedded")]
-        store: StoreArg,
-        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-        etcd_endpoints: Vec<String>,
-    },
+    Up(ControlArgs),
     /// Stops the cluster started by `skiff up` on this data directory.
     Down {
         #[arg(long, default_value = "/var/lib/skiff")]
@@ -78,19 +87,13 @@ enum Command {
 
 const PID_FILE: &str = "skiff.pid";
 
-async fn up(data_dir: PathBuf, listen: SocketAddr, store: StoreArg, etcd_endpoints: Vec<String>) -> Result<()> {
+async fn up(cfg: skiff_control::ControlConfig) -> Result<()> {
+    let data_dir = cfg.data_dir.clone();
     let pid_path = data_dir.join(PID_FILE);
     if let Some(pid) = running_pid(&data_dir) {
         anyhow::bail!("a cluster is already running on {} (pid {pid}); `skiff down --data-dir {}` stops it", data_dir.display(), data_dir.display());
     }
     println!("==> data directory {}", data_dir.display());
-    let mut cfg = skiff_control::ControlConfig::new(data_dir.clone());
-    cfg.listen = listen;
-    cfg.store = match store {
-        StoreArg::Embedded => skiff_control::StoreKind::Embedded,
-        StoreArg::Etcd => skiff_control::StoreKind::Etcd,
-    };
-    cfg.etcd_endpoints = etcd_endpoints;
     println!("==> starting the API server ({} store)", match cfg.store {
         skiff_control::StoreKind::Embedded => "embedded",
         skiff_control::StoreKind::Etcd => "etcd",
@@ -190,18 +193,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Control { data_dir, listen, store, etcd_endpoints, service_cidr } => {
+        Command::Control(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let mut cfg = skiff_control::ControlConfig::new(data_dir);
-                cfg.listen = listen;
-                cfg.store = match store {
-                    StoreArg::Embedded => skiff_control::StoreKind::Embedded,
-                    StoreArg::Etcd => skiff_control::StoreKind::Etcd,
-                };
-                cfg.etcd_endpoints = etcd_endpoints;
-                cfg.service_cidr = service_cidr;
-                let control = skiff_control::start(cfg).await?;
+                let control = skiff_control::start(args.config()).await?;
                 println!("skiff control: API server at https://{}", control.addr);
                 println!("export KUBECONFIG={}", control.kubeconfig.display());
                 tokio::select! {
@@ -210,9 +205,9 @@ fn main() -> Result<()> {
                 }
             })
         }
-        Command::Up { data_dir, listen, store, etcd_endpoints } => {
+        Command::Up(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(up(data_dir, listen, store, etcd_endpoints))
+            rt.block_on(up(args.config()))
         }
         Command::Down { data_dir } => down(&data_dir),
         Command::Status { data_dir } => status(&data_dir),

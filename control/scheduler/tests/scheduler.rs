@@ -358,15 +358,50 @@ async fn throughput() -> anyhow::Result<()> {
         }
     }
     println!("setup: {n_nodes} nodes, {n_pods} pods in {:?}", t.elapsed());
+    let server_cpu0 = server_cpu(&control);
+    let own_cpu0 = cpu_seconds("self");
     let t = Instant::now();
-    let _s = start(&client, "tp");
+    let config = SchedulerConfig {
+        scheduler_name: "tp".into(),
+        max_bindings_in_flight: env("SCHED_INFLIGHT", 32),
+        ..Default::default()
+    };
+    let _s = Running(tokio::spawn(skiff_scheduler::run(client.clone(), config)));
     wait_for("all bound", Duration::from_secs(600), || async {
-        let list = pods.list(&ListParams::default().labels("app=test")).await?;
-        let bound = list.items.iter().filter(|p| node_of(p).is_some()).count();
-        Ok((bound == n_pods).then_some(()))
+        // Only the unbound ones, so polling stays cheap.
+        let list = pods.list(&ListParams::default().fields("spec.nodeName=").limit(1)).await?;
+        Ok(list.items.is_empty().then_some(()))
     })
     .await;
     let el = t.elapsed();
     println!("scheduled {n_pods} pods on {n_nodes} nodes in {el:?}: {:.0} pods/s", n_pods as f64 / el.as_secs_f64());
+    println!(
+        "cpu: API server {:.2}s, scheduler + test client {:.2}s",
+        server_cpu(&control) - server_cpu0,
+        cpu_seconds("self") - own_cpu0
+    );
     Ok(())
+}
+
+/// utime + stime of a process in seconds (Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn server_cpu(control: &Control) -> f64 {
+    let dir = control.dir.path().to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if pid.chars().all(|c| c.is_ascii_digit()) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&dir) {
+                return cpu_seconds(&pid);
+            }
+        }
+    }
+    0.0
 }

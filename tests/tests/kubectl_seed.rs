@@ -765,3 +765,42 @@ fn invalid_pod_name_is_refused() {
     assert!(stdout(&none).trim().is_empty(), "a pod was stored:\n{}", stdout(&none));
     assert_eq!(stderr(&none).trim(), "No resources found in default namespace.");
 }
+
+/// kubectl's generators (`create configmap|secret|deployment|service|namespace`) and the seed's
+/// `autoscale` send protobuf bodies; they must work like any other create.
+#[test]
+fn generators_and_autoscale_send_protobuf() {
+    let c = start();
+    assert!(c.kubectl_ok(&["create", "namespace", "team-a"]).contains("namespace/team-a created"));
+    assert!(c.kubectl_ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "team-a"]).contains("configmap/settings created"));
+    assert!(c.kubectl_ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]).contains("secret/creds created"));
+    assert!(c.kubectl_ok(&["create", "deployment", "web", "--image=nginx:1.7.9", "--replicas=2"]).contains("deployment.apps/web created"));
+    assert!(c.kubectl_ok(&["create", "service", "nodeport", "web", "--tcp=80:8080"]).contains("service/web created"));
+
+    let cm = get_json(&c, &["configmap", "settings", "-n", "team-a"]);
+    assert_eq!(cm["data"]["mode"], "fast");
+    let secret = get_json(&c, &["secret", "creds"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0", "base64 of s3cret");
+    let deploy = get_json(&c, &["deployment", "web"]);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.7.9");
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate", "server-side defaults applied");
+    let svc = get_json(&c, &["service", "web"]);
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    let np = svc["spec"]["ports"][0]["nodePort"].as_i64().expect("a node port was allocated");
+    assert!((30000..=32767).contains(&np));
+
+    // The seed: `kubectl autoscale rc ... --min=1 --max=10 --cpu-percent=50`.
+    create_seed(&c, "frontend-controller.yaml", "replicationcontroller/frontend");
+    let out = c.kubectl_ok(&["autoscale", "rc", "frontend", "--min=1", "--max=10", "--cpu-percent=50"]);
+    assert!(out.contains("horizontalpodautoscaler.autoscaling/frontend autoscaled"), "{out}");
+    let hpa = get_json(&c, &["hpa", "frontend"]);
+    assert_eq!(hpa["spec"]["minReplicas"], 1);
+    assert_eq!(hpa["spec"]["maxReplicas"], 10);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "ReplicationController");
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
+    let raw = c.kubectl_ok(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/frontend"]);
+    let v1: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50, "autoscaling/v1 view of the same object");
+}

@@ -16,10 +16,10 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
 
+use crate::DecodeError;
 use crate::gofmt;
 use crate::table::{self, Field, Name, Table, Ty};
 use crate::wire::{self, Reader, Value as Wire};
-use crate::DecodeError;
 
 /// Nesting allowed before the input is rejected: the deepest built-in type nests about 15
 /// structs, and a `RawExtension` may hold another envelope.
@@ -38,7 +38,8 @@ impl Ctx {
     }
 
     fn spend(&mut self) -> Result<(), DecodeError> {
-        self.budget = self.budget.checked_sub(1).ok_or_else(|| wire::malformed("object expands beyond the size limit"))?;
+        self.budget =
+            self.budget.checked_sub(1).ok_or_else(|| wire::malformed("object expands beyond the size limit"))?;
         Ok(())
     }
 }
@@ -80,8 +81,8 @@ pub(crate) fn message(idx: usize, msg: &[u8], ctx: &mut Ctx) -> Result<Map<Strin
                 };
                 if let Some((i, occ)) = inner {
                     let bytes = concat(occ)?;
-                    // Go promotes embedded fields only where the outer struct has no field of
-                    // that name; outer fields written later overwrite, earlier ones are kept.
+                    // Go's shallower field wins a name clash: a promoted field never replaces one
+                    // the outer struct already wrote, and an outer field written later replaces it.
                     for (k, v) in message(i, &bytes, ctx)? {
                         out.entry(k).or_insert(v);
                     }
@@ -149,6 +150,8 @@ fn present(f: &Field, ty: &Ty, occ: &[Wire], ctx: &mut Ctx) -> Result<Value, Dec
     Ok(match ty {
         Ty::Struct(i) => structure(*i, &concat(occ)?, ctx)?,
         Ty::Bytes => Value::String(gofmt::base64(bytes(*occ.last().unwrap())?)),
+        // A pointer to a slice or map (none in kubectl 1.33's types, but cheap to get right) is
+        // written like the slice or map itself.
         Ty::Slice(_) | Ty::Wrapper(_) | Ty::Map(_) | Ty::Ptr(_) => {
             let plain = Field { tag: f.tag, name: Name::Skip, omitempty: false, ty: ty.clone() };
             field(&plain, ty, occ, ctx)?.unwrap_or(Value::Null)
@@ -172,7 +175,7 @@ fn concat<'a>(occ: &[Wire<'a>]) -> Result<Cow<'a, [u8]>, DecodeError> {
     }
 }
 
-fn bytes(v: Wire) -> Result<&[u8], DecodeError> {
+fn bytes<'a>(v: Wire<'a>) -> Result<&'a [u8], DecodeError> {
     match v {
         Wire::Bytes(b) => Ok(b),
         other => Err(wrong_wire(other, 2)),
@@ -251,12 +254,10 @@ fn entry(val: &Ty, msg: &[u8], ctx: &mut Ctx) -> Result<(String, Value), DecodeE
             _ => scalar(inner, v)?,
         },
         (Ty::Ptr(_), None) => Value::Null,
-        (Ty::Wrapper(elem), v) => {
-            Value::Array(match v {
-                Some(v) => wrapper(elem, bytes(v)?, ctx)?,
-                None => Vec::new(),
-            })
-        }
+        (Ty::Wrapper(elem), v) => Value::Array(match v {
+            Some(v) => wrapper(elem, bytes(v)?, ctx)?,
+            None => Vec::new(),
+        }),
         (Ty::Bytes, v) => Value::String(gofmt::base64(v.map(bytes).transpose()?.unwrap_or(&[]))),
         (Ty::Slice(_) | Ty::Map(_), _) => return Err(wire::malformed("unsupported map value type")),
         (scalar_ty, Some(v)) => scalar(scalar_ty, v)?,
@@ -291,7 +292,9 @@ fn structure(idx: usize, msg: &[u8], ctx: &mut Ctx) -> Result<Value, DecodeError
             }
             // time.Unix can land exactly on Go's zero time, which marshals as null too.
             const GO_ZERO_TIME: i64 = -62_135_596_800;
-            if secs.checked_add(nanos.div_euclid(1_000_000_000)) == Some(GO_ZERO_TIME) && nanos.rem_euclid(1_000_000_000) == 0 {
+            if secs.checked_add(nanos.div_euclid(1_000_000_000)) == Some(GO_ZERO_TIME)
+                && nanos.rem_euclid(1_000_000_000) == 0
+            {
                 return Ok(Value::Null);
             }
             Value::String(

@@ -17,10 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Types that the decoder renders by hand (they have custom protobuf and/or JSON marshalling in
-/// Go); the table does not describe their fields.
-pub(crate) const SPECIAL: &[&str] = crate::table::SPECIAL_TYPES;
-
 const KIND_BOOL: u8 = 1;
 const KIND_INT: u8 = 2;
 const KIND_INT32: u8 = 5;
@@ -244,6 +240,7 @@ pub(crate) fn table_from_binary(data: &[u8], source: &str) -> R<String> {
     let ro = bin.section(".rodata")?;
     let (lo, hi) = (ro.addr, ro.addr + ro.size);
     // Candidate struct descriptors: kind Struct, a fields slice inside .rodata with len == cap.
+    // Descriptors are 8-byte aligned; a false candidate fails the name or field checks below.
     let mut structs: BTreeMap<String, GoType> = BTreeMap::new();
     let ro_bytes = bin.bytes(ro.addr, ro.size)?;
     let word = |o: usize| u64::from_le_bytes(ro_bytes[o..o + 8].try_into().unwrap());
@@ -273,12 +270,21 @@ pub(crate) fn table_from_binary(data: &[u8], source: &str) -> R<String> {
         return Err("no k8s.io/api/core/v1.Pod in the binary: not a kubectl?".into());
     }
 
-    let special: BTreeSet<&str> = SPECIAL.iter().copied().collect();
+    // Types with hand-written Go marshalling are rendered by the decoder, not described here.
+    let special: BTreeSet<&str> = crate::table::SPECIAL_TYPES.iter().copied().collect();
     let mut out = String::new();
-    out.push_str("# Kubernetes API types as Go declares them, for decoding protobuf bodies to the JSON Go would write.\n");
+    out.push_str(
+        "# Kubernetes API types as Go declares them, for decoding protobuf bodies to the JSON Go would write.\n",
+    );
     out.push_str(&format!("# Generated from {source} by `SKIFF_REGEN_TYPES=1 cargo test -p skiff-protobuf table_matches_kubectl`; do not edit.\n"));
-    out.push_str("# `T|S <pkg>.<Name>` starts a kind (embeds TypeMeta) or another struct; then one line per protobuf field:\n");
-    out.push_str("# <tag> <json name | ~ inline | - not in JSON> <o omitempty | . > <type>; `@Name` is a struct of the same package.\n");
+    out.push_str(
+        "# `T|S <pkg>.<Name>` starts a kind (embeds TypeMeta) or another struct; then one line per protobuf field:\n",
+    );
+    out.push_str("# <tag> <json name | ~ inline | - not in JSON> <o omitempty | . > <type>, where type is a scalar (bool string\n");
+    out.push_str("# int32 int64 uint32 uint64 int uint float32 float64 bytes), *T pointer, []T repeated, [w]T named-slice wrapper\n");
+    out.push_str(
+        "# message {repeated T items = 1}, map[string]T, or @[pkg.]Name a struct (same package when no pkg).\n",
+    );
     // Structs referenced by fields but without protobuf-tagged fields of their own (empty
     // structs such as apiserverinternal's StorageVersionSpec) are found while rendering, and
     // rendered in turn.
@@ -320,7 +326,9 @@ pub(crate) fn table_from_binary(data: &[u8], source: &str) -> R<String> {
                 match opt {
                     "omitempty" => omitempty = true,
                     "inline" => {}
-                    other => return Err(format!("{name}.{}: json option {other:?} not handled by the decoder", n.name)),
+                    other => {
+                        return Err(format!("{name}.{}: json option {other:?} not handled by the decoder", n.name));
+                    }
                 }
             }
             let jname = match jname {

@@ -51,7 +51,7 @@ pub(crate) fn duration(nanos: i64) -> String {
             out.push(b'n');
             0
         } else if u < 1_000_000 {
-            out.extend_from_slice("µ".as_bytes().iter().rev().copied().collect::<Vec<_>>().as_slice());
+            out.extend_from_slice(&[0xb5, 0xc2]); // "µ" (U+00B5), reversed like the rest
             3
         } else {
             out.push(b'm');

@@ -96,7 +96,11 @@ impl Table {
         for line in text.lines() {
             if let Some(name) = line.strip_prefix("T ").or_else(|| line.strip_prefix("S ")) {
                 let idx = table.structs.len();
-                table.structs.push(Struct { name: name.to_string(), is_kind: line.starts_with('T'), fields: Vec::new() });
+                table.structs.push(Struct {
+                    name: name.to_string(),
+                    is_kind: line.starts_with('T'),
+                    fields: Vec::new(),
+                });
                 table.by_name.insert(name.to_string(), idx);
             }
         }

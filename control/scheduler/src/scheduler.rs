@@ -316,7 +316,11 @@ impl State {
             self.queue.backoff(key, Instant::now());
         }
         if !not_found {
-            self.recorder.failed(o.info.pod.clone(), format!("Binding rejected: {e}"));
+            let why = match &e {
+                kube::Error::Api(s) => s.message.clone(),
+                other => other.to_string(),
+            };
+            self.recorder.failed(o.info.pod.clone(), format!("Binding rejected: {why}"));
         }
     }
 }

@@ -363,7 +363,7 @@ async fn throughput() -> anyhow::Result<()> {
     let t = Instant::now();
     let config = SchedulerConfig {
         scheduler_name: "tp".into(),
-        max_bindings_in_flight: env("SCHED_INFLIGHT", 32),
+        max_bindings_in_flight: env("SCHED_INFLIGHT", SchedulerConfig::default().max_bindings_in_flight),
         ..Default::default()
     };
     let _s = Running(tokio::spawn(skiff_scheduler::run(client.clone(), config)));

@@ -65,6 +65,8 @@ pub fn decode_object(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     match ct.as_str() {
         "" | "application/json" | "*/*" => decode_json(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
+        // kubectl's `create <generator>` and `autoscale` send built-in kinds as protobuf.
+        skiff_protobuf::CONTENT_TYPE => skiff_protobuf::decode(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the protobuf request body: {e}"))),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }

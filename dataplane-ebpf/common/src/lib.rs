@@ -1,3 +1,230 @@
-//! `#[repr(C)]` key and value types of the BPF maps: the contract between the eBPF programs and
-//! the agent. Empty until the dataplane issue defines the first maps.
-#![no_std]
+//! `#[repr(C)]` key and value types of the BPF maps: the contract between the eBPF programs in
+//! `dataplane-ebpf/programs` and the agent (`skiff-agent`'s `dataplane` module).
+//!
+//! # Layout (Cilium-style, two levels)
+//!
+//! ```text
+//! SKIFF_SVC_V1   ServiceKey {vip, port, proto}      -> ServiceValue {id, backend_count, flags, rev}
+//! SKIFF_BE_V1    BackendKey {service id, slot}      -> Backend {addr, port}
+//! SKIFF_RNAT_V1  RevNatKey {socket cookie, backend} -> RevNatValue {vip, port}
+//! ```
+//!
+//! A connection to a service picks `slot = bpf_get_prandom_u32() % backend_count` and rewrites the
+//! destination to `SKIFF_BE_V1[{id, slot}]`. Slots are dense (`0..backend_count`), so the agent
+//! removes a backend by moving the last one into its slot, then lowering the count, then deleting
+//! the last slot: at no moment can a program pick a removed backend once its slot is overwritten,
+//! and a program that read the old count just before may find the last slot missing — it then
+//! falls back to slot 0 (see the program).
+//!
+//! # Byte order
+//!
+//! Addresses and ports are stored exactly as the kernel hands them to cgroup sock_addr programs in
+//! `struct bpf_sock_addr`: `user_ip4` is the IPv4 address in network byte order (the four octets in
+//! memory order), `user_port` holds the port in network byte order in its low 16 bits. Use the
+//! constructors here (`ipv4_to_map`, `port_to_map`) on the agent side so both sides agree.
+//!
+//! # Versioning
+//!
+//! Map names end in `_V<n>`. Maps are pinned by name under the agent's bpffs directory
+//! (`/sys/fs/bpf/skiff/` by default) so that an agent restart reuses them. A change of any layout
+//! here must bump that map's version (new name): an old pinned map with the old layout is then left
+//! alone (and can be removed after migration) instead of being misread. Names stay within 15
+//! bytes, the kernel's `BPF_OBJ_NAME_LEN - 1`.
+#![cfg_attr(not(test), no_std)]
+
+/// Name of the service map ([`ServiceKey`] → [`ServiceValue`]), `BPF_MAP_TYPE_HASH`.
+pub const MAP_SERVICES: &str = "SKIFF_SVC_V1";
+/// Name of the backend slot map ([`BackendKey`] → [`Backend`]), `BPF_MAP_TYPE_HASH`.
+pub const MAP_BACKENDS: &str = "SKIFF_BE_V1";
+/// Name of the reverse-translation map ([`RevNatKey`] → [`RevNatValue`]), `BPF_MAP_TYPE_LRU_HASH`.
+pub const MAP_REVNAT: &str = "SKIFF_RNAT_V1";
+
+/// Capacity of [`MAP_SERVICES`]: one entry per (ClusterIP, port, protocol).
+pub const MAX_SERVICES: u32 = 65_536;
+/// Capacity of [`MAP_BACKENDS`]: the sum of all services' backend counts.
+pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+/// Capacity of [`MAP_REVNAT`]. An LRU map: entries of closed sockets are never deleted explicitly
+/// (the kernel has no close hook for sock_addr programs), they age out as new sockets are made.
+/// Socket cookies are never reused within a boot, so a stale entry cannot match a new socket.
+pub const MAX_REVNAT: u32 = 262_144;
+
+/// IP protocol numbers as they appear in `bpf_sock_addr.protocol`.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// Errno the programs make `connect()`/`sendmsg()` fail with for a service without backends.
+///
+/// A cgroup sock_addr program can only *allow* (return 1) or *reject* (return 0); a plain reject
+/// makes the syscall fail with `EPERM`. Since Linux 5.18 the `bpf_set_retval()` helper lets the
+/// program choose the error instead: the kernel's `bpf_prog_run_array_cg()` keeps a retval that is
+/// already an error when the program returns 0, so `bpf_set_retval(-ECONNREFUSED); return 0;`
+/// makes `connect()` fail at once with `ECONNREFUSED`, exactly like a closed port — no packet is
+/// sent and nothing waits for a timeout. (Redirecting to a loopback port nobody listens on would
+/// give the same errno but depends on that port staying unused; Cilium likewise uses
+/// `bpf_set_retval` where the kernel has it.)
+pub const ECONNREFUSED: i32 = 111;
+
+/// Service flag bits ([`ServiceValue::flags`]). None are defined yet; reserved for session
+/// affinity and traffic policies.
+pub mod flags {}
+
+/// Key of [`MAP_SERVICES`]: a frontend a client connects to (ClusterIP, externalIP, or node
+/// address for NodePorts reached from the node itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// IPv4 address, network byte order (as `bpf_sock_addr.user_ip4`).
+    pub addr: u32,
+    /// Port, network byte order (the low 16 bits of `bpf_sock_addr.user_port`).
+    pub port: u16,
+    /// IP protocol ([`PROTO_TCP`], [`PROTO_UDP`]), from `bpf_sock_addr.protocol`.
+    pub proto: u8,
+    /// Always 0: keys are compared as bytes by the kernel, padding must be deterministic.
+    pub pad: u8,
+}
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// The agent-assigned service id, the first half of [`BackendKey`]. Never 0 for a live entry.
+    pub id: u32,
+    /// Number of backend slots `0..backend_count` in [`MAP_BACKENDS`]. 0 means the service exists
+    /// but has no ready endpoint: the programs refuse with [`ECONNREFUSED`] at once.
+    pub backend_count: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Incremented by the agent on every change of this service; for debugging and metrics.
+    pub rev: u32,
+}
+
+/// Key of [`MAP_BACKENDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    /// [`ServiceValue::id`].
+    pub service_id: u32,
+    /// Slot in `0..backend_count`.
+    pub slot: u32,
+}
+
+/// Value of [`MAP_BACKENDS`]: where a connection is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Always 0.
+    pub pad: u16,
+}
+
+/// Key of [`MAP_REVNAT`]: one translated (socket, backend) pair.
+///
+/// Keyed by backend as well as by socket (as Cilium's `cilium_lb4_reverse_sk`) because an
+/// unconnected UDP socket can talk to several backends: `recvmsg4` and `getpeername4` see the
+/// backend's address and look up which service address to show instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie()` of the client socket.
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Always 0.
+    pub pad: u16,
+}
+
+/// Value of [`MAP_REVNAT`]: the service address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    /// Service IPv4 address, network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Always 0.
+    pub pad: u16,
+}
+
+/// An IPv4 address's octets as stored in the maps (network byte order in memory).
+#[inline]
+pub const fn ipv4_to_map(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The inverse of [`ipv4_to_map`].
+#[inline]
+pub const fn ipv4_from_map(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}
+
+/// A host-order port as stored in the maps (network byte order).
+#[inline]
+pub const fn port_to_map(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The inverse of [`port_to_map`].
+#[inline]
+pub const fn port_from_map(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+impl ServiceKey {
+    /// A key from an address's octets, a host-order port and a protocol.
+    pub const fn new(octets: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { addr: ipv4_to_map(octets), port: port_to_map(port), proto, pad: 0 }
+    }
+}
+
+impl Backend {
+    /// A backend from an address's octets and a host-order port.
+    pub const fn new(octets: [u8; 4], port: u16) -> Self {
+        Self { addr: ipv4_to_map(octets), port: port_to_map(port), pad: 0 }
+    }
+}
+
+// With the `user` feature (the agent), the types are `aya::Pod` so aya's typed maps accept them.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers, and have no implicit padding
+    // (explicit `pad` fields; sizes asserted below).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatValue {}
+}
+
+// The layouts are part of the contract: catch accidental changes at compile time.
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 8);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<BackendKey>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<RevNatKey>() == 16);
+    assert!(core::mem::size_of::<RevNatValue>() == 8);
+    assert!(MAP_SERVICES.len() < 16 && MAP_BACKENDS.len() < 16 && MAP_REVNAT.len() < 16);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_order_matches_the_kernel() {
+        // 10.96.0.1 is the bytes 0a 60 00 01 in memory; port 80 is 00 50.
+        let k = ServiceKey::new([10, 96, 0, 1], 80, PROTO_TCP);
+        assert_eq!(k.addr.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(ipv4_from_map(k.addr), [10, 96, 0, 1]);
+        assert_eq!(port_from_map(k.port), 80);
+    }
+}

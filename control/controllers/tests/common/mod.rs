@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use skiff_controllers::ControllersConfig;
@@ -221,7 +221,7 @@ async fn run_pods(client: Client, alive: Arc<Mutex<HashSet<String>>>, nodes: Arc
     let api: Api<Pod> = Api::all(client.clone());
     let mut next = 0usize;
     let mut ips: HashMap<String, u32> = HashMap::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut finishing: HashSet<String> = HashSet::new();
     while let Some(ev) = stream.next().await {
         let pod = match ev {

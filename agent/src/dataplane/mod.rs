@@ -1,0 +1,263 @@
+//! The eBPF service dataplane: loads Skiff's programs (`dataplane-ebpf/programs`), pins their
+//! maps, attaches the socket programs to a cgroup v2, and exposes the service map as a
+//! [`ServiceTable`].
+//!
+//! # Where the object comes from
+//!
+//! The programs are built with nightly for `bpfel-unknown-none` by `cargo xtask build-ebpf`, which
+//! writes `target/bpf/skiff-dataplane.o`. So that a plain (stable) workspace build never needs the
+//! nightly toolchain, the agent reads that object **at run time** by default ([`ObjectSource`]):
+//! `$SKIFF_EBPF_OBJECT`, else `skiff-dataplane.o` next to the running executable, else the
+//! workspace's `target/bpf/skiff-dataplane.o`. With the `embed-ebpf` feature the object is
+//! compiled into the binary instead (`include_bytes!`; the build then requires the object to
+//! exist — `cargo xtask build-ebpf` first).
+//!
+//! # Pinning and restarts
+//!
+//! Maps are pinned by name under [`Config::pin_dir`] (`/sys/fs/bpf/skiff/` by default; bpffs is
+//! mounted at `/sys/fs/bpf` if it is not). A new agent reuses maps already pinned there and reads
+//! their contents back into its [`ServiceTable`], so it continues from where the previous one
+//! stopped. The cgroup attachments are bpf_links owned by this process: they end when the
+//! [`Dataplane`] is dropped or the process exits. [`Dataplane::cleanup`] also removes the pins.
+
+mod table;
+
+pub use table::{Frontend, Protocol, ServiceTable, UpdateStats};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+use skiff_dataplane_common::{MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES};
+use std::ffi::CString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where bpffs is mounted (and mounted by [`Dataplane::load`] if it is not).
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+/// Default directory for Skiff's pinned maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/skiff";
+/// File name of the built object (in `target/bpf/`, and next to an installed agent binary).
+pub const OBJECT_FILE: &str = "skiff-dataplane.o";
+/// Environment variable naming the object file to load.
+pub const OBJECT_ENV: &str = "SKIFF_EBPF_OBJECT";
+
+/// The socket programs in the object, in attach order. connect4 comes last so that by the time
+/// connections are translated, the reverse programs are in place.
+pub const SOCKET_PROGRAMS: &[&str] =
+    &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where to read the compiled programs from.
+#[derive(Clone, Debug)]
+pub enum ObjectSource {
+    /// An object file on disk.
+    Path(PathBuf),
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// The object compiled into this binary (`embed-ebpf` feature).
+    #[cfg(feature = "embed-ebpf")]
+    Embedded,
+}
+
+#[cfg(feature = "embed-ebpf")]
+static EMBEDDED: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bpf/skiff-dataplane.o"));
+
+impl Default for ObjectSource {
+    /// The embedded object with `embed-ebpf`, else [`ObjectSource::Path`] of [`default_object_path`].
+    fn default() -> Self {
+        #[cfg(feature = "embed-ebpf")]
+        {
+            ObjectSource::Embedded
+        }
+        #[cfg(not(feature = "embed-ebpf"))]
+        {
+            ObjectSource::Path(default_object_path())
+        }
+    }
+}
+
+impl ObjectSource {
+    fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(match self {
+            ObjectSource::Path(p) => std::borrow::Cow::Owned(std::fs::read(p).with_context(|| {
+                format!("reading the eBPF object {} (build it with `cargo xtask build-ebpf`)", p.display())
+            })?),
+            ObjectSource::Bytes(b) => std::borrow::Cow::Borrowed(b),
+            #[cfg(feature = "embed-ebpf")]
+            ObjectSource::Embedded => std::borrow::Cow::Borrowed(EMBEDDED),
+        })
+    }
+}
+
+/// `$SKIFF_EBPF_OBJECT`, else `skiff-dataplane.o` next to the executable if it exists, else the
+/// workspace's `target/bpf/skiff-dataplane.o` (where `cargo xtask build-ebpf` writes it).
+pub fn default_object_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(OBJECT_ENV) {
+        return PathBuf::from(p);
+    }
+    if let Some(beside) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(OBJECT_FILE)))
+        && beside.exists()
+    {
+        return beside;
+    }
+    workspace_object_path()
+}
+
+/// `<workspace>/target/bpf/skiff-dataplane.o` (as known at compile time).
+pub fn workspace_object_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("bpf").join(OBJECT_FILE)
+}
+
+/// Dataplane configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The compiled programs.
+    pub object: ObjectSource,
+    /// Directory (on bpffs) for the pinned maps. Created if missing.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { object: ObjectSource::default(), pin_dir: PathBuf::from(DEFAULT_PIN_DIR) }
+    }
+}
+
+/// The loaded programs, their cgroup attachments, and the service table.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attached: Vec<PathBuf>,
+    /// The service and backend maps.
+    pub services: ServiceTable,
+}
+
+impl Dataplane {
+    /// Loads the object, creates or reuses the pinned maps under `config.pin_dir`, and loads the
+    /// socket programs into the kernel (not yet attached: see [`Dataplane::attach_cgroup`]).
+    pub fn load(config: &Config) -> Result<Self> {
+        ensure_bpffs(Path::new(BPFFS_MOUNT))?;
+        std::fs::create_dir_all(&config.pin_dir)
+            .with_context(|| format!("creating the pin directory {}", config.pin_dir.display()))?;
+        if !is_bpffs(&config.pin_dir)? {
+            bail!("{} is not on a bpffs; maps cannot be pinned there", config.pin_dir.display());
+        }
+        raise_memlock_limit();
+        let bytes = config.object.bytes()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&config.pin_dir)
+            .load(&bytes)
+            .context("loading the eBPF object (maps)")?;
+        for name in SOCKET_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let services = BpfHashMap::try_from(ebpf.take_map(MAP_SERVICES).context("map SKIFF_SVC missing")?)
+            .context("service map type")?;
+        let backends = BpfHashMap::try_from(ebpf.take_map(MAP_BACKENDS).context("map SKIFF_BE missing")?)
+            .context("backend map type")?;
+        let services = ServiceTable::new(services, backends)?;
+        Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
+    }
+
+    /// Attaches the socket programs to a cgroup v2 directory (e.g. `/sys/fs/cgroup/unified` for
+    /// the whole host in hybrid mode, or a test's own cgroup). Processes in that cgroup and its
+    /// descendants get service translation. Multiple attachment mode, so other programs attached
+    /// there (Docker's, systemd's) keep running.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        if !is_cgroup2(cgroup)? {
+            bail!("{} is not a cgroup v2 directory", cgroup.display());
+        }
+        let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in SOCKET_PROGRAMS {
+            let prog: &mut CgroupSockAddr =
+                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            prog.attach(&dir, CgroupAttachMode::AllowMultiple)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+        }
+        self.attached.push(cgroup.to_path_buf());
+        Ok(())
+    }
+
+    /// The cgroups the programs are attached to.
+    pub fn attached_cgroups(&self) -> &[PathBuf] {
+        &self.attached
+    }
+
+    /// The pin directory of the maps.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Detaches the programs, unloads them, and removes the pinned maps (and the pin directory if
+    /// it is then empty). For tests and for `skiff down`; an agent restart must not call it.
+    pub fn cleanup(self) -> Result<()> {
+        let Dataplane { ebpf, pin_dir, attached: _, services } = self;
+        // Dropping the programs closes their bpf_link fds, which detaches them.
+        drop(ebpf);
+        drop(services);
+        let mut first_err = None;
+        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT] {
+            let p = pin_dir.join(name);
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                first_err.get_or_insert(anyhow::Error::from(e).context(format!("unpinning {}", p.display())));
+            }
+        }
+        let _ = std::fs::remove_dir(&pin_dir); // only succeeds if empty
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn statfs_type(path: &Path) -> Result<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).context("path with NUL")?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64)
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    Ok(statfs_type(path)? == BPF_FS_MAGIC)
+}
+
+fn is_cgroup2(path: &Path) -> Result<bool> {
+    Ok(statfs_type(path)? == libc::CGROUP2_SUPER_MAGIC as i64)
+}
+
+/// Mounts bpffs at `mount_point` unless one is mounted there already.
+pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
+    std::fs::create_dir_all(mount_point).with_context(|| format!("creating {}", mount_point.display()))?;
+    if is_bpffs(mount_point)? {
+        return Ok(());
+    }
+    let target = CString::new(mount_point.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mounting bpffs at {}", mount_point.display()));
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use memcg and ignore it.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}

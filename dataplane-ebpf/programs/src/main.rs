@@ -1,0 +1,172 @@
+//! Skiff's eBPF programs: socket-level load balancing for ClusterIP services.
+//!
+//! Attached to a cgroup v2 (the root cgroup on a node; a cgroup of their own in tests), these
+//! run inside the `connect()`, `sendmsg()`, `recvmsg()` and `getpeername()` syscalls of every
+//! process in that cgroup:
+//!
+//! - `skiff_connect4` (`cgroup/connect4`): a connect to a service address is rewritten to a
+//!   random backend, once per connection — no per-packet NAT and no conntrack entry. A service
+//!   without backends makes `connect()` fail at once with `ECONNREFUSED`.
+//! - `skiff_sendmsg4` (`cgroup/sendmsg4`): the same for unconnected UDP `sendto()`/`sendmsg()`.
+//! - `skiff_recvmsg4` (`cgroup/recvmsg4`): a UDP reply from a backend appears to come from the
+//!   service address.
+//! - `skiff_getpeername4` (`cgroup/getpeername4`): `getpeername()` returns the service address.
+//!
+//! The map types and their semantics are in `skiff-dataplane-common`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap},
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use skiff_dataplane_common::{
+    Backend, BackendKey, RevNatKey, RevNatValue, ServiceKey, ServiceValue, ECONNREFUSED,
+    MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, PROTO_UDP,
+};
+
+/// Return value of a cgroup sock_addr program that lets the syscall go on.
+const SYS_PROCEED: i32 = 1;
+/// Return value that makes the syscall fail (with `EPERM`, or the errno set by `bpf_set_retval`).
+const SYS_REJECT: i32 = 0;
+
+// Pinned by name: the loader (`EbpfLoader::map_pin_path`) reuses a map already pinned under the
+// agent's bpffs directory, so a restarted agent shares the live maps instead of emptying them.
+#[map(name = "SKIFF_SVC_V1")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "SKIFF_BE_V1")]
+static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+
+#[map(name = "SKIFF_RNAT_V1")]
+static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(MAX_REVNAT, 0);
+
+// `bpf_sock_addr` fields must be accessed with 4-byte loads and stores (the verifier rejects
+// narrower stores to `user_ip4`/`user_port`), hence the volatile accesses of whole `u32`s.
+#[inline(always)]
+fn load(field: *const u32) -> u32 {
+    unsafe { read_volatile(field) }
+}
+
+#[inline(always)]
+fn store(field: *mut u32, value: u32) {
+    unsafe { write_volatile(field, value) }
+}
+
+/// What to do with a syscall's destination.
+enum Verdict {
+    /// Not a service address: leave it alone.
+    Pass,
+    /// A service without backends: refuse.
+    Refuse,
+    /// Rewritten to a backend.
+    Translated,
+}
+
+/// Looks the destination up and rewrites it to a random backend of the service.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> Verdict {
+    let sa = ctx.sock_addr;
+    let (ip_p, port_p, proto_p) = unsafe {
+        (addr_of_mut!((*sa).user_ip4), addr_of_mut!((*sa).user_port), addr_of!((*sa).protocol))
+    };
+    let vip = load(ip_p);
+    let vport = load(port_p) as u16;
+    let proto = load(proto_p) as u8;
+    let key = ServiceKey { addr: vip, port: vport, proto, pad: 0 };
+    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        return Verdict::Pass;
+    };
+    let (id, count) = (svc.id, svc.backend_count);
+    if count == 0 {
+        return Verdict::Refuse;
+    }
+    let slot = unsafe { bpf_get_prandom_u32() } % count;
+    // The agent shrinks a service by moving the last backend into the freed slot, lowering the
+    // count, then deleting the last slot; a reader that saw the old count may find that last slot
+    // gone. Slot 0 exists whenever the count is non-zero.
+    let backend = match unsafe { BACKENDS.get(&BackendKey { service_id: id, slot }) } {
+        Some(b) => *b,
+        None => match unsafe { BACKENDS.get(&BackendKey { service_id: id, slot: 0 }) } {
+            Some(b) => *b,
+            None => return Verdict::Refuse,
+        },
+    };
+    // Remember the service address for getpeername4/recvmsg4. A failed insert (map full of
+    // entries that cannot be evicted, which an LRU map does not have) only loses the reverse view.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rkey = RevNatKey { cookie, addr: backend.addr, port: backend.port, pad: 0 };
+    let rval = RevNatValue { addr: vip, port: vport, pad: 0 };
+    let _ = REVNAT.insert(&rkey, &rval, 0);
+    store(ip_p, backend.addr);
+    store(port_p, backend.port as u32);
+    Verdict::Translated
+}
+
+#[inline(always)]
+fn forward(ctx: &SockAddrContext) -> i32 {
+    match translate(ctx) {
+        Verdict::Pass | Verdict::Translated => SYS_PROCEED,
+        Verdict::Refuse => {
+            // The syscall fails with ECONNREFUSED instead of the default EPERM (Linux >= 5.18).
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            SYS_REJECT
+        }
+    }
+}
+
+/// Shows the service address instead of the backend's (getpeername, UDP recvmsg).
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let (ip_p, port_p) = unsafe { (addr_of_mut!((*sa).user_ip4), addr_of_mut!((*sa).user_port)) };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rkey = RevNatKey { cookie, addr: load(ip_p), port: load(port_p) as u16, pad: 0 };
+    if let Some(v) = unsafe { REVNAT.get(&rkey) } {
+        let (addr, port) = (v.addr, v.port);
+        store(ip_p, addr);
+        store(port_p, port as u32);
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn skiff_sendmsg4(ctx: SockAddrContext) -> i32 {
+    // sendmsg4 runs only for UDP (and raw) sockets without a connected destination.
+    let proto = load(unsafe { addr_of!((*ctx.sock_addr).protocol) }) as u8;
+    if proto != PROTO_UDP {
+        return SYS_PROCEED;
+    }
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn skiff_recvmsg4(ctx: SockAddrContext) -> i32 {
+    // The kernel requires recvmsg4 and getpeername4 programs to return 1.
+    reverse(&ctx);
+    SYS_PROCEED
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn skiff_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    SYS_PROCEED
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

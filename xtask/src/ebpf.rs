@@ -14,7 +14,8 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-fn cargo_bin_dir() -> PathBuf {
+/// `~/.cargo/bin` (or `$CARGO_HOME/bin`): where `cargo install` put bpf-linker.
+pub fn cargo_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -47,16 +48,35 @@ pub fn build_ebpf() -> Result<PathBuf> {
     let mut cmd = Command::new("rustup");
     // The programs' own .cargo/config.toml sets the target and `-Z build-std=core`; passing them
     // here as well keeps the command self-explanatory and independent of that file.
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core", "--target", "bpfel-unknown-none"])
-        .current_dir(&programs)
-        .env("PATH", path)
-        .env("CARGO_TARGET_DIR", &target_dir);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+    ])
+    .current_dir(&programs)
+    .env("PATH", path)
+    .env("CARGO_TARGET_DIR", &target_dir);
     // `cargo xtask` runs under the stable toolchain; none of its settings may leak into the
     // nightly BPF build (RUSTC would pin stable, host RUSTFLAGS make no sense for BPF).
     for var in [
-        "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO",
-        "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_MANIFEST_DIR", "CARGO_PKG_NAME",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
     ] {
         cmd.env_remove(var);
     }

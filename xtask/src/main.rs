@@ -3,6 +3,8 @@
 //! `setup` installs what a fresh machine lacks, idempotently and step by step; `up` and `test`
 //! call it first, so the README's two commands are all a new machine needs.
 
+mod ebpf;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the eBPF dataplane programs (nightly, bpf-linker) into target/bpf/.
+    BuildEbpf,
     /// Run a benchmark area: api, scheduler, pods, dataplane, dns, footprint.
     Bench { area: String },
 }
@@ -100,7 +104,7 @@ fn setup() -> Result<()> {
     }
 
     step("checking bpf-linker");
-    let cargo_bin = home::cargo_bin();
+    let cargo_bin = ebpf::cargo_bin_dir();
     if cargo_bin.join("bpf-linker").exists() || succeeds(Command::new("bpf-linker").arg("--version")) {
         println!("    present");
     } else {
@@ -128,17 +132,6 @@ fn dpkg_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-mod home {
-    use std::path::PathBuf;
-    pub fn cargo_bin() -> PathBuf {
-        std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-            .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
-            .join("bin")
-    }
-}
-
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -162,13 +155,21 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Up { args } => {
             setup()?;
+            ebpf::build_ebpf()?;
             let bin = build(true)?;
             step("skiff up");
             let err = exec(Command::new(bin).arg("up").args(args));
             Err(err)
         }
+        Task::BuildEbpf => {
+            let obj = ebpf::build_ebpf()?;
+            println!("{}", obj.display());
+            Ok(())
+        }
         Task::Test { args } => {
             setup()?;
+            step("building the eBPF programs");
+            ebpf::build_ebpf()?;
             let bin = build(false)?;
             step("running the test suite");
             // Two cores: two test threads keep kubectl-driven suites from starving each other.

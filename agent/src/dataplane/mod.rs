@@ -25,10 +25,10 @@ mod table;
 pub use table::{Frontend, Protocol, ServiceTable, UpdateStats};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
-use skiff_dataplane_common::{MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES};
+use skiff_dataplane_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,8 +44,7 @@ pub const OBJECT_ENV: &str = "SKIFF_EBPF_OBJECT";
 
 /// The socket programs in the object, in attach order. connect4 comes last so that by the time
 /// connections are translated, the reverse programs are in place.
-pub const SOCKET_PROGRAMS: &[&str] =
-    &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
+pub const SOCKET_PROGRAMS: &[&str] = &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -163,23 +162,29 @@ impl Dataplane {
             .context("service map type")?;
         let backends = BpfHashMap::try_from(ebpf.take_map(MAP_BACKENDS).context("map SKIFF_BE missing")?)
             .context("backend map type")?;
-        let services = ServiceTable::new(services, backends)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).context("map SKIFF_CNT missing")?)
+            .context("counters map type")?;
+        let services = ServiceTable::new(services, backends, counters)?;
         Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
     }
 
     /// Attaches the socket programs to a cgroup v2 directory (e.g. `/sys/fs/cgroup/unified` for
     /// the whole host in hybrid mode, or a test's own cgroup). Processes in that cgroup and its
-    /// descendants get service translation. Multiple attachment mode, so other programs attached
-    /// there (Docker's, systemd's) keep running.
+    /// descendants get service translation.
+    ///
+    /// The attachments are bpf_links, which the kernel always adds in multi-program mode, so
+    /// programs others attached there (Docker's, systemd's) keep running. That is also why the
+    /// mode passed is `Single`: aya hands the mode to `BPF_LINK_CREATE` as flags, and the kernel
+    /// rejects `BPF_F_ALLOW_MULTI` there with EINVAL (`cgroup_bpf_link_attach` accepts only the
+    /// `BPF_F_LINK_ATTACH_MASK` ordering flags).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
         if !is_cgroup2(cgroup)? {
             bail!("{} is not a cgroup v2 directory", cgroup.display());
         }
         let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCKET_PROGRAMS {
-            let prog: &mut CgroupSockAddr =
-                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
-            prog.attach(&dir, CgroupAttachMode::AllowMultiple)
+            let prog: &mut CgroupSockAddr = self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            prog.attach(&dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         }
         self.attached.push(cgroup.to_path_buf());
@@ -204,7 +209,7 @@ impl Dataplane {
         drop(ebpf);
         drop(services);
         let mut first_err = None;
-        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT] {
+        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_COUNTERS] {
             let p = pin_dir.join(name);
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -227,6 +232,7 @@ fn statfs_type(path: &Path) -> Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
     }
+    #[allow(clippy::unnecessary_cast)] // `__fsword_t` differs between architectures
     Ok(st.f_type as i64)
 }
 
@@ -234,6 +240,7 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     Ok(statfs_type(path)? == BPF_FS_MAGIC)
 }
 
+#[allow(clippy::unnecessary_cast)] // the magic's type differs between architectures
 fn is_cgroup2(path: &Path) -> Result<bool> {
     Ok(statfs_type(path)? == libc::CGROUP2_SUPER_MAGIC as i64)
 }
@@ -246,11 +253,10 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
     }
     let target = CString::new(mount_point.as_os_str().as_encoded_bytes())?;
     // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("mounting bpffs at {}", mount_point.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {}", mount_point.display()));
     }
     Ok(())
 }

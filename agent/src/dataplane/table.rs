@@ -1,10 +1,10 @@
 //! [`ServiceTable`]: the agent's view of the service and backend maps, updated by difference.
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use skiff_dataplane_common::{
-    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICES, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue, ipv4_from_map, port_from_map,
+    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICE_ID, MAX_SERVICES, PROTO_TCP, PROTO_UDP, ServiceCounters,
+    ServiceKey, ServiceValue, ipv4_from_map, port_from_map,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -97,6 +97,8 @@ struct ServiceState {
 pub struct ServiceTable {
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     backends: BpfHashMap<MapData, BackendKey, Backend>,
+    counters: PerCpuArray<MapData, ServiceCounters>,
+    nr_cpus: usize,
     state: HashMap<ServiceKey, ServiceState>,
     used_ids: BTreeSet<u32>,
     next_id: u32,
@@ -109,10 +111,14 @@ impl ServiceTable {
     pub(crate) fn new(
         services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
         backends: BpfHashMap<MapData, BackendKey, Backend>,
+        counters: PerCpuArray<MapData, ServiceCounters>,
     ) -> Result<Self> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut t = Self {
             services,
             backends,
+            counters,
+            nr_cpus,
             state: HashMap::new(),
             used_ids: BTreeSet::new(),
             next_id: 1,
@@ -134,6 +140,9 @@ impl ServiceTable {
         }
         let mut referenced = HashSet::new();
         for (key, val) in entries {
+            if val.id == 0 || val.id > MAX_SERVICE_ID {
+                bail!("service map entry with id {} outside 1..={MAX_SERVICE_ID}: not a SKIFF_SVC_V1 layout", val.id);
+            }
             let mut backends = Vec::with_capacity(val.backend_count as usize);
             let mut complete = true;
             for slot in 0..val.backend_count {
@@ -156,9 +165,12 @@ impl ServiceTable {
                 referenced.insert(BackendKey { service_id: val.id, slot: i as u32 });
             }
             self.used_ids.insert(val.id);
-            self.next_id = self.next_id.max(val.id.wrapping_add(1)).max(1);
+            self.next_id = self.next_id.max(val.id + 1);
             self.total_slots += backends.len();
             self.state.insert(key, ServiceState { id: val.id, rev: val.rev, flags: val.flags, slots: backends });
+        }
+        if self.next_id > MAX_SERVICE_ID {
+            self.next_id = 1;
         }
         for k in slots.keys() {
             if !referenced.contains(k) {
@@ -202,11 +214,8 @@ impl ServiceTable {
     ) -> Result<UpdateStats> {
         let key = Frontend { vip, port, proto }.key();
         let mut seen = HashSet::new();
-        let desired: Vec<Backend> = backends
-            .iter()
-            .map(|(a, p)| Backend::new(a.octets(), *p))
-            .filter(|b| seen.insert(*b))
-            .collect();
+        let desired: Vec<Backend> =
+            backends.iter().map(|(a, p)| Backend::new(a.octets(), *p)).filter(|b| seen.insert(*b)).collect();
 
         let (id, old_slots, rev, flags, is_new) = match self.state.get(&key) {
             Some(s) => (s.id, s.slots.clone(), s.rev, s.flags, false),
@@ -275,20 +284,37 @@ impl ServiceTable {
 
     /// Removes every service not in `keep`: the "stale entries are removed" half of a full sync.
     pub fn retain(&mut self, keep: impl Fn(&Frontend) -> bool) -> Result<usize> {
-        let stale: Vec<Frontend> =
-            self.state.keys().filter_map(Frontend::from_key).filter(|f| !keep(f)).collect();
+        let stale: Vec<Frontend> = self.state.keys().filter_map(Frontend::from_key).filter(|f| !keep(f)).collect();
         for f in &stale {
             self.remove_service(f.vip, f.port, f.proto)?;
         }
         Ok(stale.len())
     }
 
+    /// Connection counters of a frontend, summed over CPUs, or `None` if it is not in the map.
+    pub fn counters(&self, vip: Ipv4Addr, port: u16, proto: Protocol) -> Result<Option<ServiceCounters>> {
+        let key = Frontend { vip, port, proto }.key();
+        let Some(state) = self.state.get(&key) else { return Ok(None) };
+        let per_cpu = self.counters.get(&state.id, 0).context("reading the counters map")?;
+        Ok(Some(per_cpu.iter().fold(ServiceCounters::default(), |a, c| ServiceCounters {
+            translated: a.translated + c.translated,
+            refused: a.refused + c.refused,
+        })))
+    }
+
+    /// Hands out the next free id in `1..=MAX_SERVICE_ID` (round robin, so a just-freed id is not
+    /// reused at once) and zeroes its counters.
     fn alloc_id(&mut self) -> Result<u32> {
-        // Ids are u32 and services at most MAX_SERVICES, so a free one is always found quickly.
-        for _ in 0..=MAX_SERVICES {
+        for _ in 0..MAX_SERVICE_ID {
             let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1).max(1);
+            self.next_id = if id >= MAX_SERVICE_ID { 1 } else { id + 1 };
             if self.used_ids.insert(id) {
+                let zero =
+                    PerCpuValues::try_from(vec![ServiceCounters::default(); self.nr_cpus]).context("per-CPU values")?;
+                if let Err(e) = self.counters.set(id, zero, 0) {
+                    self.used_ids.remove(&id);
+                    return Err(e).context("zeroing service counters");
+                }
                 return Ok(id);
             }
         }
@@ -300,10 +326,7 @@ fn from_backend(b: &Backend) -> (Ipv4Addr, u16) {
     (Ipv4Addr::from(ipv4_from_map(b.addr)), port_from_map(b.port))
 }
 
-fn remove_ignoring_missing<K: aya::Pod, V: aya::Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
-    key: &K,
-) -> Result<()> {
+fn remove_ignoring_missing<K: aya::Pod, V: aya::Pod>(map: &mut BpfHashMap<MapData, K, V>, key: &K) -> Result<()> {
     match map.remove(key) {
         Ok(()) => Ok(()),
         Err(MapError::KeyNotFound) => Ok(()),
@@ -319,8 +342,7 @@ pub(crate) fn plan_slots(old: &[Backend], desired: &[Backend]) -> Vec<Backend> {
     let desired_set: HashSet<&Backend> = desired.iter().collect();
     let old_set: HashSet<&Backend> = old.iter().collect();
     let mut added = desired.iter().filter(|b| !old_set.contains(b)).copied();
-    let mut slots: Vec<Option<Backend>> =
-        old.iter().map(|b| desired_set.contains(b).then_some(*b)).collect();
+    let mut slots: Vec<Option<Backend>> = old.iter().map(|b| desired_set.contains(b).then_some(*b)).collect();
     // Added backends into holes, lowest first.
     for s in slots.iter_mut() {
         if s.is_none() {
@@ -391,8 +413,10 @@ mod tests {
         let all: Vec<Backend> = (1..=6).map(b).collect();
         for om in 0u32..64 {
             for dm in 0u32..64 {
-                let old: Vec<Backend> = all.iter().enumerate().filter(|(i, _)| om & (1 << i) != 0).map(|(_, x)| *x).collect();
-                let des: Vec<Backend> = all.iter().enumerate().filter(|(i, _)| dm & (1 << i) != 0).map(|(_, x)| *x).collect();
+                let old: Vec<Backend> =
+                    all.iter().enumerate().filter(|(i, _)| om & (1 << i) != 0).map(|(_, x)| *x).collect();
+                let des: Vec<Backend> =
+                    all.iter().enumerate().filter(|(i, _)| dm & (1 << i) != 0).map(|(_, x)| *x).collect();
                 let plan = plan_slots(&old, &des);
                 let mut p = plan.clone();
                 let mut d = des.clone();

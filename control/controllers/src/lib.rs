@@ -6,6 +6,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+mod discovery;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;

@@ -7,6 +7,7 @@
 //! SKIFF_SVC_V1   ServiceKey {vip, port, proto}      -> ServiceValue {id, backend_count, flags, rev}
 //! SKIFF_BE_V1    BackendKey {service id, slot}      -> Backend {addr, port}
 //! SKIFF_RNAT_V1  RevNatKey {socket cookie, backend} -> RevNatValue {vip, port}
+//! SKIFF_CNT_V1   service id (array index)           -> ServiceCounters, per CPU
 //! ```
 //!
 //! A connection to a service picks `slot = bpf_get_prandom_u32() % backend_count` and rewrites the
@@ -39,8 +40,14 @@ pub const MAP_BACKENDS: &str = "SKIFF_BE_V1";
 /// Name of the reverse-translation map ([`RevNatKey`] → [`RevNatValue`]), `BPF_MAP_TYPE_LRU_HASH`.
 pub const MAP_REVNAT: &str = "SKIFF_RNAT_V1";
 
+/// Name of the per-service counters ([`ServiceCounters`] indexed by [`ServiceValue::id`]),
+/// `BPF_MAP_TYPE_PERCPU_ARRAY`: one copy per CPU, so counting needs no atomic operation.
+pub const MAP_COUNTERS: &str = "SKIFF_CNT_V1";
+
 /// Capacity of [`MAP_SERVICES`]: one entry per (ClusterIP, port, protocol).
 pub const MAX_SERVICES: u32 = 65_536;
+/// Service ids are `1..MAX_SERVICES`, so that they index [`MAP_COUNTERS`] directly.
+pub const MAX_SERVICE_ID: u32 = MAX_SERVICES - 1;
 /// Capacity of [`MAP_BACKENDS`]: the sum of all services' backend counts.
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 /// Capacity of [`MAP_REVNAT`]. An LRU map: entries of closed sockets are never deleted explicitly
@@ -88,7 +95,8 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// The agent-assigned service id, the first half of [`BackendKey`]. Never 0 for a live entry.
+    /// The agent-assigned service id in `1..=MAX_SERVICE_ID`: the first half of [`BackendKey`] and
+    /// the index into [`MAP_COUNTERS`].
     pub id: u32,
     /// Number of backend slots `0..backend_count` in [`MAP_BACKENDS`]. 0 means the service exists
     /// but has no ready endpoint: the programs refuse with [`ECONNREFUSED`] at once.
@@ -151,6 +159,19 @@ pub struct RevNatValue {
     pub pad: u16,
 }
 
+/// Value of [`MAP_COUNTERS`], per CPU; the agent sums the CPUs' copies. The socket programs
+/// translate once per connection and see no packets, so they count connections (and UDP
+/// messages sent with `sendto`); packet and byte counters belong to the per-packet (tc/XDP) path.
+/// The agent zeroes an entry when it hands out its service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Connections (TCP, connected UDP) and unconnected UDP sends translated to a backend.
+    pub translated: u64,
+    /// Attempts refused because the service had no backend.
+    pub refused: u64,
+}
+
 /// An IPv4 address's octets as stored in the maps (network byte order in memory).
 #[inline]
 pub const fn ipv4_to_map(octets: [u8; 4]) -> u32 {
@@ -201,6 +222,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for ServiceCounters {}
 }
 
 // The layouts are part of the contract: catch accidental changes at compile time.
@@ -211,7 +233,8 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 8);
     assert!(core::mem::size_of::<RevNatKey>() == 16);
     assert!(core::mem::size_of::<RevNatValue>() == 8);
-    assert!(MAP_SERVICES.len() < 16 && MAP_BACKENDS.len() < 16 && MAP_REVNAT.len() < 16);
+    assert!(core::mem::size_of::<ServiceCounters>() == 16);
+    assert!(MAP_SERVICES.len() < 16 && MAP_BACKENDS.len() < 16 && MAP_REVNAT.len() < 16 && MAP_COUNTERS.len() < 16);
 };
 
 #[cfg(test)]

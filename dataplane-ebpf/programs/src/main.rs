@@ -17,16 +17,16 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
-    EbpfContext,
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use skiff_dataplane_common::{
-    Backend, BackendKey, RevNatKey, RevNatValue, ServiceKey, ServiceValue, ECONNREFUSED,
-    MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, PROTO_UDP,
+    Backend, BackendKey, ECONNREFUSED, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, PROTO_UDP, RevNatKey, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue,
 };
 
 /// Return value of a cgroup sock_addr program that lets the syscall go on.
@@ -34,7 +34,7 @@ const SYS_PROCEED: i32 = 1;
 /// Return value that makes the syscall fail (with `EPERM`, or the errno set by `bpf_set_retval`).
 const SYS_REJECT: i32 = 0;
 
-// Pinned by name: the loader (`EbpfLoader::map_pin_path`) reuses a map already pinned under the
+// Pinned by name: the loader (`EbpfLoader::default_map_pin_directory`) reuses a map already pinned under the
 // agent's bpffs directory, so a restarted agent shares the live maps instead of emptying them.
 #[map(name = "SKIFF_SVC_V1")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
@@ -44,6 +44,26 @@ static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOT
 
 #[map(name = "SKIFF_RNAT_V1")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(MAX_REVNAT, 0);
+
+#[map(name = "SKIFF_CNT_V1")]
+static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[inline(always)]
+fn bump_counter(id: u32, refused: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(id) {
+        // Per-CPU memory, so no other CPU writes it. Cgroup programs run with migration (not
+        // preemption) disabled, so on a preemptible kernel two programs on one CPU could in
+        // principle interleave and lose one increment; the bpfel target has no atomic
+        // read-modify-write in `core`, and counters tolerate that.
+        unsafe {
+            if refused {
+                (*c).refused += 1;
+            } else {
+                (*c).translated += 1;
+            }
+        }
+    }
+}
 
 // `bpf_sock_addr` fields must be accessed with 4-byte loads and stores (the verifier rejects
 // narrower stores to `user_ip4`/`user_port`), hence the volatile accesses of whole `u32`s.
@@ -71,37 +91,41 @@ enum Verdict {
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> Verdict {
     let sa = ctx.sock_addr;
-    let (ip_p, port_p, proto_p) = unsafe {
-        (addr_of_mut!((*sa).user_ip4), addr_of_mut!((*sa).user_port), addr_of!((*sa).protocol))
-    };
+    let (ip_p, port_p, proto_p) =
+        unsafe { (addr_of_mut!((*sa).user_ip4), addr_of_mut!((*sa).user_port), addr_of!((*sa).protocol)) };
     let vip = load(ip_p);
     let vport = load(port_p) as u16;
     let proto = load(proto_p) as u8;
     let key = ServiceKey { addr: vip, port: vport, proto, pad: 0 };
-    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+    let Some(svc) = (unsafe { SERVICES.get(key) }) else {
         return Verdict::Pass;
     };
     let (id, count) = (svc.id, svc.backend_count);
     if count == 0 {
+        bump_counter(id, true);
         return Verdict::Refuse;
     }
     let slot = unsafe { bpf_get_prandom_u32() } % count;
     // The agent shrinks a service by moving the last backend into the freed slot, lowering the
     // count, then deleting the last slot; a reader that saw the old count may find that last slot
     // gone. Slot 0 exists whenever the count is non-zero.
-    let backend = match unsafe { BACKENDS.get(&BackendKey { service_id: id, slot }) } {
+    let backend = match unsafe { BACKENDS.get(BackendKey { service_id: id, slot }) } {
         Some(b) => *b,
-        None => match unsafe { BACKENDS.get(&BackendKey { service_id: id, slot: 0 }) } {
+        None => match unsafe { BACKENDS.get(BackendKey { service_id: id, slot: 0 }) } {
             Some(b) => *b,
-            None => return Verdict::Refuse,
+            None => {
+                bump_counter(id, true);
+                return Verdict::Refuse;
+            }
         },
     };
+    bump_counter(id, false);
     // Remember the service address for getpeername4/recvmsg4. A failed insert (map full of
     // entries that cannot be evicted, which an LRU map does not have) only loses the reverse view.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = RevNatKey { cookie, addr: backend.addr, port: backend.port, pad: 0 };
     let rval = RevNatValue { addr: vip, port: vport, pad: 0 };
-    let _ = REVNAT.insert(&rkey, &rval, 0);
+    let _ = REVNAT.insert(rkey, rval, 0);
     store(ip_p, backend.addr);
     store(port_p, backend.port as u32);
     Verdict::Translated
@@ -126,7 +150,7 @@ fn reverse(ctx: &SockAddrContext) {
     let (ip_p, port_p) = unsafe { (addr_of_mut!((*sa).user_ip4), addr_of_mut!((*sa).user_port)) };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = RevNatKey { cookie, addr: load(ip_p), port: load(port_p) as u16, pad: 0 };
-    if let Some(v) = unsafe { REVNAT.get(&rkey) } {
+    if let Some(v) = unsafe { REVNAT.get(rkey) } {
         let (addr, port) = (v.addr, v.port);
         store(ip_p, addr);
         store(port_p, port as u32);

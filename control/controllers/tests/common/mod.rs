@@ -189,6 +189,11 @@ impl Kubelet {
     pub fn stop_node(&self, name: &str) {
         self.alive.lock().unwrap().remove(name);
     }
+
+    /// The node comes back.
+    pub fn resume_node(&self, name: &str) {
+        self.alive.lock().unwrap().insert(name.to_string());
+    }
 }
 
 async fn renew_leases(client: Client, alive: Arc<Mutex<HashSet<String>>>) {
@@ -217,35 +222,60 @@ fn affinity_node(p: &Pod) -> Option<String> {
     None
 }
 
+struct KubeletState {
+    client: Client,
+    alive: Arc<Mutex<HashSet<String>>>,
+    nodes: Arc<Mutex<Vec<String>>>,
+    next: usize,
+    ips: HashMap<String, u32>,
+    finishing: HashSet<String>,
+}
+
 async fn run_pods(client: Client, alive: Arc<Mutex<HashSet<String>>>, nodes: Arc<Mutex<Vec<String>>>) {
     let api: Api<Pod> = Api::all(client.clone());
-    let mut next = 0usize;
-    let mut ips: HashMap<String, u32> = HashMap::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut finishing: HashSet<String> = HashSet::new();
-    while let Some(ev) = stream.next().await {
-        let pod = match ev {
-            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
-            _ => continue,
-        };
+    let mut st = KubeletState { client, alive, nodes, next: 0, ips: HashMap::new(), finishing: HashSet::new() };
+    let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(watcher::Event::Apply(p))) | Some(Ok(watcher::Event::InitApply(p))) => st.process(p).await,
+                Some(_) => {}
+                None => return,
+            },
+            _ = tick.tick() => {
+                // A periodic look at every pod (e.g. after a node comes back).
+                if let Ok(list) = api.list(&ListParams::default()).await {
+                    for p in list.items {
+                        st.process(p).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl KubeletState {
+    async fn process(&mut self, pod: Pod) {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
-        let papi: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let papi: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
         let Some(node) = node else {
             if pod.metadata.deletion_timestamp.is_some() {
-                continue;
+                return;
             }
             // Bind: to the pinned node, else round-robin over live nodes.
             let target = match affinity_node(&pod) {
-                Some(n) => alive.lock().unwrap().contains(&n).then_some(n),
+                Some(n) => self.alive.lock().unwrap().contains(&n).then_some(n),
                 None => {
-                    let live: Vec<String> = nodes.lock().unwrap().iter().filter(|n| alive.lock().unwrap().contains(*n)).cloned().collect();
+                    let alive = self.alive.lock().unwrap().clone();
+                    let live: Vec<String> = self.nodes.lock().unwrap().iter().filter(|n| alive.contains(*n)).cloned().collect();
                     if live.is_empty() {
                         None
                     } else {
-                        next += 1;
-                        Some(live[next % live.len()].clone())
+                        self.next += 1;
+                        Some(live[self.next % live.len()].clone())
                     }
                 }
             };
@@ -253,20 +283,20 @@ async fn run_pods(client: Client, alive: Arc<Mutex<HashSet<String>>>, nodes: Arc
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
                 let _ = papi.create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding).await;
             }
-            continue;
+            return;
         };
-        if !alive.lock().unwrap().contains(&node) {
-            continue;
+        if !self.alive.lock().unwrap().contains(&node) {
+            return;
         }
         if pod.metadata.deletion_timestamp.is_some() {
             let _ = papi.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
-            continue;
+            return;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
         let annotations = pod.annotations().clone();
-        let idx = nodes.lock().unwrap().iter().position(|n| *n == node).unwrap_or(0) as u32;
+        let idx = self.nodes.lock().unwrap().iter().position(|n| *n == node).unwrap_or(0) as u32;
         if phase == "Pending" || phase.is_empty() {
-            let n = ips.entry(node.clone()).or_insert(1);
+            let n = self.ips.entry(node.clone()).or_insert(1);
             *n += 1;
             let ip = format!("10.244.{}.{}", idx, *n);
             let ready = !annotations.contains_key(NOT_READY);
@@ -288,12 +318,12 @@ async fn run_pods(client: Client, alive: Arc<Mutex<HashSet<String>>>, nodes: Arc
                 "containerStatuses": containers,
             }});
             let _ = papi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
-            continue;
+            return;
         }
         if phase == "Running" {
             if let Some(code) = annotations.get(EXIT).and_then(|c| c.parse::<i32>().ok()) {
                 let key = format!("{ns}/{name}/{}", pod.uid().unwrap_or_default());
-                if finishing.insert(key) {
+                if self.finishing.insert(key) {
                     let papi = papi.clone();
                     let name = name.clone();
                     tokio::spawn(async move {

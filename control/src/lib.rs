@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod health;
 pub mod leader;
+pub mod loops;
 pub mod pki;
 pub mod registry;
 pub mod status;
@@ -33,6 +34,9 @@ pub struct ControlConfig {
     pub store: StoreKind,
     pub etcd_endpoints: Vec<String>,
     pub service_cidr: String,
+    /// The scheduler and controllers run beside the API server (under leader election) unless
+    /// this is `None`.
+    pub loops: Option<loops::LoopsConfig>,
 }
 
 impl ControlConfig {
@@ -43,6 +47,7 @@ impl ControlConfig {
             store: StoreKind::Embedded,
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             service_cidr: "10.96.0.0/12".into(),
+            loops: Some(loops::LoopsConfig::default()),
         }
     }
 }
@@ -116,6 +121,16 @@ pub async fn start(cfg: ControlConfig) -> Result<Control> {
     let app = api::router(state.clone());
     let server = tokio::spawn(serve(listener, tls, app));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
+    if let Some(loops_cfg) = cfg.loops.clone() {
+        let (kc, health) = (kubeconfig.clone(), state.health.clone());
+        tokio::spawn(async move {
+            if let Err(e) = loops::run(&kc, loops_cfg, health.clone()).await {
+                tracing::error!(error = %e, "scheduler and controllers stopped");
+                health.set("scheduler", false, &format!("stopped: {e}"));
+                health.set("controller-manager", false, &format!("stopped: {e}"));
+            }
+        });
+    }
     Ok(Control { state, kubeconfig, addr, server })
 }
 

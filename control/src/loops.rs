@@ -10,12 +10,19 @@ use crate::leader::{LeaderConfig, run_as_leader};
 use std::path::Path;
 use std::sync::Arc;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoopsConfig {
-    pub scheduler: skiff_scheduler::SchedulerConfig,
+    /// `None` leaves scheduling to another scheduler.
+    pub scheduler: Option<skiff_scheduler::SchedulerConfig>,
     pub controllers: skiff_controllers::ControllersConfig,
     /// This process's identity in the Lease (`<hostname>_<uuid>` by default).
     pub identity: Option<String>,
+}
+
+impl Default for LoopsConfig {
+    fn default() -> Self {
+        LoopsConfig { scheduler: Some(Default::default()), controllers: Default::default(), identity: None }
+    }
 }
 
 pub const LEASE_NAME: &str = "skiff-control-plane";
@@ -46,7 +53,13 @@ pub async fn run(kubeconfig: &Path, cfg: LoopsConfig, health: Arc<Health>) -> an
             let sched = cfg.scheduler.clone();
             let ctrl = cfg.controllers.clone();
             async move {
-                tokio::try_join!(skiff_scheduler::run(client.clone(), sched), skiff_controllers::run(client, ctrl))?;
+                let scheduler = async {
+                    match sched {
+                        Some(s) => skiff_scheduler::run(client.clone(), s).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::try_join!(scheduler, skiff_controllers::run(client.clone(), ctrl))?;
                 Ok(())
             }
         },

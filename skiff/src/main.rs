@@ -35,6 +35,19 @@ struct ControlArgs {
     etcd_endpoints: Vec<String>,
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Controllers to run, as kube-controller-manager's flag: `*` all, `name` one, `-name` not
+    /// that one; empty runs none.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// Leave scheduling to another scheduler.
+    #[arg(long)]
+    disable_scheduler: bool,
+    /// Seconds without a node lease renewal before the node is marked Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods stay on an unreachable node without a toleration of their own.
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout: u64,
 }
 
 impl ControlArgs {
@@ -47,6 +60,17 @@ impl ControlArgs {
         };
         cfg.etcd_endpoints = self.etcd_endpoints;
         cfg.service_cidr = self.service_cidr;
+        let controllers: Vec<String> = self.controllers.into_iter().filter(|c| !c.is_empty()).collect();
+        if controllers.is_empty() && self.disable_scheduler {
+            cfg.loops = None;
+        } else if let Some(l) = cfg.loops.as_mut() {
+            if self.disable_scheduler {
+                l.scheduler = None;
+            }
+            l.controllers.controllers = if controllers.is_empty() { vec!["-*".into()] } else { controllers };
+            l.controllers.node_monitor_grace = std::time::Duration::from_secs(self.node_monitor_grace_period);
+            l.controllers.pod_eviction_timeout = std::time::Duration::from_secs(self.pod_eviction_timeout);
+        }
         cfg
     }
 }
@@ -100,7 +124,8 @@ async fn up(cfg: skiff_control::ControlConfig) -> Result<()> {
     });
     let control = skiff_control::start(cfg).await?;
     std::fs::write(&pid_path, std::process::id().to_string())?;
-    println!("==> not yet part of this build: scheduler, controllers, node agent, eBPF dataplane, DNS");
+    println!("==> scheduler and controllers run under leader election");
+    println!("==> not yet part of this build: node agent, eBPF service proxy, DNS");
     println!();
     println!("Skiff is up.");
     println!("  API server:  https://{}", control.addr);
@@ -168,7 +193,7 @@ fn status(data_dir: &std::path::Path) -> Result<()> {
     let api_ok = addr.parse::<SocketAddr>().ok().is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
     println!("skiff (pid {pid})");
     println!("  api-server   {}  {server}", if api_ok { "healthy  " } else { "unhealthy" });
-    for c in ["scheduler", "controllers", "agent", "dataplane", "dns"] {
+    for c in ["agent", "dataplane", "dns"] {
         println!("  {c:<12} not part of this build yet");
     }
     if !api_ok {

@@ -34,6 +34,14 @@ impl Control {
         Self::start_with(&[])
     }
 
+    /// The API server alone, without the scheduler and controllers (for tests of API semantics
+    /// that must not see other writers), plus `args`.
+    pub fn start_api_only(args: &[&str]) -> Result<Control> {
+        let mut all = vec!["--controllers=", "--disable-scheduler"];
+        all.extend_from_slice(args);
+        Self::start_with(&all)
+    }
+
     /// Starts with extra `skiff control` arguments (e.g. `--store etcd --etcd-endpoints ...`).
     pub fn start_with(args: &[&str]) -> Result<Control> {
         let dir = tempfile::tempdir()?;

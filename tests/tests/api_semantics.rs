@@ -1,8 +1,8 @@
 //! Kubernetes API semantics through kube-rs and raw HTTPS against a real `skiff control`
 //! (embedded store, and one run against a real etcd).
 //!
-//! Every test starts its own server (killed on drop) so tests run in parallel and never see each
-//! other's objects. Where Skiff and Kubernetes would differ, the assertions describe Kubernetes.
+//! Every test starts its own API server (killed on drop), without the scheduler and controllers,
+//! so tests run in parallel and see no writers but themselves. Where Skiff and Kubernetes would differ, the assertions describe Kubernetes.
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
@@ -197,7 +197,7 @@ async fn core_checks(c: &Control) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_backend_core_semantics() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     within(60, "core checks (embedded)", core_checks(&c)).await?
 }
 
@@ -207,7 +207,7 @@ async fn etcd_backend_core_semantics() -> Result<()> {
     // Declared first so it is dropped (killed) after skiff.
     let etcd = skiff_storage::conformance::EtcdProcess::start().await.context("starting etcd (the etcd backend must be tested; install etcd-server)")?;
     let endpoints = etcd.endpoints().join(",");
-    let mut c = Control::start_with(&["--store", "etcd", "--etcd-endpoints", &endpoints])?;
+    let mut c = Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &endpoints])?;
     within(60, "core checks (etcd)", core_checks(&c)).await??;
 
     // The data lives in etcd: an acknowledged create survives a SIGKILL of skiff.
@@ -229,7 +229,7 @@ async fn etcd_backend_core_semantics() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_sees_every_change() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let rv0 = pods.list(&ListParams::default()).await?.metadata.resource_version.context("list rv")?;
@@ -364,7 +364,7 @@ async fn watcher_sees_every_change() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_update_is_409_conflict_and_changes_nothing() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let cms: Api<ConfigMap> = Api::namespaced(c.client().await?, "default");
     let v1 = cms.create(&PostParams::default(), &configmap("stale", json!({}), json!({"k": "1"}))).await?;
     let mut next = v1.clone();
@@ -389,7 +389,7 @@ async fn stale_update_is_409_conflict_and_changes_nothing() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_create_is_409_already_exists() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let first = cms.create(&PostParams::default(), &configmap("dup", json!({}), json!({"k": "first"}))).await?;
@@ -415,7 +415,7 @@ async fn duplicate_create_is_409_already_exists() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_writes_store_nothing() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     cms.create(&PostParams::default(), &configmap("existing", json!({}), json!({"a": "b"}))).await?;
@@ -483,7 +483,7 @@ async fn rejected_writes_store_nothing() -> Result<()> {
 /// completed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_413_says_connection_close() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "huge"}, "data": {"big": "x".repeat(4 * 1024 * 1024)}});
     let (code, headers, _) = raw_full(&client, "POST", "/api/v1/namespaces/default/configmaps", "application/json", serde_json::to_vec(&obj)?).await?;
@@ -501,7 +501,7 @@ async fn oversized_body_413_says_connection_close() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_requests_are_401_except_version() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let anon = anonymous_client(&c).await?;
     for path in ["/api/v1/namespaces/default/pods", "/api/v1/namespaces", "/api", "/apis"] {
         let (code, body) = raw(&anon, "GET", path, "", Vec::new()).await?;
@@ -533,7 +533,7 @@ async fn anonymous_requests_are_401_except_version() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_semantics() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let cms: Api<ConfigMap> = Api::namespaced(c.client().await?, "default");
     for n in ["pre-a", "pre-b", "pre-c"] {
         cms.create(&PostParams::default(), &configmap(n, json!({"app": "x"}), json!({}))).await?;
@@ -592,7 +592,7 @@ async fn watch_semantics() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pagination_with_continue() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "pages"}}))?).await?;
@@ -644,7 +644,7 @@ async fn list_pagination_with_continue() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_and_field_selectors() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "sel");
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -743,7 +743,7 @@ fn in_service_cidr(ip: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_cluster_ip_and_node_port_allocation() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let svcs: Api<Service> = Api::namespaced(c.client().await?, "default");
     let port = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
     let a = svcs.create(&PostParams::default(), &service("svc-a", json!({"selector": {"app": "a"}, "ports": port}))).await?;
@@ -808,7 +808,7 @@ async fn service_cluster_ip_and_node_port_allocation() -> Result<()> {
 /// service REST update, what makes `kubectl replace -f` of the original manifest work).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_replace_keeps_allocated_values() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let svcs: Api<Service> = Api::namespaced(c.client().await?, "default");
     let np_port = json!([{"port": 80, "protocol": "TCP"}]);
     let np = |s: &Service| s.spec.as_ref().and_then(|s| s.ports.as_ref()?.first()?.node_port);
@@ -829,7 +829,7 @@ async fn service_replace_keeps_allocated_values() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_delete_and_finalizers() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &pod("bound", Some("node-a"))).await?;
@@ -890,7 +890,7 @@ fn rc(name: &str, replicas: i32) -> ReplicationController {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subresources_scale_binding_status_generation() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let rcs: Api<ReplicationController> = Api::namespaced(client.clone(), "default");
     let created = rcs.create(&PostParams::default(), &rc("web", 2)).await?;
@@ -970,7 +970,7 @@ async fn subresources_scale_binding_status_generation() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_creates_updates_and_prunes() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let cms: Api<ConfigMap> = Api::namespaced(c.client().await?, "default");
     let pp = PatchParams::apply("mgr");
     let v1 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"a": "1", "b": "2"}}, "data": {"k": "v1", "gone": "soon"}});
@@ -1006,7 +1006,7 @@ async fn server_side_apply_creates_updates_and_prunes() -> Result<()> {
 /// force=true" as a known gap.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_conflicts_without_force() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let cms: Api<ConfigMap> = Api::namespaced(c.client().await?, "default");
     let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "v2"}});
     cms.patch("ssa", &PatchParams::apply("mgr"), &Patch::Apply(&mine)).await?;
@@ -1030,7 +1030,7 @@ async fn create_raw(client: &Client, name: &str) -> Result<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_sigkill() -> Result<()> {
-    let mut c = Control::start()?;
+    let mut c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let codes: Vec<(String, u16)> = futures::stream::iter(0..200)
         .map(|i| {
@@ -1101,7 +1101,7 @@ async fn acknowledged_creates_survive_sigkill() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_existence_and_termination() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let nope: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
     let s = status_of(nope.create(&PostParams::default(), &configmap("x", json!({}), json!({}))).await);
@@ -1139,7 +1139,7 @@ async fn namespace_existence_and_termination() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_response_bodies() -> Result<()> {
-    let c = Control::start()?;
+    let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &pod("gone", None)).await?;

@@ -2,12 +2,15 @@
 //! service, labelled `kubernetes.io/service-name` and managed by
 //! `endpointslice-controller.k8s.io`) listing the matching pods with ready / serving /
 //! terminating conditions. Endpoints with the same resolved ports share slices of at most 100.
+//! For a Service without a selector, the Endpoints its user wrote are mirrored into slices
+//! managed by `endpointslicemirroring-controller.k8s.io` (unless labelled
+//! `endpointslice.kubernetes.io/skip-mirror: "true"`).
 
 use crate::endpoints::{derived_labels, find_port, pod_ip, pod_target_ref, selects, service_selector, should_pod_be_in_endpoints, should_set_hostname};
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
 use crate::Ctx;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
@@ -19,6 +22,8 @@ use std::time::Duration;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
+pub const MIRRORING_CONTROLLER_NAME: &str = "endpointslicemirroring-controller.k8s.io";
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 const COMPONENT: &str = "endpointslice-controller";
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
@@ -37,11 +42,13 @@ pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
             }
         }
     });
+    let q = queue.clone();
+    ctx.endpoints.on_change(move |old, new| {
+        if let Some(e) = new.or(old) {
+            q.add(ObjKey::of(e.as_ref()));
+        }
+    });
     crate::endpoints::register_pod_handler(ctx, queue);
-}
-
-fn managed(s: &EndpointSlice) -> bool {
-    s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(CONTROLLER_NAME)
 }
 
 fn to_endpoint(ctx: &Ctx, pod: &Pod, svc: &Service) -> Option<Endpoint> {
@@ -86,19 +93,51 @@ fn endpoint_sort_key(e: &Endpoint) -> (String, String) {
 
 pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let existing: Vec<Arc<EndpointSlice>> = ctx.slices.indexed(&format!("{}/{}", key.namespace, key.name)).into_iter().filter(|s| managed(s)).collect();
+    let all = ctx.slices.indexed(&format!("{}/{}", key.namespace, key.name));
+    let ours: Vec<Arc<EndpointSlice>> = all.iter().filter(|s| managed_by(s, CONTROLLER_NAME)).cloned().collect();
+    let mirrored: Vec<Arc<EndpointSlice>> = all.iter().filter(|s| managed_by(s, MIRRORING_CONTROLLER_NAME)).cloned().collect();
     let svc = ctx.services.get(&key).filter(|s| s.metadata.deletion_timestamp.is_none());
-    let Some(svc) = svc.filter(|s| service_selector(s).is_some()) else {
-        // No service (or no selector any more): no slices of ours.
-        for s in existing {
-            delete_slice(&api, &s).await?;
+    match svc {
+        Some(svc) if service_selector(&svc).is_some() => {
+            delete_all(&ctx, &api, &mirrored).await?;
+            let (desired, labels) = from_pods(&ctx, &key, &svc);
+            sync_slices(&ctx, &api, &key, ours, desired, labels, util::controller_owner_ref(svc.as_ref()), true).await?;
         }
-        return Ok(Action::done());
-    };
-    let sel = service_selector(&svc).expect("checked");
+        Some(svc) => {
+            // A service without a selector: its Endpoints, written by its user, are mirrored.
+            delete_all(&ctx, &api, &ours).await?;
+            let ep = ctx.endpoints.get(&key).filter(|e| {
+                e.labels().get(SKIP_MIRROR_LABEL).map(String::as_str) != Some("true")
+                    && e.labels().get(crate::endpoints::MANAGED_BY_LABEL).is_none()
+                    && e.metadata.deletion_timestamp.is_none()
+            });
+            match ep {
+                Some(ep) => {
+                    let (desired, labels) = from_endpoints(&key, &ep, &svc);
+                    sync_slices(&ctx, &api, &key, mirrored, desired, labels, util::controller_owner_ref(ep.as_ref()), false).await?;
+                }
+                None => delete_all(&ctx, &api, &mirrored).await?,
+            }
+        }
+        None => {
+            let both: Vec<Arc<EndpointSlice>> = ours.into_iter().chain(mirrored).collect();
+            delete_all(&ctx, &api, &both).await?;
+        }
+    }
+    Ok(Action::done())
+}
+
+fn managed_by(s: &EndpointSlice, manager: &str) -> bool {
+    s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(manager)
+}
+
+type Desired = BTreeMap<PortKey, Vec<Endpoint>>;
+
+/// The endpoints of the pods a service selects, grouped by their resolved ports.
+fn from_pods(ctx: &Ctx, key: &ObjKey, svc: &Service) -> (Desired, BTreeMap<String, String>) {
+    let sel = service_selector(svc).expect("checked");
     let svc_ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
-    // Desired endpoints grouped by their resolved ports.
-    let mut desired: BTreeMap<PortKey, Vec<Endpoint>> = BTreeMap::new();
+    let mut desired: Desired = BTreeMap::new();
     for pod in ctx.pods.list_ns(&key.namespace) {
         if !selects(sel, &pod) || !should_pod_be_in_endpoints(&pod, true) {
             continue;
@@ -112,16 +151,75 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         if !svc_ports.is_empty() && ports.is_empty() {
             continue;
         }
-        if let Some(ep) = to_endpoint(&ctx, &pod, &svc) {
+        if let Some(ep) = to_endpoint(ctx, &pod, svc) {
             desired.entry(ports.into_iter().collect()).or_default().push(ep);
         }
     }
-    let mut labels = derived_labels(&svc);
+    let mut labels = derived_labels(svc);
     labels.insert(SERVICE_NAME_LABEL.into(), key.name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), CONTROLLER_NAME.into());
+    (desired, labels)
+}
 
-    // The slices we want: (ports, endpoints) chunks. A service without endpoints keeps one
-    // empty placeholder slice.
+/// The endpoints of a user-written Endpoints object (Kubernetes' EndpointSlice mirroring).
+fn from_endpoints(key: &ObjKey, ep: &Endpoints, _svc: &Service) -> (Desired, BTreeMap<String, String>) {
+    let mut desired: Desired = BTreeMap::new();
+    for subset in ep.subsets.iter().flatten() {
+        let ports: PortKey = port_key(
+            Some(
+                &subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| EndpointPort { name: Some(p.name.clone().unwrap_or_default()), port: Some(p.port), protocol: p.protocol.clone(), app_protocol: p.app_protocol.clone() })
+                    .collect(),
+            ),
+        );
+        let entry = desired.entry(ports).or_default();
+        for (addrs, ready) in [(&subset.addresses, true), (&subset.not_ready_addresses, false)] {
+            for a in addrs.iter().flatten() {
+                entry.push(Endpoint {
+                    addresses: vec![a.ip.clone()],
+                    conditions: Some(EndpointConditions { ready: Some(ready), serving: None, terminating: None }),
+                    hostname: a.hostname.clone(),
+                    node_name: a.node_name.clone(),
+                    target_ref: a.target_ref.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let mut labels = ep.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SERVICE_NAME_LABEL.into(), key.name.clone());
+    labels.insert(MANAGED_BY_LABEL.into(), MIRRORING_CONTROLLER_NAME.into());
+    (desired, labels)
+}
+
+async fn delete_all(ctx: &Ctx, api: &Api<EndpointSlice>, slices: &[Arc<EndpointSlice>]) -> anyhow::Result<()> {
+    for s in slices {
+        delete_slice(api, s).await?;
+    }
+    let keys: Vec<ObjKey> = slices.iter().map(|s| ObjKey::of(s.as_ref())).collect();
+    if !keys.is_empty() {
+        ctx.slices.wait_until(Duration::from_secs(2), |c| keys.iter().all(|k| c.get(k).is_none())).await;
+    }
+    Ok(())
+}
+
+/// Brings `existing` slices to `desired`: chunks of at most 100 endpoints per port set, reusing
+/// slices with the same ports, creating and deleting the difference. `placeholder`: a service
+/// without endpoints keeps one empty slice.
+#[allow(clippy::too_many_arguments)]
+async fn sync_slices(
+    ctx: &Ctx,
+    api: &Api<EndpointSlice>,
+    key: &ObjKey,
+    existing: Vec<Arc<EndpointSlice>>,
+    desired: Desired,
+    labels: BTreeMap<String, String>,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    placeholder: bool,
+) -> anyhow::Result<()> {
     let mut want: Vec<(PortKey, Vec<Endpoint>)> = Vec::new();
     for (ports, mut eps) in desired {
         eps.sort_by_key(endpoint_sort_key);
@@ -129,11 +227,10 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             want.push((ports.clone(), chunk.to_vec()));
         }
     }
-    if want.is_empty() {
+    if want.is_empty() && placeholder {
         want.push((Vec::new(), Vec::new()));
     }
-    // Match existing slices to wanted ones: same ports first, then the most endpoints in common.
-    let mut unused: Vec<Arc<EndpointSlice>> = existing.clone();
+    let mut unused: Vec<Arc<EndpointSlice>> = existing;
     unused.sort_by_key(|s| s.name_any());
     let pp = PostParams { field_manager: Some(COMPONENT.into()), ..Default::default() };
     let mut writes = 0usize;
@@ -165,7 +262,7 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
                         generate_name: Some(format!("{}-", key.name)),
                         namespace: Some(key.namespace.clone()),
                         labels: Some(labels.clone()),
-                        owner_references: Some(vec![util::controller_owner_ref(svc.as_ref())]),
+                        owner_references: Some(vec![owner.clone()]),
                         ..Default::default()
                     },
                     address_type: "IPv4".into(),
@@ -174,7 +271,7 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
                 };
                 match api.create(&pp, &slice).await {
                     Ok(s) => created.push(s.name_any()),
-                    Err(e) if util::is_namespace_gone(&e) => return Ok(Action::done()),
+                    Err(e) if util::is_namespace_gone(&e) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
                 writes += 1;
@@ -183,7 +280,7 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     }
     let deleted: Vec<ObjKey> = unused.iter().map(|s| ObjKey::of(s.as_ref())).collect();
     for s in unused {
-        delete_slice(&api, &s).await?;
+        delete_slice(api, &s).await?;
         writes += 1;
     }
     if writes > 0 {
@@ -196,7 +293,7 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             })
             .await;
     }
-    Ok(Action::done())
+    Ok(())
 }
 
 async fn delete_slice(api: &Api<EndpointSlice>, s: &EndpointSlice) -> anyhow::Result<()> {

@@ -125,8 +125,11 @@ pub struct Ctx {
     pub namespaces: Arc<Informer<Namespace>>,
     pub serviceaccounts: Arc<Informer<ServiceAccount>>,
     pub recorder: util::Recorder,
-    /// Node IPAM's ranges handed out but maybe not yet seen by the node informer.
-    pub(crate) ipam_pending: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    /// The API's resources (for the namespace controller), refreshed every 30 s.
+    pub(crate) discovery: discovery::Cached,
+    /// Node IPAM's ranges handed out but maybe not yet seen by the node informer (range →
+    /// node, when).
+    pub(crate) ipam_pending: std::sync::Mutex<std::collections::HashMap<String, (String, tokio::time::Instant)>>,
 }
 
 /// Pod index values: the node a pod is bound to (`node:<name>`).
@@ -158,6 +161,7 @@ impl Ctx {
             namespaces: Informer::new("namespaces", Api::all(client.clone()), wc(), None),
             serviceaccounts: Informer::new("serviceaccounts", Api::all(client.clone()), wc(), None),
             recorder: util::Recorder::new(client.clone()),
+            discovery: discovery::Cached::new(Duration::from_secs(30)),
             ipam_pending: Default::default(),
             client,
             config,

@@ -3,7 +3,7 @@
 //! `kubernetes` finalizer is removed through `namespaces/{name}/finalize` and the API server
 //! removes the namespace.
 
-use crate::discovery::{self, Cached};
+use crate::discovery;
 use crate::replicas::set_condition;
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
@@ -13,16 +13,11 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Propag
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 const COMPONENT: &str = "namespace-controller";
 pub const FINALIZER: &str = "kubernetes";
-
-fn discovery_cache() -> &'static Cached {
-    static C: OnceLock<Cached> = OnceLock::new();
-    C.get_or_init(|| Cached::new(Duration::from_secs(30)))
-}
 
 pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
     let q = queue.clone();
@@ -53,7 +48,7 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         return Ok(Action::done());
     }
     let name = key.name.clone();
-    let resources = discovery_cache().get(&ctx.client).await?;
+    let resources = ctx.discovery.get(&ctx.client).await?;
     let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
     let mut finalizers: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();

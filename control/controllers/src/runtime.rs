@@ -398,8 +398,13 @@ where
             running.insert(key.clone());
             let r = reconcile.clone();
             tasks.spawn(async move {
+                use futures::FutureExt;
                 let started = Instant::now();
-                let res = r(key.clone()).await;
+                // A panicking reconcile is an error for its key, not the end of the controller.
+                let res = match std::panic::AssertUnwindSafe(r(key.clone())).catch_unwind().await {
+                    Ok(res) => res,
+                    Err(_) => Err(anyhow::anyhow!("reconcile panicked")),
+                };
                 (key, res, started.elapsed())
             });
         }

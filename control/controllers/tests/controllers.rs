@@ -359,3 +359,462 @@ async fn garbage_collector_propagation() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.live_pods("default", "app=or").await.len(), left.len(), "orphans stay");
 }
+
+/// Follows the pods of a selector with a watch and records the lowest number of ready,
+/// non-terminating pods seen once `armed`.
+fn watch_min_ready(client: kube::Client, ns: &str, selector: &str) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Pod> = Api::namespaced(client, ns);
+    // (minimum seen, current)
+    let state = std::sync::Arc::new(std::sync::Mutex::new((usize::MAX, 0usize)));
+    let st = state.clone();
+    let cfg = watcher::Config::default().labels(selector);
+    let task = tokio::spawn(async move {
+        let mut ready: std::collections::HashMap<String, bool> = Default::default();
+        let mut synced = false;
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    ready.insert(p.name_any(), is_ready(&p) && p.metadata.deletion_timestamp.is_none());
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    ready.remove(&p.name_any());
+                }
+                Ok(watcher::Event::InitDone) => synced = true,
+                _ => continue,
+            }
+            if synced {
+                let n = ready.values().filter(|r| **r).count();
+                let mut s = st.lock().unwrap();
+                s.0 = s.0.min(n);
+                s.1 = n;
+            }
+        }
+    });
+    (task, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolling_update_and_undo() {
+    let env = Env::start(&["n1", "n2", "n3"], |_| {}).await.unwrap();
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, annotations: {kubernetes.io/change-cause: first}}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: "busybox:1"}]}
+"#,
+    );
+    let out = env.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), "default");
+    let rss: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(env.client.clone(), "default");
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
+    let st = d.status.clone().unwrap();
+    assert_eq!((st.replicas, st.updated_replicas, st.ready_replicas, st.available_replicas), (Some(3), Some(3), Some(3), Some(3)));
+    let conds: Vec<(String, String, String)> = st.conditions.unwrap().iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone().unwrap_or_default())).collect();
+    assert!(conds.contains(&("Available".into(), "True".into(), "MinimumReplicasAvailable".into())), "{conds:?}");
+    assert!(conds.contains(&("Progressing".into(), "True".into(), "NewReplicaSetAvailable".into())), "{conds:?}");
+    let list = rss.list(&ListParams::default().labels("app=web")).await.unwrap().items;
+    assert_eq!(list.len(), 1);
+    let first = &list[0];
+    let hash = first.labels().get("pod-template-hash").cloned().expect("pod-template-hash label");
+    assert_eq!(first.name_any(), format!("web-{hash}"));
+    assert_eq!(first.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
+    assert_eq!(first.owner_references()[0].kind, "Deployment");
+
+    // Rolling update, watched for its whole duration.
+    let (watch, seen) = watch_min_ready(env.client.clone(), "default", "app=web");
+    eventually(T, "watch synced", || async { (seen.lock().unwrap().1 == 3).then_some(()) }).await;
+    env.kubectl_ok(&["set", "image", "deployment/web", "c=busybox:2"]);
+    env.kubectl_ok(&["annotate", "deployment/web", "kubernetes.io/change-cause=second", "--overwrite"]);
+    let out = env.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = rc_pods(&env, "default", "app=web", 3).await;
+    assert!(pods.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:2")));
+    let (min, _) = *seen.lock().unwrap();
+    watch.abort();
+    eprintln!("lowest ready count during the rollout: {min}");
+    assert!(min >= 2, "ready pods dropped to {min} during the rollout (replicas 3, maxUnavailable 1)");
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("2"));
+    let history = env.kubectl_ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.lines().any(|l| l.split_whitespace().next() == Some("1")) && history.lines().any(|l| l.split_whitespace().next() == Some("2")), "{history}");
+    let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("ScalingReplicaSet") && e.message.as_deref().is_some_and(|m| m.starts_with("Scaled up replica set web-") && m.contains(" from 0 to "))), "ScalingReplicaSet events");
+
+    // Undo goes back to the first template, whose ReplicaSet becomes revision 3.
+    env.kubectl_ok(&["rollout", "undo", "deployment/web"]);
+    let out = env.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = rc_pods(&env, "default", "app=web", 3).await;
+    assert!(pods.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:1")), "back to the first template");
+    let first = rss.get(&first.name_any()).await.unwrap();
+    assert_eq!(first.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("3"));
+    assert_eq!(first.spec.as_ref().unwrap().replicas, Some(3));
+    let history = env.kubectl_ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.lines().any(|l| l.split_whitespace().next() == Some("3")), "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ipam_and_lease_timeout() {
+    let env = Env::start(&["n1", "n2"], |c| c.node_monitor_grace = Duration::from_secs(2)).await.unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    // IPAM: a /24 each, distinct.
+    let cidrs = eventually(T, "pod CIDRs", || async {
+        let mut c = Vec::new();
+        for n in ["n1", "n2"] {
+            let spec = nodes.get(n).await.ok()?.spec?;
+            let cidr = spec.pod_cidr?;
+            assert_eq!(spec.pod_cidrs.as_deref(), Some(&[cidr.clone()][..]));
+            c.push(cidr);
+        }
+        Some(c)
+    })
+    .await;
+    assert!(cidrs.iter().all(|c| c.starts_with("10.244.") && c.ends_with(".0/24")), "{cidrs:?}");
+    assert_ne!(cidrs[0], cidrs[1]);
+    env.kubelet().add_node("n3").await.unwrap();
+    let c3 = eventually(T, "n3 pod CIDR", || async { nodes.get("n3").await.ok()?.spec?.pod_cidr }).await;
+    assert!(!cidrs.contains(&c3));
+
+    // Pods that tolerate an unreachable node for 1 s.
+    env.apply(
+        r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: lc}
+spec:
+  replicas: 3
+  selector: {app: lc}
+  template:
+    metadata: {labels: {app: lc}}
+    spec:
+      containers: [{name: c, image: busybox}]
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}
+"#,
+    );
+    let pods = eventually(T, "lc pods running", || async {
+        let p = env.live_pods("default", "app=lc").await;
+        (p.len() == 3 && p.iter().all(is_ready)).then_some(p)
+    })
+    .await;
+    let victim_node = pods[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    let on_victim: Vec<String> = pods.iter().filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(victim_node.as_str())).map(|p| p.name_any()).collect();
+    env.kubelet().stop_node(&victim_node);
+    let stopped = std::time::Instant::now();
+    let node = eventually(T, "node Ready=Unknown with the unreachable taint", || async {
+        let n = nodes.get(&victim_node).await.ok()?;
+        let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?.clone();
+        let tainted = n.spec.as_ref()?.taints.as_ref()?.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute" && t.time_added.is_some());
+        (ready.status == "Unknown" && tainted).then_some(n)
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_millis(1500), "marked unknown after {took:?}, before the 2 s grace");
+    let ready = node.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(ready.message.as_deref(), Some("Kubelet stopped posting node status."));
+    // Its pods are evicted after their toleration and recreated on the other nodes.
+    eventually(T, "pods on the lost node evicted", || async {
+        let mut all = true;
+        for name in &on_victim {
+            let p = env.pods("default").get(name).await.ok()?;
+            all &= p.metadata.deletion_timestamp.is_some();
+        }
+        all.then_some(())
+    })
+    .await;
+    let replaced = rc_pods(&env, "default", "app=lc", 3).await;
+    assert!(replaced.iter().all(|p| p.spec.as_ref().unwrap().node_name.as_deref() != Some(victim_node.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_follows_nodes() {
+    let env = Env::start(&["n1", "n2"], |_| {}).await.unwrap();
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: c, image: "busybox:1"}]}
+"#,
+    );
+    let dss: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(env.client.clone(), "default");
+    let per_node = |want: &'static [&'static str]| {
+        let env = &env;
+        async move {
+            eventually(T, &format!("one ready daemon pod on each of {want:?}"), || async {
+                let pods = env.live_pods("default", "app=agent").await;
+                let mut nodes: Vec<String> = pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+                nodes.sort();
+                (pods.len() == want.len() && nodes == want).then_some(pods)
+            })
+            .await
+        }
+    };
+    let pods = per_node(&["n1", "n2"]).await;
+    for p in &pods {
+        // Pinned by required node affinity on metadata.name, tolerating unreachable nodes.
+        let na = serde_json::to_value(p.spec.as_ref().unwrap().affinity.as_ref().unwrap()).unwrap();
+        let field = &na["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0];
+        assert_eq!(field["key"], "metadata.name");
+        assert_eq!(field["values"][0].as_str(), p.spec.as_ref().unwrap().node_name.as_deref());
+        assert!(p.spec.as_ref().unwrap().tolerations.as_ref().unwrap().iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable") && t.toleration_seconds.is_none()));
+        assert!(p.labels().contains_key("controller-revision-hash"));
+    }
+    eventually(T, "status 2/2", || async {
+        let s = dss.get("agent").await.ok()?.status?;
+        (s.desired_number_scheduled == 2 && s.current_number_scheduled == 2 && s.number_ready == 2 && s.number_available == Some(2) && s.updated_number_scheduled == Some(2)).then_some(())
+    })
+    .await;
+
+    // A node joins.
+    env.kubelet().add_node("n3").await.unwrap();
+    per_node(&["n1", "n2", "n3"]).await;
+    // A node leaves.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    nodes.delete("n2", &DeleteParams::default()).await.unwrap();
+    per_node(&["n1", "n3"]).await;
+    // A NoExecute taint the daemon does not tolerate drives it off the node.
+    nodes.patch("n1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoExecute"}]}}))).await.unwrap();
+    per_node(&["n3"]).await;
+    eventually(T, "status 1/1", || async {
+        let s = dss.get("agent").await.ok()?.status?;
+        (s.desired_number_scheduled == 1 && s.current_number_scheduled == 1 && s.number_ready == 1).then_some(())
+    })
+    .await;
+    // A template change rolls the pods.
+    nodes.patch("n1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": null}}))).await.unwrap();
+    per_node(&["n1", "n3"]).await;
+    env.kubectl_ok(&["set", "image", "daemonset/agent", "c=busybox:2"]);
+    eventually(T, "daemon pods updated", || async {
+        let pods = env.live_pods("default", "app=agent").await;
+        (pods.len() == 2 && pods.iter().all(|p| is_ready(p) && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:2"))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_or_fail_at_backoff_limit() {
+    let env = Env::start(&["n1", "n2"], |c| c.job_backoff_base = Duration::from_millis(200)).await.unwrap();
+    env.apply(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: ok}}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    metadata: {{annotations: {{"{EXIT}": "0"}}}}
+    spec: {{restartPolicy: Never, containers: [{{name: main, image: busybox}}]}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: bad}}
+spec:
+  backoffLimit: 2
+  template:
+    metadata: {{annotations: {{"{EXIT}": "1"}}}}
+    spec: {{restartPolicy: Never, containers: [{{name: main, image: busybox}}]}}
+"#
+    ));
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
+    let cond = |j: &k8s_openapi::api::batch::v1::Job, t: &str| -> Option<(String, String)> {
+        j.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t && c.status == "True").map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+    };
+    let ok = eventually(Duration::from_secs(20), "job ok complete", || async { jobs.get("ok").await.ok().filter(|j| cond(j, "Complete").is_some()) }).await;
+    let st = ok.status.clone().unwrap();
+    assert_eq!((st.succeeded, st.failed.unwrap_or(0), st.active.unwrap_or(0)), (Some(3), 0, 0));
+    assert!(st.completion_time.is_some() && st.start_time.is_some());
+    assert_eq!(cond(&ok, "Complete").unwrap().0, "CompletionsReached");
+    let ok_pods = env.pods("default").list(&ListParams::default().labels("job-name=ok")).await.unwrap().items;
+    assert_eq!(ok_pods.len(), 3, "exactly the completions were run");
+    assert!(ok_pods.iter().all(|p| p.finalizers().is_empty()), "tracking finalizers removed");
+
+    let bad = eventually(Duration::from_secs(20), "job bad failed", || async { jobs.get("bad").await.ok().filter(|j| cond(j, "Failed").is_some()) }).await;
+    assert_eq!(cond(&bad, "Failed").unwrap(), ("BackoffLimitExceeded".to_string(), "Job has reached the specified backoff limit".to_string()));
+    assert_eq!(bad.status.as_ref().unwrap().failed, Some(3));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let bad_pods = env.pods("default").list(&ListParams::default().labels("job-name=bad")).await.unwrap().items;
+    assert_eq!(bad_pods.len(), 3, "backoffLimit 2: three attempts, then no more");
+    let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("Completed") && e.involved_object.name.as_deref() == Some("ok")));
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("BackoffLimitExceeded") && e.involved_object.name.as_deref() == Some("bad")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_recreate_stops_old_pods_first() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let env = Env::start(&["n1", "n2"], |_| {}).await.unwrap();
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: rec}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: rec}}
+  strategy: {type: Recreate}
+  template:
+    metadata: {labels: {app: rec}}
+    spec: {containers: [{name: c, image: "busybox:1"}]}
+"#,
+    );
+    env.kubectl_ok(&["rollout", "status", "deployment/rec", "--timeout=30s"]);
+    // Follow every pod: a pod of the new template must never exist beside one of the old.
+    let api: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let overlap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let o = overlap.clone();
+    let watch = tokio::spawn(async move {
+        let mut images: std::collections::HashMap<String, String> = Default::default();
+        let mut stream = watcher::watcher(api, watcher::Config::default().labels("app=rec")).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
+                    images.insert(p.name_any(), p.spec.unwrap().containers[0].image.clone().unwrap_or_default());
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    images.remove(&p.name_any());
+                }
+                _ => {}
+            }
+            let kinds: std::collections::HashSet<&String> = images.values().collect();
+            if kinds.len() > 1 {
+                o.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.kubectl_ok(&["set", "image", "deployment/rec", "c=busybox:2"]);
+    env.kubectl_ok(&["rollout", "status", "deployment/rec", "--timeout=30s"]);
+    let pods = rc_pods(&env, "default", "app=rec", 2).await;
+    assert!(pods.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:2")));
+    watch.abort();
+    assert!(!overlap.load(std::sync::atomic::Ordering::SeqCst), "new pods appeared while old ones still existed");
+}
+
+/// Every object's resourceVersion (events and leases aside), to tell whether anything is
+/// being written.
+async fn resource_versions(env: &Env) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let text = env.kubectl_ok(&["get", "pods,services,endpoints,endpointslices,replicationcontrollers,replicasets,deployments,daemonsets,jobs,nodes,serviceaccounts,namespaces", "-A", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for item in v["items"].as_array().unwrap() {
+        let m = &item["metadata"];
+        out.insert(format!("{}/{}/{}", item["kind"], m["namespace"], m["name"]), m["resourceVersion"].as_str().unwrap_or("").to_string());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_are_quiet_at_rest() {
+    let env = Env::start(&["n1", "n2"], |_| {}).await.unwrap();
+    env.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: d}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: d}}}}
+  template:
+    metadata: {{labels: {{app: d}}}}
+    spec: {{containers: [{{name: c, image: busybox, ports: [{{name: http, containerPort: 80}}]}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: d}}
+spec: {{selector: {{app: d}}, ports: [{{port: 80, targetPort: http}}]}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: ds}}
+spec:
+  selector: {{matchLabels: {{app: ds}}}}
+  template:
+    metadata: {{labels: {{app: ds}}}}
+    spec: {{containers: [{{name: c, image: busybox}}]}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: j}}
+spec:
+  template:
+    metadata: {{annotations: {{"{EXIT}": "0"}}}}
+    spec: {{restartPolicy: Never, containers: [{{name: main, image: busybox}}]}}
+"#
+    ));
+    env.kubectl_ok(&["rollout", "status", "deployment/d", "--timeout=30s"]);
+    env.kubectl_ok(&["rollout", "status", "daemonset/ds", "--timeout=30s"]);
+    env.kubectl_ok(&["wait", "--for=condition=complete", "job/j", "--timeout=30s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = resource_versions(&env).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = resource_versions(&env).await;
+    let changed: Vec<&String> = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k).collect();
+    assert!(changed.is_empty(), "objects still being written at rest: {changed:?}");
+}
+
+/// How long an RC of 1,000 replicas takes to have its pods (no kubelet); run by hand:
+/// `cargo test -p skiff-controllers --test controllers -- --ignored --nocapture rc_of_1000`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rc_of_1000() {
+    let env = Env::start(&[], |_| {}).await.unwrap();
+    let started = std::time::Instant::now();
+    env.apply(&rc_yaml("big", 1000));
+    let rcs: Api<ReplicationController> = Api::namespaced(env.client.clone(), "default");
+    eventually(Duration::from_secs(120), "1000 pods", || async { (rcs.get("big").await.ok()?.status?.replicas == 1000).then_some(()) }).await;
+    eprintln!("RC of 1000: all pods created and counted after {:?}", started.elapsed());
+    assert_eq!(env.live_pods("default", "app=big").await.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_job_completes_every_index() {
+    let env = Env::start(&["n1"], |_| {}).await.unwrap();
+    env.apply(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: idx}}
+spec:
+  completions: 4
+  parallelism: 2
+  completionMode: Indexed
+  template:
+    metadata: {{annotations: {{"{EXIT}": "0"}}}}
+    spec: {{restartPolicy: Never, containers: [{{name: main, image: busybox}}]}}
+"#
+    ));
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
+    let job = eventually(Duration::from_secs(20), "indexed job complete", || async {
+        let j = jobs.get("idx").await.ok()?;
+        j.status.as_ref()?.conditions.as_ref()?.iter().any(|c| c.type_ == "Complete" && c.status == "True").then_some(j)
+    })
+    .await;
+    assert_eq!(job.status.as_ref().unwrap().completed_indexes.as_deref(), Some("0-3"));
+    let pods = env.pods("default").list(&ListParams::default().labels("job-name=idx")).await.unwrap().items;
+    let mut idx: Vec<String> = pods.iter().map(|p| p.annotations()["batch.kubernetes.io/job-completion-index"].clone()).collect();
+    idx.sort();
+    assert_eq!(idx, ["0", "1", "2", "3"]);
+    assert!(pods.iter().all(|p| p.name_any().starts_with(&format!("idx-{}-", p.annotations()["batch.kubernetes.io/job-completion-index"]))));
+}

@@ -38,18 +38,28 @@ impl Drop for Env {
     }
 }
 
-pub fn init_tracing() {
-    // Quiet by default; RUST_LOG shows the controllers' logs.
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = filter;
-    }
+/// Whether `skiff control` can be told not to run its own controllers (kube-controller-manager's
+/// `--controllers` flag): these tests run the controllers in-process with their own settings,
+/// and two controller managers must not act on one API server.
+fn control_has_controllers_flag() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::process::Command::new(skiff_tests::skiff_bin())
+            .args(["control", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--controllers"))
+            .unwrap_or(false)
+    })
 }
 
 impl Env {
     /// A control plane with the controllers running (`config` adjusted by `tune`) and, when
     /// `nodes` is not empty, a test kubelet for those nodes.
     pub async fn start(nodes: &[&str], tune: impl FnOnce(&mut ControllersConfig)) -> Result<Env> {
-        let control = tokio::task::spawn_blocking(Control::start).await??;
+        let control = tokio::task::spawn_blocking(|| {
+            if control_has_controllers_flag() { Control::start_with(&["--controllers=-*"]) } else { Control::start() }
+        })
+        .await??;
         let client = control.client().await?;
         let mut config = ControllersConfig::default();
         tune(&mut config);

@@ -1,0 +1,247 @@
+//! The desired contents of the service maps, as a pure function of the watched Services and
+//! EndpointSlices (what kube-proxy calls the service and endpoints "change trackers", computed
+//! whole here: cheap enough, and trivially level-triggered).
+
+use crate::dataplane::{Frontend, Protocol};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// The label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which service port a frontend belongs to (metric labels, logs).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The service port's name; empty for an unnamed (single) port.
+    pub port: String,
+}
+
+impl std::fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// One frontend's desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    pub service: ServicePortName,
+    /// Ready backends, sorted and without duplicates. Empty: the frontend refuses connections.
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+/// Frontend → desired state.
+pub type Desired = BTreeMap<Frontend, DesiredFrontend>;
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None, // SCTP: not handled by the socket programs
+    }
+}
+
+/// Computes the desired map contents.
+///
+/// - Every IPv4 ClusterIP (`spec.clusterIPs`, else `spec.clusterIP`) and every IPv4
+///   `spec.externalIPs` entry of a non-headless, non-ExternalName Service is a frontend for each
+///   TCP/UDP port.
+/// - Its backends are the addresses of the endpoints that are ready (`conditions.ready` true or
+///   unset, as kube-proxy reads it) in the Service's IPv4 EndpointSlices, with the port of the
+///   slice port whose name and protocol match the service port: the EndpointSlice controller has
+///   already resolved a named `targetPort` per pod. A numeric `targetPort` is used for a slice
+///   port that carries no number.
+/// - A service with no ready endpoint is still a frontend, with no backends: it refuses at once.
+/// - Two services claiming the same frontend: the first in namespace/name order wins.
+pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desired {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let ns = s.metadata.namespace.as_deref().unwrap_or("");
+        let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+        if s.address_type != "IPv4" || s.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
+
+    let mut sorted: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
+    sorted.sort_by(|a, b| {
+        (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
+            .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
+    });
+
+    let mut out = Desired::new();
+    for svc in sorted {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let mut vips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        };
+        if vips.is_empty() {
+            continue; // headless ("None") or IPv6-only
+        }
+        vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
+        let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
+            let Ok(port) = u16::try_from(sp.port) else { continue };
+            let port_name = sp.name.as_deref().unwrap_or("");
+            let numeric_target = match &sp.target_port {
+                Some(IntOrString::Int(p)) => u16::try_from(*p).ok(),
+                Some(IntOrString::String(_)) => None,
+                None => Some(port),
+            };
+            let mut backends = BTreeSet::new();
+            for slice in slices {
+                let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+                    (p.name.as_deref().unwrap_or("") == port_name
+                        && protocol(p.protocol.as_deref()) == Some(proto))
+                    .then(|| p.port.and_then(|n| u16::try_from(n).ok()).or(numeric_target))
+                    .flatten()
+                }) else {
+                    continue;
+                };
+                if target == 0 {
+                    continue;
+                }
+                for ep in &slice.endpoints {
+                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    if !ready {
+                        continue;
+                    }
+                    for a in &ep.addresses {
+                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                            backends.insert((ip, target));
+                        }
+                    }
+                }
+            }
+            let backends: Vec<_> = backends.into_iter().collect();
+            for vip in &vips {
+                let fe = Frontend { vip: *vip, port, proto };
+                out.entry(fe).or_insert_with(|| DesiredFrontend {
+                    service: ServicePortName { namespace: ns.into(), name: name.into(), port: port_name.into() },
+                    backends: backends.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Arc<Service> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+    fn slice(v: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn web() -> Arc<Service> {
+        svc(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "externalIPs": ["192.0.2.7"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": "web"},
+                               {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}
+        }))
+    }
+
+    fn web_slice(name: &str, eps: serde_json::Value) -> Arc<EndpointSlice> {
+        slice(json!({
+            "metadata": {"namespace": "default", "name": name, "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "protocol": "UDP"}],
+            "endpoints": eps,
+        }))
+    }
+
+    #[test]
+    fn ready_endpoints_with_resolved_ports_on_every_frontend() {
+        let d = compute(
+            &[web()],
+            &[
+                web_slice("a", json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                                       {"addresses": ["10.244.0.6"], "conditions": {"ready": false}},
+                                       {"addresses": ["10.244.0.7"]}])),
+                web_slice("b", json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                                       {"addresses": ["10.244.1.9"], "conditions": {"ready": true}}])),
+            ],
+        );
+        let http = Frontend { vip: "10.96.0.20".parse().unwrap(), port: 80, proto: Protocol::Tcp };
+        let ext = Frontend { vip: "192.0.2.7".parse().unwrap(), port: 80, proto: Protocol::Tcp };
+        let dns = Frontend { vip: "10.96.0.20".parse().unwrap(), port: 53, proto: Protocol::Udp };
+        assert_eq!(d.len(), 4);
+        let want: Vec<(Ipv4Addr, u16)> = ["10.244.0.5", "10.244.0.7", "10.244.1.9"]
+            .iter()
+            .map(|a| (a.parse().unwrap(), 8080))
+            .collect();
+        assert_eq!(d[&http].backends, want);
+        assert_eq!(d[&ext].backends, want);
+        // The slice port carries no number: the numeric targetPort is used.
+        assert_eq!(d[&dns].backends.iter().map(|b| b.1).collect::<Vec<_>>(), [5353, 5353, 5353]);
+        assert_eq!(d[&http].service.to_string(), "default/web:http");
+    }
+
+    #[test]
+    fn no_ready_endpoint_means_a_refusing_frontend() {
+        let d = compute(&[web()], &[web_slice("a", json!([{"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]))]);
+        assert!(d.values().all(|f| f.backends.is_empty()));
+        assert_eq!(d.len(), 4);
+        assert_eq!(compute(&[web()], &[]).len(), 4);
+    }
+
+    #[test]
+    fn headless_external_name_other_namespaces_and_ipv6_are_ignored() {
+        let headless = svc(json!({"metadata": {"namespace": "default", "name": "h"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+        let ext = svc(json!({"metadata": {"namespace": "default", "name": "x"},
+            "spec": {"type": "ExternalName", "externalName": "example.org"}}));
+        assert!(compute(&[headless, ext], &[]).is_empty());
+        let other_ns = slice(json!({
+            "metadata": {"namespace": "other", "name": "a", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.244.0.5"]}]}));
+        let v6 = slice(json!({
+            "metadata": {"namespace": "default", "name": "v6", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv6", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["fd00::5"]}]}));
+        let d = compute(&[web()], &[other_ns, v6]);
+        assert!(d.values().all(|f| f.backends.is_empty()));
+    }
+
+    #[test]
+    fn unnamed_port_matches_unnamed_slice_port_and_conflicts_keep_the_first() {
+        let a = svc(json!({"metadata": {"namespace": "a", "name": "s"},
+            "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80, "targetPort": 8000}]}}));
+        let b = svc(json!({"metadata": {"namespace": "b", "name": "s"},
+            "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80}]}}));
+        let sl = slice(json!({
+            "metadata": {"namespace": "a", "name": "s-1", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": "IPv4", "ports": [{"port": 8001}],
+            "endpoints": [{"addresses": ["127.0.0.1"]}]}));
+        let d = compute(&[b, a], &[sl]);
+        assert_eq!(d.len(), 1);
+        let f = d.values().next().unwrap();
+        assert_eq!(f.service.namespace, "a");
+        assert_eq!(f.backends, [(Ipv4Addr::LOCALHOST, 8001)]);
+    }
+}

@@ -1,0 +1,77 @@
+//! The whole service proxy of a node, in the order safety requires: blackhole route for the
+//! service range first, then the dataplane (pinned maps, programs, cgroup attachment), then the
+//! watch-driven [`Proxy`].
+
+use super::Proxy;
+use crate::dataplane::{self, Dataplane};
+use crate::route::{BlackholeRoute, Ipv4Cidr, default_service_range};
+use anyhow::{Context, Result};
+use kube::Client;
+use std::future::Future;
+use std::path::PathBuf;
+
+/// Where the socket programs attach by default: the root cgroup v2 (hybrid mode's mount), so
+/// every process on the host gets ClusterIPs.
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup/unified";
+
+/// Configuration of [`run_node_proxy`].
+#[derive(Clone, Debug)]
+pub struct NodeProxyConfig {
+    /// The eBPF object and the pin directory of the maps.
+    pub dataplane: dataplane::Config,
+    /// The cgroup v2 the socket programs attach to (tests: one they made, never the root).
+    pub cgroup: PathBuf,
+    /// The service range that gets a blackhole route.
+    pub service_range: Ipv4Cidr,
+    /// On shutdown: detach the programs, remove the pinned maps, and delete the blackhole route
+    /// if this run added it (`skiff down`, tests). Off for an agent that will be restarted.
+    pub cleanup_on_exit: bool,
+}
+
+impl Default for NodeProxyConfig {
+    fn default() -> Self {
+        Self {
+            dataplane: dataplane::Config::default(),
+            cgroup: PathBuf::from(DEFAULT_CGROUP),
+            service_range: default_service_range(),
+            cleanup_on_exit: false,
+        }
+    }
+}
+
+/// Installs the blackhole route (if absent), loads the dataplane, attaches it to
+/// `config.cgroup`, and runs `proxy` until `shutdown` completes (or the proxy fails). Cleans up
+/// per [`NodeProxyConfig::cleanup_on_exit`] on every return after the route step, also on errors.
+pub async fn run_node_proxy(
+    client: Client,
+    config: &NodeProxyConfig,
+    proxy: &Proxy,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let route = BlackholeRoute::ensure(config.service_range)
+        .await
+        .with_context(|| format!("installing the blackhole route for the service range {}", config.service_range))?;
+    if route.added {
+        tracing::info!("added blackhole route {}", config.service_range);
+    }
+    let result = async {
+        let mut dp = Dataplane::load(&config.dataplane)?;
+        let r = match dp.attach_cgroup(&config.cgroup) {
+            Ok(()) => proxy.run(client, &mut dp.services, shutdown).await,
+            Err(e) => Err(e),
+        };
+        if config.cleanup_on_exit {
+            if let Err(e) = dp.cleanup() {
+                tracing::error!("dataplane cleanup: {e:#}");
+            }
+        }
+        r
+    }
+    .await;
+    if config.cleanup_on_exit {
+        if let Err(e) = route.remove().await {
+            tracing::error!("{e:#}");
+        }
+    }
+    result
+}

@@ -1,5 +1,245 @@
-//! The cluster DNS server. Not implemented yet (the cluster DNS issue); `skiff dns` says so.
+//! The cluster DNS server (issue 6).
+//!
+//! Watches Services, EndpointSlices and Pods through the API (kube-rs reflectors), builds an
+//! immutable [`zone::Zone`] snapshot of prepared answers for the cluster domain, and serves it over
+//! UDP and TCP; everything else is forwarded to upstream resolvers with a small cache. `/metrics`,
+//! `/healthz` and `/readyz` are served on a separate HTTP port.
+//!
+//! Entry points: [`run`] (the `skiff dns` command) and [`start`] (embedding, tests).
 
-pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!("the cluster DNS server is not implemented yet (tracked by the cluster DNS issue)")
+pub mod metrics;
+pub mod server;
+pub mod wire;
+pub mod zone;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use server::{Forwarder, Shared};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use zone::Zone;
+
+/// Configuration of the DNS server.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// UDP and TCP address (same port for both). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` serves no HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// The cluster domain (default `cluster.local`).
+    pub domain: String,
+    /// TTL of cluster records and of the SOA (negative answers), seconds (default 5).
+    pub ttl: u32,
+    /// Where names outside the cluster domain go. Empty: such queries get SERVFAIL.
+    pub upstreams: Vec<SocketAddr>,
+    /// Per-upstream timeout of a forwarded query.
+    pub forward_timeout: Duration,
+    /// Entries in the forwarding cache.
+    pub cache_size: usize,
+    /// Tasks receiving on the UDP socket.
+    pub udp_workers: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: "0.0.0.0:53".parse().unwrap(),
+            http_listen: Some("127.0.0.1:9153".parse().unwrap()),
+            domain: "cluster.local".into(),
+            ttl: 5,
+            upstreams: Vec::new(),
+            forward_timeout: Duration::from_secs(2),
+            cache_size: 10_000,
+            udp_workers: 2,
+        }
+    }
+}
+
+/// The nameservers of a resolv.conf (read only; port 53). Loopback stub resolvers are kept.
+pub fn resolv_conf_upstreams(path: &Path) -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// A running server. Dropping it stops every task.
+pub struct DnsServer {
+    /// The bound UDP/TCP address.
+    pub dns_addr: SocketAddr,
+    /// The bound HTTP address, if any.
+    pub http_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Waits until the first full list of Services, EndpointSlices and Pods is being served.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.shared.synced.load(Ordering::SeqCst) {
+            anyhow::ensure!(Instant::now() < deadline, "DNS index did not sync within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Runs until one of the tasks ends (they do not, normally).
+    pub async fn wait(mut self) -> Result<()> {
+        let (r, _, rest) = futures::future::select_all(std::mem::take(&mut self.tasks)).await;
+        self.tasks = rest;
+        r.context("a DNS task failed")?;
+        anyhow::bail!("a DNS task ended unexpectedly")
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(listen: SocketAddr) -> Result<(Arc<UdpSocket>, TcpListener)> {
+    let mut last = None;
+    for _ in 0..if listen.port() == 0 { 20 } else { 1 } {
+        let udp = UdpSocket::bind(listen).await.with_context(|| format!("binding UDP {listen}"))?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((Arc::new(udp), tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no port")).context(format!("binding TCP {listen}")))
+}
+
+/// Starts the server: binds, starts the watchers and listeners, and returns at once (the zone
+/// starts empty and fills when the watches have listed; see [`DnsServer::wait_synced`]).
+pub async fn start(client: Client, config: DnsConfig) -> Result<DnsServer> {
+    let (udp, tcp) = bind(config.listen).await?;
+    let dns_addr = udp.local_addr()?;
+    let forwarder = Forwarder::new(config.upstreams.clone(), config.forward_timeout, config.cache_size);
+    let shared = Arc::new(Shared::new(Zone::empty(&config.domain, config.ttl), forwarder));
+    let mut tasks = Vec::new();
+    for _ in 0..config.udp_workers.max(1) {
+        tasks.push(tokio::spawn(server::udp_loop(udp.clone(), shared.clone())));
+    }
+    tasks.push(tokio::spawn(server::tcp_loop(tcp, shared.clone())));
+    tasks.push(tokio::spawn(index(client, config.domain.clone(), config.ttl, shared.clone())));
+    let mut http_addr = None;
+    if let Some(listen) = config.http_listen {
+        let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding HTTP {listen}"))?;
+        http_addr = Some(l.local_addr()?);
+        let app = http_app(shared.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "DNS HTTP server failed");
+            }
+        }));
+    }
+    tracing::info!(%dns_addr, ?http_addr, domain = %config.domain, upstreams = ?config.upstreams, "cluster DNS serving");
+    Ok(DnsServer { dns_addr, http_addr, shared, tasks })
+}
+
+/// `skiff dns --kubeconfig F [--listen ADDR]`: serves until interrupted. `kubeconfig` `None`
+/// uses kube's default resolution (`KUBECONFIG`, `~/.kube/config`, in-cluster).
+pub async fn run(kubeconfig: Option<&Path>, config: DnsConfig) -> Result<()> {
+    let client = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => Client::try_default().await?,
+    };
+    let server = start(client, config).await?;
+    tokio::select! {
+        r = server.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+fn http_app(shared: Arc<Shared>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let m = shared.clone();
+    let r = shared.clone();
+    axum::Router::new()
+        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], m.metrics.render()) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if r.synced.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "index not synced") }
+            }),
+        )
+}
+
+/// Follows the three resources and rebuilds the zone snapshot after each batch of changes.
+async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
+    let changed = Arc::new(Notify::new());
+    let (services, w1) = reflector::store::<Service>();
+    let (slices, w2) = reflector::store::<EndpointSlice>();
+    let (pods, w3) = reflector::store::<Pod>();
+    let cfg = watcher::Config::default();
+    let t1 = tokio::spawn(follow(reflector(w1, watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff()), changed.clone(), "services"));
+    let t2 = tokio::spawn(follow(
+        reflector(w2, watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()).default_backoff()),
+        changed.clone(),
+        "endpointslices",
+    ));
+    let t3 = tokio::spawn(follow(reflector(w3, watcher(Api::<Pod>::all(client), cfg).default_backoff()), changed.clone(), "pods"));
+    let _guards = [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)];
+    for ready in [services.wait_until_ready().await, slices.wait_until_ready().await, pods.wait_until_ready().await] {
+        if ready.is_err() {
+            tracing::error!("DNS watch writer dropped");
+            return;
+        }
+    }
+    let mut since = Instant::now();
+    loop {
+        let zone = Zone::build(&domain, ttl, &services.state(), &slices.state(), &pods.state());
+        let records = zone.records;
+        shared.set_zone(zone);
+        shared.metrics.rebuilt(since.elapsed(), records);
+        if !shared.synced.swap(true, Ordering::SeqCst) {
+            tracing::info!(records, "cluster DNS index synced");
+        }
+        changed.notified().await;
+        since = Instant::now();
+        // Coalesce a burst of events into one rebuild.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn follow<K, S>(stream: S, changed: Arc<Notify>, what: &'static str)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::warn!(resource = what, error = %e, "DNS watch failed; retrying"),
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

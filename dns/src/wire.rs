@@ -453,7 +453,7 @@ mod tests {
             let _ = min_ttl(&b);
             let _ = truncate_message(&b, 20);
         }
-        assert_eq!(parse_query(&[1, 2, 3]), Err(ParseError::Drop));
+        assert_eq!(parse_query(&[1, 2, 3]).err(), Some(ParseError::Drop));
     }
 
     #[test]

@@ -48,6 +48,9 @@ struct ControlArgs {
     /// Seconds pods stay on an unreachable node without a toleration of their own.
     #[arg(long, default_value_t = 300)]
     pod_eviction_timeout: u64,
+    /// This process's identity in the leader-election Lease (default: hostname and a UUID).
+    #[arg(long)]
+    leader_identity: Option<String>,
 }
 
 impl ControlArgs {
@@ -70,6 +73,7 @@ impl ControlArgs {
             l.controllers.controllers = if controllers.is_empty() { vec!["-*".into()] } else { controllers };
             l.controllers.node_monitor_grace = std::time::Duration::from_secs(self.node_monitor_grace_period);
             l.controllers.pod_eviction_timeout = std::time::Duration::from_secs(self.pod_eviction_timeout);
+            l.identity = self.leader_identity;
         }
         cfg
     }
@@ -102,10 +106,22 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
-    /// Cluster DNS server (not implemented yet).
+    /// The cluster DNS server: answers `cluster.local` from watched Services, EndpointSlices
+    /// and Pods; forwards other names to the upstream resolvers.
     Dns {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// UDP and TCP address to answer on.
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        /// `/metrics` and health endpoints.
+        #[arg(long, default_value = "127.0.0.1:9153")]
+        metrics_listen: SocketAddr,
+        /// Upstream resolvers for names outside the cluster domain (default: /etc/resolv.conf's).
+        #[arg(long, value_delimiter = ',')]
+        upstream: Vec<SocketAddr>,
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
     },
 }
 
@@ -202,6 +218,17 @@ fn status(data_dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The host's resolvers, where names outside the cluster domain go.
+fn resolv_conf_nameservers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -243,6 +270,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Agent { .. } => skiff_agent::run(),
-        Command::Dns { .. } => skiff_dns::run(),
+        Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain } => {
+            let upstreams = if upstream.is_empty() { resolv_conf_nameservers() } else { upstream };
+            let cfg = skiff_dns::DnsConfig { listen, http_listen: Some(metrics_listen), domain, upstreams, ..Default::default() };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(skiff_dns::run(kubeconfig.as_deref(), cfg))
+        }
     }
 }

@@ -26,7 +26,9 @@ pub use table::{Frontend, Protocol, ServiceTable, UpdateStats};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use std::os::fd::{AsFd, AsRawFd};
 use aya::{Ebpf, EbpfLoader};
 use skiff_dataplane_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
@@ -45,6 +47,64 @@ pub const OBJECT_ENV: &str = "SKIFF_EBPF_OBJECT";
 /// The socket programs in the object, in attach order. connect4 comes last so that by the time
 /// connections are translated, the reverse programs are in place.
 pub const SOCKET_PROGRAMS: &[&str] = &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
+
+/// Subdirectory of the pin directory holding pinned cgroup links.
+pub const LINKS_DIR: &str = "links";
+
+/// What [`Dataplane::attach_cgroup_pinned`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachOutcome {
+    /// Programs attached anew (and their links pinned).
+    pub attached: usize,
+    /// Pinned links found and switched to this instance's programs.
+    pub reused: usize,
+}
+
+/// The two bpf(2) commands aya 0.14 does not expose: open a pinned object, update a link.
+mod sys {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::path::Path;
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a valid, fully initialised prefix of `union bpf_attr` for `cmd`; the
+        // kernel zero-extends attributes shorter than its own.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    }
+
+    pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+        let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+        let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+        // SAFETY: the kernel returned a new fd that we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    pub fn link_update(link_fd: RawFd, new_prog_fd: RawFd) -> io::Result<()> {
+        let mut attr = LinkUpdateAttr { link_fd: link_fd as u32, new_prog_fd: new_prog_fd as u32, flags: 0, old_prog_fd: 0 };
+        bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+    }
+}
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -191,6 +251,45 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Like [`Dataplane::attach_cgroup`], but the attachments survive this process: each bpf_link
+    /// is pinned under `<pin_dir>/links/cg<cgroup inode>/<program>`. If such pins exist already
+    /// (a previous agent attached them), nothing is attached anew: each existing link is switched
+    /// atomically to this instance's program (`BPF_LINK_UPDATE`), so a restart or upgrade never
+    /// leaves a moment without translation and never stacks a second copy of the programs.
+    /// [`Dataplane::cleanup`] removes the link pins, which detaches the programs.
+    pub fn attach_cgroup_pinned(&mut self, cgroup: &Path) -> Result<AttachOutcome> {
+        use std::os::unix::fs::MetadataExt;
+        if !is_cgroup2(cgroup)? {
+            bail!("{} is not a cgroup v2 directory", cgroup.display());
+        }
+        let ino = std::fs::metadata(cgroup).with_context(|| format!("stat {}", cgroup.display()))?.ino();
+        let dir = self.pin_dir.join(LINKS_DIR).join(format!("cg{ino}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cg = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let mut outcome = AttachOutcome::default();
+        for name in SOCKET_PROGRAMS {
+            let pin = dir.join(name);
+            let prog: &mut CgroupSockAddr = self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            if pin.exists() {
+                let link = sys::obj_get(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+                let prog_fd = prog.fd().context("program fd")?.as_fd().as_raw_fd();
+                sys::link_update(link.as_raw_fd(), prog_fd)
+                    .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
+                outcome.reused += 1;
+            } else {
+                let id = prog
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+                let link: FdLink = prog.take_link(id)?.try_into().context("the cgroup link is not an fd link")?;
+                // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+                link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
+                outcome.attached += 1;
+            }
+        }
+        self.attached.push(cgroup.to_path_buf());
+        Ok(outcome)
+    }
+
     /// The cgroups the programs are attached to.
     pub fn attached_cgroups(&self) -> &[PathBuf] {
         &self.attached
@@ -216,6 +315,20 @@ impl Dataplane {
             {
                 first_err.get_or_insert(anyhow::Error::from(e).context(format!("unpinning {}", p.display())));
             }
+        }
+        // Pinned links (attach_cgroup_pinned): unpinning the last reference detaches.
+        if let Ok(dirs) = std::fs::read_dir(pin_dir.join(LINKS_DIR)) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        if let Err(e) = std::fs::remove_file(f.path()) {
+                            first_err.get_or_insert(anyhow::Error::from(e).context(format!("unpinning {}", f.path().display())));
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(d.path());
+            }
+            let _ = std::fs::remove_dir(pin_dir.join(LINKS_DIR));
         }
         let _ = std::fs::remove_dir(&pin_dir); // only succeeds if empty
         match first_err {

@@ -26,6 +26,10 @@ pub struct NodeProxyConfig {
     /// On shutdown: detach the programs, remove the pinned maps, and delete the blackhole route
     /// if this run added it (`skiff down`, tests). Off for an agent that will be restarted.
     pub cleanup_on_exit: bool,
+    /// Pin the cgroup links under the pin directory so the programs stay attached when the agent
+    /// exits or is killed, and reuse them on restart ([`Dataplane::attach_cgroup_pinned`]).
+    /// Without it the attachments end with the process.
+    pub pin_links: bool,
 }
 
 impl Default for NodeProxyConfig {
@@ -35,6 +39,7 @@ impl Default for NodeProxyConfig {
             cgroup: PathBuf::from(DEFAULT_CGROUP),
             service_range: default_service_range(),
             cleanup_on_exit: false,
+            pin_links: true,
         }
     }
 }
@@ -56,7 +61,14 @@ pub async fn run_node_proxy(
     }
     let result = async {
         let mut dp = Dataplane::load(&config.dataplane)?;
-        let r = match dp.attach_cgroup(&config.cgroup) {
+        let attached = if config.pin_links {
+            dp.attach_cgroup_pinned(&config.cgroup).map(|o| {
+                tracing::info!(attached = o.attached, reused = o.reused, "socket programs on {}", config.cgroup.display());
+            })
+        } else {
+            dp.attach_cgroup(&config.cgroup)
+        };
+        let r = match attached {
             Ok(()) => proxy.run(client, &mut dp.services, shutdown).await,
             Err(e) => Err(e),
         };

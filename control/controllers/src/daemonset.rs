@@ -3,14 +3,16 @@
 //! (`matchFields metadata.name`), following nodes as they join and leave; RollingUpdate replaces
 //! pods of an older template within `maxUnavailable`.
 
+use crate::Ctx;
 use crate::replicas::{claim_pods, create_pods, delete_pods, put_count, write_status};
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util::{self, Selector};
-use crate::Ctx;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Toleration};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Toleration,
+};
 use kube::ResourceExt;
+use kube::api::Api;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +33,11 @@ pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
     let dss = Arc::downgrade(&ctx.daemonsets);
     ctx.nodes.on_change(move |old, new| {
         let relevant = match (old, new) {
-            (Some(o), Some(n)) => o.metadata.labels != n.metadata.labels || o.spec != n.spec || o.metadata.deletion_timestamp != n.metadata.deletion_timestamp,
+            (Some(o), Some(n)) => {
+                o.metadata.labels != n.metadata.labels
+                    || o.spec != n.spec
+                    || o.metadata.deletion_timestamp != n.metadata.deletion_timestamp
+            }
             _ => true,
         };
         if !relevant {
@@ -50,7 +56,9 @@ pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
                 queue.add(ObjKey::new(p.namespace().unwrap_or_default(), r.name.clone()));
             }
         }
-        if let Some(p) = new.filter(|p| util::controller_ref(&p.metadata).is_none() && !util::is_terminating(&p.metadata)) {
+        if let Some(p) =
+            new.filter(|p| util::controller_ref(&p.metadata).is_none() && !util::is_terminating(&p.metadata))
+        {
             let Some(dss) = dss.upgrade() else { return };
             for d in dss.list_ns(&p.namespace().unwrap_or_default()) {
                 if selector(&d).matches(p.metadata.labels.as_ref()) {
@@ -66,7 +74,12 @@ fn selector(ds: &DaemonSet) -> Selector {
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {
-    Toleration { key: Some(key.into()), operator: Some("Exists".into()), effect: Some(effect.into()), ..Default::default() }
+    Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        ..Default::default()
+    }
 }
 
 /// The tolerations Kubernetes adds to every daemon pod.
@@ -93,12 +106,17 @@ fn add_daemon_tolerations(spec: &mut PodSpec) {
 /// Required node affinity pinning a pod to `node` (Kubernetes'
 /// `ReplaceDaemonSetPodNodeNameNodeAffinity`).
 fn pin_to_node(spec: &mut PodSpec, node: &str) {
-    let field = NodeSelectorRequirement { key: "metadata.name".into(), operator: "In".into(), values: Some(vec![node.into()]) };
+    let field =
+        NodeSelectorRequirement { key: "metadata.name".into(), operator: "In".into(), values: Some(vec![node.into()]) };
     let affinity = spec.affinity.get_or_insert_with(Affinity::default);
     let na = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
-    let required = na.required_during_scheduling_ignored_during_execution.get_or_insert_with(|| NodeSelector { node_selector_terms: Vec::new() });
+    let required = na
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector { node_selector_terms: Vec::new() });
     if required.node_selector_terms.is_empty() {
-        required.node_selector_terms.push(NodeSelectorTerm { match_fields: Some(vec![field]), match_expressions: None });
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm { match_fields: Some(vec![field]), match_expressions: None });
     } else {
         for t in required.node_selector_terms.iter_mut() {
             t.match_fields = Some(vec![field.clone()]);
@@ -111,8 +129,21 @@ pub fn target_node(p: &Pod) -> Option<String> {
     if let Some(n) = util::pod_node(p) {
         return Some(n.to_string());
     }
-    let terms = &p.spec.as_ref()?.affinity.as_ref()?.node_affinity.as_ref()?.required_during_scheduling_ignored_during_execution.as_ref()?.node_selector_terms;
-    terms.iter().flat_map(|t| t.match_fields.iter().flatten()).find(|f| f.key == "metadata.name" && f.operator == "In").and_then(|f| f.values.as_ref()?.first().cloned())
+    let terms = &p
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|f| f.key == "metadata.name" && f.operator == "In")
+        .and_then(|f| f.values.as_ref()?.first().cloned())
 }
 
 fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
@@ -123,7 +154,11 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> b
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok())) else { return false };
+            let (Some(v), Some(bound)) =
+                (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
+                return false;
+            };
             if r.operator == "Gt" { v > bound } else { v < bound }
         }
         _ => false,
@@ -138,7 +173,11 @@ pub fn node_matches(spec: &PodSpec, node: &Node) -> bool {
             return false;
         }
     }
-    let required = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
     let Some(required) = required else { return true };
     let name = node.name_any();
     required.node_selector_terms.iter().any(|t| {
@@ -186,7 +225,12 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let spec = ds.spec.clone().unwrap_or_default();
     let mut template = spec.template.clone();
     let hash = util::template_hash(&template, ds.status.as_ref().and_then(|s| s.collision_count));
-    template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).insert(HASH_LABEL.into(), hash.clone());
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.clone());
     let mut pod_spec = template.spec.clone().unwrap_or_default();
     add_daemon_tolerations(&mut pod_spec);
     template.spec = Some(pod_spec.clone());
@@ -222,17 +266,29 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             let mut running: Vec<Arc<Pod>> = Vec::new();
             for p in &live {
                 if util::pod_phase(p) == "Failed" {
-                    ctx.recorder.warning(COMPONENT, ds.as_ref(), "FailedDaemonPod", format!("Found failed daemon pod {}/{} on node {name}, will try to kill it", key.namespace, p.name_any()));
+                    ctx.recorder.warning(
+                        COMPONENT,
+                        ds.as_ref(),
+                        "FailedDaemonPod",
+                        format!(
+                            "Found failed daemon pod {}/{} on node {name}, will try to kill it",
+                            key.namespace,
+                            p.name_any()
+                        ),
+                    );
                     delete.push(p.clone());
                 } else {
                     running.push(p.clone());
                 }
             }
-            if running.is_empty() && here.iter().all(|p| !util::is_terminating(&p.metadata) || util::pod_phase(p) == "Failed") {
+            if running.is_empty()
+                && here.iter().all(|p| !util::is_terminating(&p.metadata) || util::pod_phase(p) == "Failed")
+            {
                 create_on.push(name.clone());
             } else if running.len() > 1 {
                 // Keep the oldest.
-                running.sort_by_key(|p| (p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()), p.name_any()));
+                running
+                    .sort_by_key(|p| (p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()), p.name_any()));
                 delete.extend(running.into_iter().skip(1));
             }
         } else if !keep {
@@ -246,7 +302,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         }
     }
     // Rolling update: replace pods of an older template, at most maxUnavailable at a time.
-    let rolling = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
+    let rolling =
+        spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
     let desired: i32 = nodes.iter().filter(|n| should_run(&pod_spec, n).0).count() as i32;
     if rolling && delete.is_empty() && create_on.is_empty() {
         let ru = spec.update_strategy.as_ref().and_then(|s| s.rolling_update.as_ref());
@@ -254,7 +311,13 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         let mut unavailable = 0;
         let mut old: Vec<Arc<Pod>> = Vec::new();
         for node in nodes.iter().filter(|n| should_run(&pod_spec, n).0) {
-            let live: Vec<Arc<Pod>> = by_node.get(&node.name_any()).into_iter().flatten().filter(|p| !util::is_terminating(&p.metadata)).cloned().collect();
+            let live: Vec<Arc<Pod>> = by_node
+                .get(&node.name_any())
+                .into_iter()
+                .flatten()
+                .filter(|p| !util::is_terminating(&p.metadata))
+                .cloned()
+                .collect();
             let Some(p) = live.first() else {
                 unavailable += 1;
                 continue;
@@ -320,7 +383,10 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         .pods
         .list_ns(&key.namespace)
         .into_iter()
-        .filter(|p| util::is_controlled_by(&p.metadata, &ds.uid().unwrap_or_default()) && sel.matches(p.metadata.labels.as_ref()))
+        .filter(|p| {
+            util::is_controlled_by(&p.metadata, &ds.uid().unwrap_or_default())
+                && sel.matches(p.metadata.labels.as_ref())
+        })
         .collect();
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
     for p in pods.iter().filter(|p| !util::is_terminating(&p.metadata)) {
@@ -367,7 +433,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             st.insert(k.into(), v.clone());
         }
     }
-    write_status(Api::namespaced(ctx.client.clone(), &key.namespace), ds.as_ref(), Value::Object(st), COMPONENT).await?;
+    write_status(Api::namespaced(ctx.client.clone(), &key.namespace), ds.as_ref(), Value::Object(st), COMPONENT)
+        .await?;
     if let Some(e) = failure {
         return Err(e.into());
     }

@@ -7,15 +7,15 @@
 //! Availability used for scaling decisions is counted from the pods in the shared cache (capped
 //! at each ReplicaSet's desired size), which never lags behind the ReplicaSets' own status.
 
+use crate::Ctx;
 use crate::replicas::{put_count, write_status};
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util::{self, Selector};
-use crate::Ctx;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,8 +103,11 @@ fn surge_unavailable(d: &Deployment) -> (i32, i32) {
     let replicas = replicas_of(d);
     let ru = d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
     let default = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("25%".into());
-    let surge = util::scaled_value(Some(ru.and_then(|r| r.max_surge.as_ref()).unwrap_or(&default)), replicas, true, 0).max(0);
-    let mut unavailable = util::scaled_value(Some(ru.and_then(|r| r.max_unavailable.as_ref()).unwrap_or(&default)), replicas, false, 0).max(0);
+    let surge =
+        util::scaled_value(Some(ru.and_then(|r| r.max_surge.as_ref()).unwrap_or(&default)), replicas, true, 0).max(0);
+    let mut unavailable =
+        util::scaled_value(Some(ru.and_then(|r| r.max_unavailable.as_ref()).unwrap_or(&default)), replicas, false, 0)
+            .max(0);
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
@@ -168,15 +171,24 @@ impl Plan {
     }
 }
 
-fn pod_counts(ctx: &Ctx, ns: &str, rss: &[Arc<ReplicaSet>], min_ready: i32) -> (BTreeMap<String, PodCounts>, Option<Duration>) {
-    let mut out: BTreeMap<String, PodCounts> = rss.iter().map(|r| (r.uid().unwrap_or_default(), PodCounts::default())).collect();
+fn pod_counts(
+    ctx: &Ctx,
+    ns: &str,
+    rss: &[Arc<ReplicaSet>],
+    min_ready: i32,
+) -> (BTreeMap<String, PodCounts>, Option<Duration>) {
+    let mut out: BTreeMap<String, PodCounts> =
+        rss.iter().map(|r| (r.uid().unwrap_or_default(), PodCounts::default())).collect();
     let mut next: Option<Duration> = None;
     for rs in rss {
         let uid = rs.uid().unwrap_or_default();
         let sel = Selector::from_label_selector(rs.spec.as_ref().map(|s| &s.selector));
         let c = out.get_mut(&uid).expect("present");
         for p in ctx.pods.owned_by(&uid) {
-            if !util::is_controlled_by(&p.metadata, &uid) || p.namespace().as_deref() != Some(ns) || !sel.matches(p.metadata.labels.as_ref()) {
+            if !util::is_controlled_by(&p.metadata, &uid)
+                || p.namespace().as_deref() != Some(ns)
+                || !sel.matches(p.metadata.labels.as_ref())
+            {
                 continue;
             }
             if !util::is_pod_finished(&p) {
@@ -204,7 +216,12 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let sel = selector(&d);
     if sel.is_empty() {
         if d.status.as_ref().and_then(|s| s.observed_generation) != d.metadata.generation {
-            ctx.recorder.warning(COMPONENT, d.as_ref(), "SelectingAll", "This deployment is selecting all pods. A non-empty selector is required.");
+            ctx.recorder.warning(
+                COMPONENT,
+                d.as_ref(),
+                "SelectingAll",
+                "This deployment is selecting all pods. A non-empty selector is required.",
+            );
             let mut st = serde_json::to_value(&d.status)?;
             if !st.is_object() {
                 st = json!({});
@@ -227,17 +244,14 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         scale_only(&ctx, &mut plan).await?;
         return sync_status(&ctx, &plan, false).await;
     }
-    if is_recreate(&d) {
-        rollout_recreate(&ctx, &mut plan).await
-    } else {
-        rollout_rolling(&ctx, &mut plan).await
-    }
+    if is_recreate(&d) { rollout_recreate(&ctx, &mut plan).await } else { rollout_rolling(&ctx, &mut plan).await }
 }
 
 fn make_plan(ctx: &Ctx, key: &ObjKey, d: Arc<Deployment>, mut rss: Vec<Arc<ReplicaSet>>) -> Plan {
     rss.sort_by_key(|r| created(r));
     let want = template_without_hash(d.spec.as_ref().map(|s| &s.template));
-    let new_idx = rss.iter().position(|r| template_without_hash(r.spec.as_ref().and_then(|s| s.template.as_ref())) == want);
+    let new_idx =
+        rss.iter().position(|r| template_without_hash(r.spec.as_ref().and_then(|s| s.template.as_ref())) == want);
     let new_rs = new_idx.map(|i| rss.remove(i));
     let min_ready = d.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     let all: Vec<Arc<ReplicaSet>> = rss.iter().cloned().chain(new_rs.clone()).collect();
@@ -262,7 +276,10 @@ async fn claim_replicasets(ctx: &Ctx, d: &Deployment, sel: &Selector) -> anyhow:
                     mine.push(rs);
                 } else if !deleting {
                     let refs: Vec<_> = rs.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-                    match api.patch(&rs.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&rs.metadata, refs))).await {
+                    match api
+                        .patch(&rs.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&rs.metadata, refs)))
+                        .await
+                    {
                         Ok(_) => {}
                         Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => {}
                         Err(e) => return Err(e.into()),
@@ -282,7 +299,10 @@ async fn claim_replicasets(ctx: &Ctx, d: &Deployment, sel: &Selector) -> anyhow:
                 if fresh_checked == Some(true) {
                     let mut refs = rs.owner_references().to_vec();
                     refs.push(util::controller_owner_ref(d));
-                    match api.patch(&rs.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&rs.metadata, refs))).await {
+                    match api
+                        .patch(&rs.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&rs.metadata, refs)))
+                        .await
+                    {
                         Ok(adopted) => mine.push(Arc::new(adopted)),
                         Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => {}
                         Err(e) => return Err(e.into()),
@@ -298,7 +318,10 @@ async fn claim_replicasets(ctx: &Ctx, d: &Deployment, sel: &Selector) -> anyhow:
 fn copied_annotations(d: &Deployment) -> BTreeMap<String, String> {
     d.annotations()
         .iter()
-        .filter(|(k, _)| ![REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, ROLLBACK_TO, LAST_APPLIED].contains(&k.as_str()))
+        .filter(|(k, _)| {
+            ![REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, ROLLBACK_TO, LAST_APPLIED]
+                .contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -350,7 +373,12 @@ async fn set_deployment_revision(ctx: &Ctx, plan: &mut Plan, rev: &str) -> anyho
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &plan.key.namespace);
     let patch = json!({"metadata": {"annotations": {REVISION: rev}, "resourceVersion": plan.d.resource_version()}});
-    api.patch(&plan.key.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await?;
+    api.patch(
+        &plan.key.name,
+        &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+        &Patch::Merge(&patch),
+    )
+    .await?;
     refresh(ctx, plan).await;
     Ok(())
 }
@@ -358,7 +386,9 @@ async fn set_deployment_revision(ctx: &Ctx, plan: &mut Plan, rev: &str) -> anyho
 /// After writing the deployment: wait for the cache to have the write and use that copy.
 async fn refresh(ctx: &Ctx, plan: &mut Plan) {
     let rv = plan.d.resource_version();
-    ctx.deployments.wait_until(Duration::from_secs(2), |s| s.get(&plan.key).is_none_or(|d| d.resource_version() != rv)).await;
+    ctx.deployments
+        .wait_until(Duration::from_secs(2), |s| s.get(&plan.key).is_none_or(|d| d.resource_version() != rv))
+        .await;
     if let Some(fresh) = ctx.deployments.get(&plan.key).filter(|d| d.uid() == plan.d.uid()) {
         plan.d = fresh;
     }
@@ -371,7 +401,11 @@ async fn update_rs(ctx: &Ctx, key: &ObjKey, rs: ReplicaSet) -> anyhow::Result<Ar
     let updated = api.replace(&rs.name_any(), &pp, &rs).await?;
     let k = ObjKey::of(&updated);
     let rv = updated.resource_version();
-    ctx.replicasets.wait_until(Duration::from_secs(2), |s| s.get(&k).is_none_or(|r| r.resource_version() == rv || r.metadata.generation > updated.metadata.generation)).await;
+    ctx.replicasets
+        .wait_until(Duration::from_secs(2), |s| {
+            s.get(&k).is_none_or(|r| r.resource_version() == rv || r.metadata.generation > updated.metadata.generation)
+        })
+        .await;
     Ok(Arc::new(updated))
 }
 
@@ -402,7 +436,12 @@ async fn create_new_rs(ctx: &Ctx, plan: &mut Plan, replicas: i32) -> anyhow::Res
             owner_references: Some(vec![util::controller_owner_ref(d.as_ref())]),
             ..Default::default()
         },
-        spec: Some(ReplicaSetSpec { replicas: Some(replicas), min_ready_seconds: spec.min_ready_seconds, selector, template: Some(template) }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
         status: None,
     };
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &plan.key.namespace);
@@ -414,7 +453,8 @@ async fn create_new_rs(ctx: &Ctx, plan: &mut Plan, replicas: i32) -> anyhow::Res
             // collision, which a new collision count resolves.
             let existing = api.get(&name).await?;
             let same = util::is_controlled_by(&existing.metadata, &d.uid().unwrap_or_default())
-                && template_without_hash(existing.spec.as_ref().and_then(|s| s.template.as_ref())) == template_without_hash(Some(&spec.template));
+                && template_without_hash(existing.spec.as_ref().and_then(|s| s.template.as_ref()))
+                    == template_without_hash(Some(&spec.template));
             if same {
                 existing
             } else {
@@ -423,7 +463,8 @@ async fn create_new_rs(ctx: &Ctx, plan: &mut Plan, replicas: i32) -> anyhow::Res
                     st = json!({});
                 }
                 st["collisionCount"] = json!(collision.unwrap_or(0) + 1);
-                write_status(Api::namespaced(ctx.client.clone(), &plan.key.namespace), d.as_ref(), st, COMPONENT).await?;
+                write_status(Api::namespaced(ctx.client.clone(), &plan.key.namespace), d.as_ref(), st, COMPONENT)
+                    .await?;
                 anyhow::bail!("hash collision for replica set {name}");
             }
         }
@@ -433,14 +474,26 @@ async fn create_new_rs(ctx: &Ctx, plan: &mut Plan, replicas: i32) -> anyhow::Res
                 kube::Error::Api(s) => s.message.clone(),
                 e => e.to_string(),
             };
-            set_progressing(ctx, plan, "False", "ReplicaSetCreateError", &format!("Failed to create new replica set {name:?}: {msg}")).await?;
+            set_progressing(
+                ctx,
+                plan,
+                "False",
+                "ReplicaSetCreateError",
+                &format!("Failed to create new replica set {name:?}: {msg}"),
+            )
+            .await?;
             return Err(e.into());
         }
     };
     let k = ObjKey::of(&created);
     ctx.replicasets.wait_until(Duration::from_secs(2), |s| s.get(&k).is_some()).await;
     if replicas > 0 {
-        ctx.recorder.normal(COMPONENT, d.as_ref(), "ScalingReplicaSet", format!("Scaled up replica set {name} from 0 to {replicas}"));
+        ctx.recorder.normal(
+            COMPONENT,
+            d.as_ref(),
+            "ScalingReplicaSet",
+            format!("Scaled up replica set {name} from 0 to {replicas}"),
+        );
     }
     let created = Arc::new(created);
     plan.counts.insert(created.uid().unwrap_or_default(), PodCounts::default());
@@ -495,7 +548,8 @@ async fn scale_rs(ctx: &Ctx, plan: &mut Plan, rs: &Arc<ReplicaSet>, to: i32) -> 
     let (surge, _) = surge_unavailable(&d);
     let desired = replicas_of(&d).to_string();
     let max = (replicas_of(&d) + surge).to_string();
-    let annotations_ok = rs.annotations().get(DESIRED_REPLICAS) == Some(&desired) && rs.annotations().get(MAX_REPLICAS) == Some(&max);
+    let annotations_ok =
+        rs.annotations().get(DESIRED_REPLICAS) == Some(&desired) && rs.annotations().get(MAX_REPLICAS) == Some(&max);
     if from == to && annotations_ok {
         return Ok(false);
     }
@@ -509,7 +563,12 @@ async fn scale_rs(ctx: &Ctx, plan: &mut Plan, rs: &Arc<ReplicaSet>, to: i32) -> 
     let updated = update_rs(ctx, &plan.key, new).await?;
     if from != to {
         let dir = if to > from { "up" } else { "down" };
-        ctx.recorder.normal(COMPONENT, d.as_ref(), "ScalingReplicaSet", format!("Scaled {dir} replica set {} from {from} to {to}", rs.name_any()));
+        ctx.recorder.normal(
+            COMPONENT,
+            d.as_ref(),
+            "ScalingReplicaSet",
+            format!("Scaled {dir} replica set {} from {from} to {to}", rs.name_any()),
+        );
     }
     let uid = updated.uid();
     if plan.new_rs.as_ref().is_some_and(|n| n.uid() == uid) {
@@ -542,7 +601,11 @@ async fn rollout_rolling(ctx: &Ctx, plan: &mut Plan) -> anyhow::Result<Action> {
     if new_replicas < replicas {
         let current = plan.total_spec();
         let max_total = replicas + surge;
-        let target = if current >= max_total { new_replicas } else { new_replicas + (max_total - current).min(replicas - new_replicas) };
+        let target = if current >= max_total {
+            new_replicas
+        } else {
+            new_replicas + (max_total - current).min(replicas - new_replicas)
+        };
         if target != new_replicas {
             scale_rs(ctx, plan, &new_rs, target).await?;
             return sync_status(ctx, plan, false).await;
@@ -685,7 +748,8 @@ async fn check_paused_condition(ctx: &Ctx, plan: &mut Plan, paused: bool) -> any
 /// Deletes the oldest unused ReplicaSets beyond `revisionHistoryLimit`.
 async fn cleanup(ctx: &Ctx, plan: &Plan) -> anyhow::Result<()> {
     let Some(limit) = plan.d.spec.as_ref().and_then(|s| s.revision_history_limit) else { return Ok(()) };
-    let mut cleanable: Vec<Arc<ReplicaSet>> = plan.old_rss.iter().filter(|r| r.metadata.deletion_timestamp.is_none()).cloned().collect();
+    let mut cleanable: Vec<Arc<ReplicaSet>> =
+        plan.old_rss.iter().filter(|r| r.metadata.deletion_timestamp.is_none()).cloned().collect();
     let diff = cleanable.len() as i32 - limit;
     if diff <= 0 {
         return Ok(());
@@ -695,10 +759,17 @@ async fn cleanup(ctx: &Ctx, plan: &Plan) -> anyhow::Result<()> {
     for rs in cleanable.iter().take(diff as usize) {
         let status_replicas = rs.status.as_ref().map(|s| s.replicas).unwrap_or(0);
         let observed = rs.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
-        if status_replicas != 0 || rs_replicas(rs) != 0 || plan.counts(rs).running > 0 || rs.metadata.generation.unwrap_or(0) > observed {
+        if status_replicas != 0
+            || rs_replicas(rs) != 0
+            || plan.counts(rs).running > 0
+            || rs.metadata.generation.unwrap_or(0) > observed
+        {
             continue;
         }
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: rs.uid(), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: rs.uid(), resource_version: None }),
+            ..Default::default()
+        };
         match api.delete(&rs.name_any(), &dp).await {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => {}
@@ -738,9 +809,21 @@ async fn sync_status(ctx: &Ctx, plan: &Plan, may_cleanup: bool) -> anyhow::Resul
     }
     let mut conds: Vec<Value> = old_status["conditions"].as_array().cloned().unwrap_or_default();
     if available >= replicas - max_unavailable(&d) {
-        set_deployment_condition(&mut conds, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
+        set_deployment_condition(
+            &mut conds,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        );
     } else {
-        set_deployment_condition(&mut conds, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
+        set_deployment_condition(
+            &mut conds,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        );
     }
     let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds);
     let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
@@ -751,7 +834,8 @@ async fn sync_status(ctx: &Ctx, plan: &Plan, may_cleanup: bool) -> anyhow::Resul
         None => conds.retain(|c| c["type"] != "Progressing"),
         Some(deadline) if !paused => {
             let current = conds.iter().find(|c| c["type"] == "Progressing").cloned();
-            let is_complete = total == updated && current.as_ref().is_some_and(|c| c["reason"] == "NewReplicaSetAvailable");
+            let is_complete =
+                total == updated && current.as_ref().is_some_and(|c| c["reason"] == "NewReplicaSetAvailable");
             let rs_name = plan.new_rs.as_ref().map(|r| r.name_any());
             if !is_complete {
                 let progressing = updated as i64 > old("updatedReplicas")
@@ -775,12 +859,22 @@ async fn sync_status(ctx: &Ctx, plan: &Plan, may_cleanup: bool) -> anyhow::Resul
                     conds.push(json!({"type": "Progressing", "status": "True", "lastUpdateTime": now, "lastTransitionTime": transition, "reason": "ReplicaSetUpdated", "message": msg}));
                 } else if let Some(c) = &current {
                     // Timed out?
-                    let last = c["lastUpdateTime"].as_str().and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+                    let last =
+                        c["lastUpdateTime"].as_str().and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
                     if let Some(last) = last {
                         let elapsed = (k8s_openapi::jiff::Timestamp::now().as_second() - last.as_second()) as f64;
                         if c["reason"] != "ProgressDeadlineExceeded" && elapsed > deadline as f64 {
-                            let msg = format!("ReplicaSet {:?} has timed out progressing.", rs_name.clone().unwrap_or_default());
-                            set_deployment_condition(&mut conds, "Progressing", "False", "ProgressDeadlineExceeded", &msg);
+                            let msg = format!(
+                                "ReplicaSet {:?} has timed out progressing.",
+                                rs_name.clone().unwrap_or_default()
+                            );
+                            set_deployment_condition(
+                                &mut conds,
+                                "Progressing",
+                                "False",
+                                "ProgressDeadlineExceeded",
+                                &msg,
+                            );
                         } else if c["reason"] != "ProgressDeadlineExceeded" {
                             let left = util::secs(deadline as f64 - elapsed + 1.0);
                             requeue = Some(requeue.map_or(left, |r: Duration| r.min(left)));
@@ -793,10 +887,22 @@ async fn sync_status(ctx: &Ctx, plan: &Plan, may_cleanup: bool) -> anyhow::Resul
     }
     // Failure conditions of the ReplicaSets surface on the deployment.
     let failure = all.iter().find_map(|rs| {
-        rs.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "ReplicaFailure" && c.status == "True").cloned()
+        rs.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .cloned()
     });
     match failure {
-        Some(f) => set_deployment_condition(&mut conds, "ReplicaFailure", "True", f.reason.as_deref().unwrap_or(""), f.message.as_deref().unwrap_or("")),
+        Some(f) => set_deployment_condition(
+            &mut conds,
+            "ReplicaFailure",
+            "True",
+            f.reason.as_deref().unwrap_or(""),
+            f.message.as_deref().unwrap_or(""),
+        ),
         None => conds.retain(|c| c["type"] != "ReplicaFailure"),
     }
     if !conds.is_empty() {
@@ -804,11 +910,11 @@ async fn sync_status(ctx: &Ctx, plan: &Plan, may_cleanup: bool) -> anyhow::Resul
     }
     let new_status = Value::Object(st);
     if new_status != old_status {
-        write_status(Api::namespaced(ctx.client.clone(), &plan.key.namespace), d.as_ref(), new_status, COMPONENT).await?;
+        write_status(Api::namespaced(ctx.client.clone(), &plan.key.namespace), d.as_ref(), new_status, COMPONENT)
+            .await?;
     }
     if may_cleanup && complete {
         cleanup(ctx, plan).await?;
     }
     Ok(requeue.map(Action::requeue).unwrap_or_default())
 }
-

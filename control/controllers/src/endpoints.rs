@@ -2,14 +2,16 @@
 //! name listing the matching pods' IPs (ready ones under `addresses`, the others under
 //! `notReadyAddresses`) with the service's ports resolved against each pod's containers.
 
+use crate::Ctx;
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -85,8 +87,14 @@ pub fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
         Some(IntOrString::Int(p)) => Some(*p),
         Some(IntOrString::String(name)) => {
             let spec = pod.spec.as_ref()?;
-            let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-            spec.containers.iter().chain(sidecars).flat_map(|c| c.ports.iter().flatten()).find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto).map(|p| p.container_port)
+            let sidecars =
+                spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            spec.containers
+                .iter()
+                .chain(sidecars)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                .map(|p| p.container_port)
         }
     }
 }
@@ -99,7 +107,13 @@ pub fn should_set_hostname(pod: &Pod, svc: &Service) -> bool {
 }
 
 pub fn pod_target_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference { kind: Some("Pod".into()), namespace: pod.metadata.namespace.clone(), name: pod.metadata.name.clone(), uid: pod.metadata.uid.clone(), ..Default::default() }
+    ObjectReference {
+        kind: Some("Pod".into()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
 }
 
 /// The service's labels plus the headless marker, as the controllers label what they write.
@@ -130,13 +144,20 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
         let addr = EndpointAddress {
             ip,
             node_name: util::pod_node(pod).map(str::to_string),
-            hostname: should_set_hostname(pod, svc).then(|| pod.spec.as_ref().and_then(|s| s.hostname.clone())).flatten(),
+            hostname: should_set_hostname(pod, svc)
+                .then(|| pod.spec.as_ref().and_then(|s| s.hostname.clone()))
+                .flatten(),
             target_ref: Some(pod_target_ref(pod)),
         };
         let mut pod_ports: BTreeSet<Port> = BTreeSet::new();
         for sp in &ports {
             if let Some(p) = find_port(pod, sp) {
-                pod_ports.insert((sp.name.clone().unwrap_or_default(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into()), sp.app_protocol.clone()));
+                pod_ports.insert((
+                    sp.name.clone().unwrap_or_default(),
+                    p,
+                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    sp.app_protocol.clone(),
+                ));
             }
         }
         if !ports.is_empty() && pod_ports.is_empty() {
@@ -161,13 +182,19 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
                 ports: (!ports.is_empty()).then(|| {
                     ports
                         .into_iter()
-                        .map(|(name, port, protocol, app_protocol)| EndpointPort { name: (!name.is_empty()).then_some(name), port, protocol: Some(protocol), app_protocol })
+                        .map(|(name, port, protocol, app_protocol)| EndpointPort {
+                            name: (!name.is_empty()).then_some(name),
+                            port,
+                            protocol: Some(protocol),
+                            app_protocol,
+                        })
                         .collect()
                 }),
             }
         })
         .collect();
-    subsets.sort_by_key(|s| s.addresses.iter().chain(s.not_ready_addresses.iter()).flatten().next().map(|a| a.ip.clone()));
+    subsets
+        .sort_by_key(|s| s.addresses.iter().chain(s.not_ready_addresses.iter()).flatten().next().map(|a| a.ip.clone()));
     subsets
 }
 
@@ -177,7 +204,16 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let Some(svc) = ctx.services.get(&key) else {
         // The service is gone: so are its endpoints (only those this controller manages).
         if let Some(ep) = existing.filter(|e| e.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(COMPONENT)) {
-            match api.delete(&key.name, &DeleteParams { preconditions: Some(kube::api::Preconditions { uid: ep.uid(), resource_version: None }), ..Default::default() }).await {
+            match api
+                .delete(
+                    &key.name,
+                    &DeleteParams {
+                        preconditions: Some(kube::api::Preconditions { uid: ep.uid(), resource_version: None }),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => {}
                 Err(e) => return Err(e.into()),
@@ -205,11 +241,20 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             new.metadata.labels = Some(labels);
             api.replace(&key.name, &pp, &new).await?;
             let rv = ep.resource_version();
-            ctx.endpoints.wait_until(std::time::Duration::from_secs(2), |s| s.get(&key).is_none_or(|e| e.resource_version() != rv)).await;
+            ctx.endpoints
+                .wait_until(std::time::Duration::from_secs(2), |s| {
+                    s.get(&key).is_none_or(|e| e.resource_version() != rv)
+                })
+                .await;
         }
         None => {
             let ep = Endpoints {
-                metadata: ObjectMeta { name: Some(key.name.clone()), namespace: Some(key.namespace.clone()), labels: Some(labels), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(key.name.clone()),
+                    namespace: Some(key.namespace.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
                 subsets: (!subsets.is_empty()).then_some(subsets),
             };
             match api.create(&pp, &ep).await {

@@ -6,15 +6,18 @@
 //! managed by `endpointslicemirroring-controller.k8s.io` (unless labelled
 //! `endpointslice.kubernetes.io/skip-mirror: "true"`).
 
-use crate::endpoints::{derived_labels, find_port, pod_ip, pod_target_ref, selects, service_selector, should_pod_be_in_endpoints, should_set_hostname};
+use crate::Ctx;
+use crate::endpoints::{
+    derived_labels, find_port, pod_ip, pod_target_ref, selects, service_selector, should_pod_be_in_endpoints,
+    should_set_hostname,
+};
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,10 +62,17 @@ fn to_endpoint(ctx: &Ctx, pod: &Pod, svc: &Service) -> Option<Endpoint> {
     // "ready" is never true for a terminating pod unless publishNotReadyAddresses is set.
     let ready = publish_not_ready || (serving && !terminating);
     let node = util::pod_node(pod).map(str::to_string);
-    let zone = node.as_ref().and_then(|n| ctx.nodes.get(&ObjKey::cluster(n.clone()))).and_then(|n| n.labels().get("topology.kubernetes.io/zone").cloned());
+    let zone = node
+        .as_ref()
+        .and_then(|n| ctx.nodes.get(&ObjKey::cluster(n.clone())))
+        .and_then(|n| n.labels().get("topology.kubernetes.io/zone").cloned());
     Some(Endpoint {
         addresses: vec![ip],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
         node_name: node,
         zone,
         hostname: should_set_hostname(pod, svc).then(|| pod.spec.as_ref().and_then(|s| s.hostname.clone())).flatten(),
@@ -77,31 +87,50 @@ fn port_key(ports: Option<&Vec<EndpointPort>>) -> PortKey {
     let mut k: PortKey = ports
         .into_iter()
         .flatten()
-        .map(|p| (p.name.clone().unwrap_or_default(), p.port.unwrap_or(0), p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.app_protocol.clone()))
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port.unwrap_or(0),
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.app_protocol.clone(),
+            )
+        })
         .collect();
     k.sort();
     k
 }
 
 fn ports_of(key: &PortKey) -> Vec<EndpointPort> {
-    key.iter().map(|(name, port, protocol, app)| EndpointPort { name: Some(name.clone()), port: Some(*port), protocol: Some(protocol.clone()), app_protocol: app.clone() }).collect()
+    key.iter()
+        .map(|(name, port, protocol, app)| EndpointPort {
+            name: Some(name.clone()),
+            port: Some(*port),
+            protocol: Some(protocol.clone()),
+            app_protocol: app.clone(),
+        })
+        .collect()
 }
 
 fn endpoint_sort_key(e: &Endpoint) -> (String, String) {
-    (e.addresses.first().cloned().unwrap_or_default(), e.target_ref.as_ref().and_then(|r| r.uid.clone()).unwrap_or_default())
+    (
+        e.addresses.first().cloned().unwrap_or_default(),
+        e.target_ref.as_ref().and_then(|r| r.uid.clone()).unwrap_or_default(),
+    )
 }
 
 pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let all = ctx.slices.indexed(&format!("{}/{}", key.namespace, key.name));
     let ours: Vec<Arc<EndpointSlice>> = all.iter().filter(|s| managed_by(s, CONTROLLER_NAME)).cloned().collect();
-    let mirrored: Vec<Arc<EndpointSlice>> = all.iter().filter(|s| managed_by(s, MIRRORING_CONTROLLER_NAME)).cloned().collect();
+    let mirrored: Vec<Arc<EndpointSlice>> =
+        all.iter().filter(|s| managed_by(s, MIRRORING_CONTROLLER_NAME)).cloned().collect();
     let svc = ctx.services.get(&key).filter(|s| s.metadata.deletion_timestamp.is_none());
     match svc {
         Some(svc) if service_selector(&svc).is_some() => {
             delete_all(&ctx, &api, &mirrored).await?;
             let (desired, labels) = from_pods(&ctx, &key, &svc);
-            sync_slices(&ctx, &api, &key, ours, desired, labels, util::controller_owner_ref(svc.as_ref()), true).await?;
+            sync_slices(&ctx, &api, &key, ours, desired, labels, util::controller_owner_ref(svc.as_ref()), true)
+                .await?;
         }
         Some(svc) => {
             // A service without a selector: its Endpoints, written by its user, are mirrored.
@@ -114,7 +143,17 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             match ep {
                 Some(ep) => {
                     let (desired, labels) = from_endpoints(&key, &ep, &svc);
-                    sync_slices(&ctx, &api, &key, mirrored, desired, labels, util::controller_owner_ref(ep.as_ref()), false).await?;
+                    sync_slices(
+                        &ctx,
+                        &api,
+                        &key,
+                        mirrored,
+                        desired,
+                        labels,
+                        util::controller_owner_ref(ep.as_ref()),
+                        false,
+                    )
+                    .await?;
                 }
                 None => delete_all(&ctx, &api, &mirrored).await?,
             }
@@ -145,7 +184,12 @@ fn from_pods(ctx: &Ctx, key: &ObjKey, svc: &Service) -> (Desired, BTreeMap<Strin
         let mut ports: BTreeSet<(String, i32, String, Option<String>)> = BTreeSet::new();
         for sp in &svc_ports {
             if let Some(p) = find_port(&pod, sp) {
-                ports.insert((sp.name.clone().unwrap_or_default(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into()), sp.app_protocol.clone()));
+                ports.insert((
+                    sp.name.clone().unwrap_or_default(),
+                    p,
+                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    sp.app_protocol.clone(),
+                ));
             }
         }
         if !svc_ports.is_empty() && ports.is_empty() {
@@ -165,16 +209,19 @@ fn from_pods(ctx: &Ctx, key: &ObjKey, svc: &Service) -> (Desired, BTreeMap<Strin
 fn from_endpoints(key: &ObjKey, ep: &Endpoints, _svc: &Service) -> (Desired, BTreeMap<String, String>) {
     let mut desired: Desired = BTreeMap::new();
     for subset in ep.subsets.iter().flatten() {
-        let ports: PortKey = port_key(
-            Some(
-                &subset
-                    .ports
-                    .iter()
-                    .flatten()
-                    .map(|p| EndpointPort { name: Some(p.name.clone().unwrap_or_default()), port: Some(p.port), protocol: p.protocol.clone(), app_protocol: p.app_protocol.clone() })
-                    .collect(),
-            ),
-        );
+        let ports: PortKey = port_key(Some(
+            &subset
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| EndpointPort {
+                    name: Some(p.name.clone().unwrap_or_default()),
+                    port: Some(p.port),
+                    protocol: p.protocol.clone(),
+                    app_protocol: p.app_protocol.clone(),
+                })
+                .collect(),
+        ));
         let entry = desired.entry(ports).or_default();
         for (addrs, ready) in [(&subset.addresses, true), (&subset.not_ready_addresses, false)] {
             for a in addrs.iter().flatten() {
@@ -241,7 +288,10 @@ async fn sync_slices(
         let ports_list = (!ports.is_empty()).then(|| ports_of(&ports));
         match pos.map(|i| unused.remove(i)) {
             Some(s) => {
-                let same = s.endpoints == eps && s.ports == ports_list && s.metadata.labels.as_ref() == Some(&labels) && s.address_type == "IPv4";
+                let same = s.endpoints == eps
+                    && s.ports == ports_list
+                    && s.metadata.labels.as_ref() == Some(&labels)
+                    && s.address_type == "IPv4";
                 if !same {
                     let mut new = (*s).clone();
                     new.endpoints = eps;
@@ -289,7 +339,9 @@ async fn sync_slices(
             .wait_until(Duration::from_secs(2), |c| {
                 created.iter().all(|n| c.get_named(&ns, n).is_some())
                     && deleted.iter().all(|k| c.get(k).is_none())
-                    && updated.iter().all(|(k, rv)| c.get(k).is_none_or(|s| s.resource_version().as_deref() != Some(rv.as_str())))
+                    && updated
+                        .iter()
+                        .all(|(k, rv)| c.get(k).is_none_or(|s| s.resource_version().as_deref() != Some(rv.as_str())))
             })
             .await;
     }
@@ -297,7 +349,10 @@ async fn sync_slices(
 }
 
 async fn delete_slice(api: &Api<EndpointSlice>, s: &EndpointSlice) -> anyhow::Result<()> {
-    let dp = DeleteParams { preconditions: Some(Preconditions { uid: s.uid(), resource_version: None }), ..Default::default() };
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: s.uid(), resource_version: None }),
+        ..Default::default()
+    };
     match api.delete(&s.name_any(), &dp).await {
         Ok(_) => Ok(()),
         Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => Ok(()),

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::discovery::verbs;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -129,7 +129,15 @@ async fn monitor(gc: Arc<Gc>, idx: usize, synced: tokio::sync::mpsc::UnboundedSe
             }
             Ok(Event::InitDone) => {
                 let seen = listed.take().unwrap_or_default();
-                let gone: Vec<String> = gc.graph.read().unwrap().nodes.iter().filter(|(uid, n)| n.resource == idx && !seen.contains(*uid)).map(|(u, _)| u.clone()).collect();
+                let gone: Vec<String> = gc
+                    .graph
+                    .read()
+                    .unwrap()
+                    .nodes
+                    .iter()
+                    .filter(|(uid, n)| n.resource == idx && !seen.contains(*uid))
+                    .map(|(u, _)| u.clone())
+                    .collect();
                 for uid in gone {
                     gc.forget(uid);
                 }
@@ -177,7 +185,8 @@ impl Gc {
             if node.deleting && (node.has_finalizer(ORPHAN) || node.has_finalizer(FOREGROUND)) {
                 enqueue.push(uid.clone());
             }
-            let state_changed = old.as_ref().is_none_or(|o| o.deleting != node.deleting || o.finalizers != node.finalizers);
+            let state_changed =
+                old.as_ref().is_none_or(|o| o.deleting != node.deleting || o.finalizers != node.finalizers);
             if state_changed && node.deleting_dependents() {
                 enqueue.extend(g.dependents.get(&uid).into_iter().flatten().cloned());
             }
@@ -232,7 +241,13 @@ impl Gc {
             None => (String::new(), r.api_version.clone()),
         };
         let res = self.resources.iter().find(|x| x.ar.group == group && x.ar.kind == r.kind)?;
-        let ar = ApiResource { group, version, api_version: r.api_version.clone(), kind: r.kind.clone(), plural: res.ar.plural.clone() };
+        let ar = ApiResource {
+            group,
+            version,
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            plural: res.ar.plural.clone(),
+        };
         Some(match (res.namespaced, dependent_ns) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             (true, None) => return None,
@@ -304,7 +319,14 @@ async fn reconcile(key: ObjKey, gc: Arc<Gc>) -> anyhow::Result<Action> {
         let drop: HashSet<String> = dangling.into_iter().chain(waiting).collect();
         let kept: Vec<&OwnerReference> = node.owners.iter().filter(|r| !drop.contains(&r.uid)).collect();
         let patch = json!({"metadata": {"ownerReferences": kept, "resourceVersion": node.resource_version}});
-        match api.patch(&node.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+        match api
+            .patch(
+                &node.name,
+                &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
@@ -322,7 +344,11 @@ async fn reconcile(key: ObjKey, gc: Arc<Gc>) -> anyhow::Result<Action> {
         PropagationPolicy::Background
     };
     tracing::debug!(object = %node.name, ?policy, "garbage collector deletes a dependent without owners");
-    let dp = DeleteParams { propagation_policy: Some(policy), preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
+    let dp = DeleteParams {
+        propagation_policy: Some(policy),
+        preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+        ..Default::default()
+    };
     match api.delete(&node.name, &dp).await {
         Ok(_) => Ok(Action::done()),
         Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => Ok(Action::done()),
@@ -334,7 +360,8 @@ async fn reconcile(key: ObjKey, gc: Arc<Gc>) -> anyhow::Result<Action> {
 async fn process_deleting_dependents(gc: &Gc, uid: &str, node: &GcNode) -> anyhow::Result<Action> {
     let (blocking, pending): (Vec<String>, Vec<String>) = {
         let g = gc.graph.read().unwrap();
-        let deps: Vec<(&String, &GcNode)> = g.dependents.get(uid).into_iter().flatten().filter_map(|d| g.nodes.get(d).map(|n| (d, n))).collect();
+        let deps: Vec<(&String, &GcNode)> =
+            g.dependents.get(uid).into_iter().flatten().filter_map(|d| g.nodes.get(d).map(|n| (d, n))).collect();
         let blocking = deps
             .iter()
             .filter(|(_, n)| n.owners.iter().any(|r| r.uid == uid && r.block_owner_deletion == Some(true)))
@@ -368,7 +395,14 @@ async fn orphan_dependents(gc: &Gc, uid: &str, node: &GcNode) -> anyhow::Result<
         }
         let kept: Vec<&OwnerReference> = refs.iter().filter(|r| r.uid != uid).collect();
         let patch = json!({"metadata": {"ownerReferences": kept, "resourceVersion": current.resource_version()}});
-        match api.patch(&d.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+        match api
+            .patch(
+                &d.name,
+                &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
@@ -385,7 +419,14 @@ async fn remove_finalizer(gc: &Gc, node: &GcNode, finalizer: &str) -> anyhow::Re
     }
     let kept: Vec<&String> = current.finalizers().iter().filter(|f| *f != finalizer).collect();
     let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": current.resource_version()}});
-    match api.patch(&node.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+    match api
+        .patch(
+            &node.name,
+            &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if util::is_not_found(&e) => Ok(()),
         Err(e) => Err(e.into()),

@@ -7,15 +7,15 @@
 //! first recorded in `status.uncountedTerminatedPods`, then loses the finalizer, then is counted
 //! in `succeeded` / `failed` — so counts survive pods being deleted and controller restarts.
 
+use crate::Ctx;
 use crate::replicas::{create_pods, delete_pods, write_status};
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -55,13 +55,27 @@ fn succeeded(p: &Pod) -> bool {
 }
 
 fn condition_true(job: &Job, t: &str) -> bool {
-    job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"))
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"))
 }
 
 fn finish_time(p: &Pod) -> Option<Timestamp> {
     let s = p.status.as_ref()?;
-    let from_containers = s.container_statuses.iter().flatten().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)).max();
-    from_containers.or_else(|| s.conditions.iter().flatten().find(|c| c.type_ == "Ready").and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)))
+    let from_containers = s
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+        .max();
+    from_containers.or_else(|| {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+    })
 }
 
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -109,14 +123,23 @@ async fn remove_tracking(ctx: &Ctx, pods: &[Arc<Pod>]) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
         let kept: Vec<&String> = p.finalizers().iter().filter(|f| *f != TRACKING_FINALIZER).collect();
         let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": p.resource_version()}});
-        match api.patch(&p.name_any(), &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+        match api
+            .patch(
+                &p.name_any(),
+                &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
     let keys: Vec<ObjKey> = pods.iter().map(|p| ObjKey::of(p.as_ref())).collect();
-    ctx.pods.wait_until(Duration::from_secs(2), |s| keys.iter().all(|k| s.get(k).is_none_or(|p| !has_tracking(&p)))).await;
+    ctx.pods
+        .wait_until(Duration::from_secs(2), |s| keys.iter().all(|k| s.get(k).is_none_or(|p| !has_tracking(&p))))
+        .await;
     Ok(())
 }
 
@@ -146,7 +169,10 @@ fn set_index(p: &mut Pod, job: &str, i: i64) {
         let env = k8s_openapi::api::core::v1::EnvVar {
             name: "JOB_COMPLETION_INDEX".into(),
             value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector { api_version: Some("v1".into()), field_path: format!("metadata.annotations['{COMPLETION_INDEX}']") }),
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                }),
                 ..Default::default()
             }),
             value: None,
@@ -168,7 +194,11 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         .pods
         .list_ns(&key.namespace)
         .into_iter()
-        .filter(|p| has_tracking(p) && util::controller_of_kind(&p.metadata, "batch", "Job").is_some_and(|r| r.name == key.name && r.uid != job_uid))
+        .filter(|p| {
+            has_tracking(p)
+                && util::controller_of_kind(&p.metadata, "batch", "Job")
+                    .is_some_and(|r| r.name == key.name && r.uid != job_uid)
+        })
         .collect();
     if !strays.is_empty() {
         remove_tracking(&ctx, &strays).await?;
@@ -187,19 +217,34 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     if !status.is_object() {
         status = json!({});
     }
-    let pods: Vec<Arc<Pod>> = ctx.pods.owned_by(&job_uid).into_iter().filter(|p| util::is_controlled_by(&p.metadata, &job_uid)).collect();
+    let pods: Vec<Arc<Pod>> =
+        ctx.pods.owned_by(&job_uid).into_iter().filter(|p| util::is_controlled_by(&p.metadata, &job_uid)).collect();
     let finished_job = condition_true(&job, "Complete") || condition_true(&job, "Failed");
 
     // 1. Record finished pods as uncounted, 2. drop their finalizers, 3. count them.
-    let mut unc_s: BTreeSet<String> = status["uncountedTerminatedPods"]["succeeded"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
-    let mut unc_f: BTreeSet<String> = status["uncountedTerminatedPods"]["failed"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut unc_s: BTreeSet<String> = status["uncountedTerminatedPods"]["succeeded"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let mut unc_f: BTreeSet<String> = status["uncountedTerminatedPods"]["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     let done_tracked: Vec<Arc<Pod>> = pods.iter().filter(|p| has_tracking(p) && is_done(p)).cloned().collect();
     let mut recorded = false;
     if !finished_job {
         for p in &done_tracked {
             let uid = p.uid().unwrap_or_default();
             if !unc_s.contains(&uid) && !unc_f.contains(&uid) {
-                if succeeded(p) { unc_s.insert(uid) } else { unc_f.insert(uid) };
+                if succeeded(p) {
+                    unc_s.insert(uid)
+                } else {
+                    unc_f.insert(uid)
+                };
                 recorded = true;
             }
         }
@@ -212,7 +257,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             completed.extend(done_tracked.iter().filter(|p| succeeded(p)).filter_map(|p| completion_index(p)));
             status["completedIndexes"] = json!(format_indexes(&completed));
         }
-        write_status(Api::namespaced(ctx.client.clone(), &key.namespace), job.as_ref(), status.clone(), COMPONENT).await?;
+        write_status(Api::namespaced(ctx.client.clone(), &key.namespace), job.as_ref(), status.clone(), COMPONENT)
+            .await?;
         let rv = job.resource_version();
         ctx.jobs.wait_until(Duration::from_secs(2), |s| s.get(&key).is_none_or(|j| j.resource_version() != rv)).await;
         // The next round continues from the recorded status.
@@ -221,7 +267,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     if !done_tracked.is_empty() {
         remove_tracking(&ctx, &done_tracked).await?;
     }
-    let still_tracked: BTreeSet<String> = ctx.pods.owned_by(&job_uid).iter().filter(|p| has_tracking(p)).filter_map(|p| p.uid()).collect();
+    let still_tracked: BTreeSet<String> =
+        ctx.pods.owned_by(&job_uid).iter().filter(|p| has_tracking(p)).filter_map(|p| p.uid()).collect();
     let mut n_succeeded = status["succeeded"].as_i64().unwrap_or(0);
     let mut n_failed = status["failed"].as_i64().unwrap_or(0);
     let counted_s: Vec<String> = unc_s.iter().filter(|u| !still_tracked.contains(*u)).cloned().collect();
@@ -231,7 +278,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let indexed = spec_is_indexed(&job);
     let mut completed: BTreeSet<i64> = parse_indexes(status["completedIndexes"].as_str().unwrap_or(""));
     for u in counted_s {
-        if let Some(i) = pods.iter().find(|p| p.uid().as_deref() == Some(u.as_str())).and_then(|p| completion_index(p)) {
+        if let Some(i) = pods.iter().find(|p| p.uid().as_deref() == Some(u.as_str())).and_then(|p| completion_index(p))
+        {
             completed.insert(i);
         }
         unc_s.remove(&u);
@@ -243,7 +291,8 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     // Decisions use the snapshot the finished pods were recorded from: a pod finishing since
     // then is still active here (and recorded next round), never a reason to start another.
     let active: Vec<Arc<Pod>> = pods.iter().filter(|p| !is_done(p)).cloned().collect();
-    let terminating = pods.iter().filter(|p| util::is_terminating(&p.metadata) && !util::is_pod_finished(p)).count() as i64;
+    let terminating =
+        pods.iter().filter(|p| util::is_terminating(&p.metadata) && !util::is_pod_finished(p)).count() as i64;
     let parallelism = spec.parallelism.unwrap_or(1).max(0) as i64;
     let completions = spec.completions.map(|c| c as i64);
     let backoff_limit = spec.backoff_limit.unwrap_or(6) as i64;
@@ -269,7 +318,10 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         _ => false,
     };
     let failed_reason = if condition_true(&job, "Failed") || condition_true(&job, "FailureTarget") {
-        conds.iter().find(|c| (c["type"] == "FailureTarget" || c["type"] == "Failed") && c["status"] == "True").map(|c| (c["reason"].as_str().unwrap_or("").to_string(), c["message"].as_str().unwrap_or("").to_string()))
+        conds
+            .iter()
+            .find(|c| (c["type"] == "FailureTarget" || c["type"] == "Failed") && c["status"] == "True")
+            .map(|c| (c["reason"].as_str().unwrap_or("").to_string(), c["message"].as_str().unwrap_or("").to_string()))
     } else if n_failed > backoff_limit {
         Some(("BackoffLimitExceeded".to_string(), "Job has reached the specified backoff limit".to_string()))
     } else if deadline_exceeded {
@@ -305,7 +357,12 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         }
         let msg = "Reached expected number of succeeded pods";
         set_cond(&mut conds, "SuccessCriteriaMet", "CompletionsReached", msg);
-        if active.is_empty() && terminating == 0 && unc_f.is_empty() && unc_s.is_empty() && !condition_true(&job, "Complete") {
+        if active.is_empty()
+            && terminating == 0
+            && unc_f.is_empty()
+            && unc_s.is_empty()
+            && !condition_true(&job, "Complete")
+        {
             set_cond(&mut conds, "Complete", "CompletionsReached", msg);
             status["completionTime"] = json!(now);
             ctx.recorder.normal(COMPONENT, job.as_ref(), "Completed", "Job completed");
@@ -313,8 +370,13 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     } else if !finished_job {
         // Keep `parallelism` pods running (no more than the completions still needed).
         // Indexed: the lowest indexes neither completed, nor finishing, nor running.
-        let busy: BTreeSet<i64> = active.iter().chain(pods.iter().filter(|p| unc_s.contains(&p.uid().unwrap_or_default()))).filter_map(|p| completion_index(p)).collect();
-        let pending: Vec<i64> = (0..completions.unwrap_or(0)).filter(|i| !completed.contains(i) && !busy.contains(i)).collect();
+        let busy: BTreeSet<i64> = active
+            .iter()
+            .chain(pods.iter().filter(|p| unc_s.contains(&p.uid().unwrap_or_default())))
+            .filter_map(|p| completion_index(p))
+            .collect();
+        let pending: Vec<i64> =
+            (0..completions.unwrap_or(0)).filter(|i| !completed.contains(i) && !busy.contains(i)).collect();
         let want = if suspended {
             0
         } else {
@@ -336,16 +398,25 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             } else {
                 0.0
             };
-            let since = last.map(|t| (Timestamp::now().as_millisecond() - t.as_millisecond()) as f64 / 1000.0).unwrap_or(f64::MAX);
+            let since = last
+                .map(|t| (Timestamp::now().as_millisecond() - t.as_millisecond()) as f64 / 1000.0)
+                .unwrap_or(f64::MAX);
             if since < delay {
                 requeue = requeue.min(Action::requeue(util::secs(delay - since + 0.01)));
             } else {
                 let mut t = spec.template.clone();
-                let labels = t.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
-                for (k, v) in [("batch.kubernetes.io/controller-uid", job_uid.as_str()), ("batch.kubernetes.io/job-name", key.name.as_str()), ("controller-uid", job_uid.as_str()), ("job-name", key.name.as_str())] {
+                let labels =
+                    t.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+                for (k, v) in [
+                    ("batch.kubernetes.io/controller-uid", job_uid.as_str()),
+                    ("batch.kubernetes.io/job-name", key.name.as_str()),
+                    ("controller-uid", job_uid.as_str()),
+                    ("job-name", key.name.as_str()),
+                ] {
                     labels.entry(k.to_string()).or_insert_with(|| v.to_string());
                 }
-                let finalizers = t.metadata.get_or_insert_with(Default::default).finalizers.get_or_insert_with(Vec::new);
+                let finalizers =
+                    t.metadata.get_or_insert_with(Default::default).finalizers.get_or_insert_with(Vec::new);
                 if !finalizers.iter().any(|f| f == TRACKING_FINALIZER) {
                     finalizers.push(TRACKING_FINALIZER.into());
                 }
@@ -358,7 +429,9 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
                             break;
                         }
                     }
-                } else if let Err(e) = create_pods(&ctx, job.as_ref(), &t, (want - have) as usize, COMPONENT, |_| {}).await {
+                } else if let Err(e) =
+                    create_pods(&ctx, job.as_ref(), &t, (want - have) as usize, COMPONENT, |_| {}).await
+                {
                     failure = Some(e);
                 }
             }
@@ -381,9 +454,11 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     }
 
     // Status from the cache as it is now.
-    let pods: Vec<Arc<Pod>> = ctx.pods.owned_by(&job_uid).into_iter().filter(|p| util::is_controlled_by(&p.metadata, &job_uid)).collect();
+    let pods: Vec<Arc<Pod>> =
+        ctx.pods.owned_by(&job_uid).into_iter().filter(|p| util::is_controlled_by(&p.metadata, &job_uid)).collect();
     let active_now = pods.iter().filter(|p| !is_done(p)).count() as i64;
-    let terminating_now = pods.iter().filter(|p| util::is_terminating(&p.metadata) && !util::is_pod_finished(p)).count() as i64;
+    let terminating_now =
+        pods.iter().filter(|p| util::is_terminating(&p.metadata) && !util::is_pod_finished(p)).count() as i64;
     let ready_now = pods.iter().filter(|p| !is_done(p) && util::is_pod_ready(p)).count() as i64;
     let m = status.as_object_mut().expect("object");
     for (k, v) in [("active", active_now), ("succeeded", n_succeeded), ("failed", n_failed)] {
@@ -398,7 +473,10 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         m.insert("completedIndexes".into(), json!(format_indexes(&completed)));
     }
     m.insert("terminating".into(), json!(terminating_now));
-    m.insert("uncountedTerminatedPods".into(), if unc_s.is_empty() && unc_f.is_empty() { json!({}) } else { json!({"succeeded": unc_s, "failed": unc_f}) });
+    m.insert(
+        "uncountedTerminatedPods".into(),
+        if unc_s.is_empty() && unc_f.is_empty() { json!({}) } else { json!({"succeeded": unc_s, "failed": unc_f}) },
+    );
     if conds.is_empty() {
         m.remove("conditions");
     } else {

@@ -1,8 +1,15 @@
 //! The controller manager's controllers, each a level-triggered reconcile loop over the API.
 //!
 //! [`run`] starts every enabled controller against an API server through a `kube::Client`, like
-//! any other client. Each controller is a module with a `reconcile(key, ctx)` function; the
-//! shared informers and work queues live in [`runtime`].
+//! any other client. Each controller is a module with a `register(ctx, queue)` function (which
+//! maps informer events to keys of its queue) and a `reconcile(key, ctx)` function; the shared
+//! informers (one watch per resource, with namespace / owner / custom indexes) and the work
+//! queues (dedup, one reconcile per key at a time, error backoff, timed requeues) live in
+//! [`runtime`]. The garbage collector keeps its own graph over every discovered kind ([`gc`]).
+//!
+//! Nothing a restart would lose is kept in memory: every decision is taken from the API's
+//! objects (statuses, annotations, finalizers). After each write a reconcile waits for the
+//! shared cache to show it, so the next reconcile of the same key never acts on older state.
 
 pub mod daemonset;
 pub mod deployment;
@@ -94,6 +101,9 @@ impl ControllersConfig {
     pub fn enabled(&self, name: &str) -> bool {
         let mut on = false;
         for c in &self.controllers {
+            if c == "-*" {
+                return false;
+            }
             if c == "*" {
                 on = true;
             } else if c == name {
@@ -140,7 +150,12 @@ fn pod_index(p: &Pod) -> Vec<String> {
 /// EndpointSlice index values: the service it belongs to (`<ns>/<service>`).
 fn slice_index(s: &EndpointSlice) -> Vec<String> {
     let ns = s.metadata.namespace.clone().unwrap_or_default();
-    s.metadata.labels.as_ref().and_then(|l| l.get(endpointslice::SERVICE_NAME_LABEL)).map(|n| vec![format!("{ns}/{n}")]).unwrap_or_default()
+    s.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(endpointslice::SERVICE_NAME_LABEL))
+        .map(|n| vec![format!("{ns}/{n}")])
+        .unwrap_or_default()
 }
 
 impl Ctx {
@@ -203,12 +218,7 @@ impl Ctx {
 
 type Starter = Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>;
 
-fn controller<F, Fut>(
-    ctx: &Arc<Ctx>,
-    name: &'static str,
-    register: fn(&Arc<Ctx>, Queue),
-    reconcile: F,
-) -> Starter
+fn controller<F, Fut>(ctx: &Arc<Ctx>, name: &'static str, register: fn(&Arc<Ctx>, Queue), reconcile: F) -> Starter
 where
     F: Fn(ObjKey, Arc<Ctx>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<runtime::Action>> + Send + 'static,
@@ -229,7 +239,12 @@ pub async fn run(client: Client, config: ControllersConfig) -> anyhow::Result<()
     let mut starters: Vec<Starter> = Vec::new();
     let on = |n: &str| config.enabled(n);
     if on("replicationcontroller") {
-        starters.push(controller(&ctx, "replicationcontroller", replicationcontroller::register, replicationcontroller::reconcile));
+        starters.push(controller(
+            &ctx,
+            "replicationcontroller",
+            replicationcontroller::register,
+            replicationcontroller::reconcile,
+        ));
     }
     if on("replicaset") {
         starters.push(controller(&ctx, "replicaset", replicaset::register, replicaset::reconcile));
@@ -275,5 +290,25 @@ pub async fn run(client: Client, config: ControllersConfig) -> anyhow::Result<()
     match tasks.join_next().await {
         Some(Err(e)) if e.is_panic() => anyhow::bail!("a controller panicked: {e}"),
         _ => anyhow::bail!("a controller stopped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_selection() {
+        let c = |v: &[&str]| ControllersConfig {
+            controllers: v.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(c(&["*"]).enabled("job"));
+        assert!(!c(&["*", "-job"]).enabled("job"));
+        assert!(c(&["*", "-job"]).enabled("daemonset"));
+        assert!(c(&["job"]).enabled("job"));
+        assert!(!c(&["job"]).enabled("daemonset"));
+        assert!(!c(&["-*"]).enabled("job"));
+        assert!(!c(&[]).enabled("job"));
     }
 }

@@ -3,14 +3,14 @@
 //! `kubernetes` finalizer is removed through `namespaces/{name}/finalize` and the API server
 //! removes the namespace.
 
+use crate::Ctx;
 use crate::discovery;
 use crate::replicas::set_condition;
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, PropagationPolicy};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, PropagationPolicy};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +31,11 @@ pub fn register(ctx: &Arc<Ctx>, queue: Queue) {
     ctx.pods.on_change(move |old, new| {
         if let (Some(p), None) = (old, new) {
             let ns = p.namespace().unwrap_or_default();
-            if namespaces.upgrade().and_then(|n| n.get(&ObjKey::cluster(ns.clone()))).is_some_and(|n| n.metadata.deletion_timestamp.is_some()) {
+            if namespaces
+                .upgrade()
+                .and_then(|n| n.get(&ObjKey::cluster(ns.clone())))
+                .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+            {
                 queue.add(ObjKey::cluster(ns));
             }
         }
@@ -96,7 +100,13 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     // Nothing left: remove our finalizer.
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     let mut v = serde_json::to_value(ns.as_ref())?;
-    let kept: Vec<Value> = v["spec"]["finalizers"].as_array().cloned().unwrap_or_default().into_iter().filter(|f| f != FINALIZER).collect();
+    let kept: Vec<Value> = v["spec"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f != FINALIZER)
+        .collect();
     v["spec"]["finalizers"] = json!(kept);
     let pp = PostParams { field_manager: Some(COMPONENT.into()), ..Default::default() };
     match api.replace_subresource("finalize", &name, &pp, &v).await {
@@ -107,27 +117,67 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
 }
 
 /// The conditions Kubernetes' namespace controller reports while it deletes content.
-async fn write_conditions(ctx: &Ctx, ns: &Namespace, remaining: &BTreeMap<String, usize>, finalizers: &BTreeMap<String, usize>, failures: &[String]) -> anyhow::Result<()> {
+async fn write_conditions(
+    ctx: &Ctx,
+    ns: &Namespace,
+    remaining: &BTreeMap<String, usize>,
+    finalizers: &BTreeMap<String, usize>,
+    failures: &[String],
+) -> anyhow::Result<()> {
     let status = serde_json::to_value(&ns.status)?;
     let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
-    set_condition(&mut conditions, "NamespaceDeletionDiscoveryFailure", Some(("False", "ResourcesDiscovered", "All resources successfully discovered")));
-    set_condition(&mut conditions, "NamespaceDeletionGroupVersionParsingFailure", Some(("False", "ParsedGroupVersions", "All legacy kube types successfully parsed")));
+    set_condition(
+        &mut conditions,
+        "NamespaceDeletionDiscoveryFailure",
+        Some(("False", "ResourcesDiscovered", "All resources successfully discovered")),
+    );
+    set_condition(
+        &mut conditions,
+        "NamespaceDeletionGroupVersionParsingFailure",
+        Some(("False", "ParsedGroupVersions", "All legacy kube types successfully parsed")),
+    );
     let content_failure = if failures.is_empty() {
-        ("False".to_string(), "ContentDeleted", "All content successfully deleted, may be waiting on finalization".to_string())
+        (
+            "False".to_string(),
+            "ContentDeleted",
+            "All content successfully deleted, may be waiting on finalization".to_string(),
+        )
     } else {
-        ("True".to_string(), "ContentDeletionFailed", format!("Failed to delete all resource types, {} remaining: {}", failures.len(), failures.join(", ")))
+        (
+            "True".to_string(),
+            "ContentDeletionFailed",
+            format!("Failed to delete all resource types, {} remaining: {}", failures.len(), failures.join(", ")),
+        )
     };
-    set_condition(&mut conditions, "NamespaceDeletionContentFailure", Some((&content_failure.0, content_failure.1, &content_failure.2)));
+    set_condition(
+        &mut conditions,
+        "NamespaceDeletionContentFailure",
+        Some((&content_failure.0, content_failure.1, &content_failure.2)),
+    );
     if remaining.is_empty() {
-        set_condition(&mut conditions, "NamespaceContentRemaining", Some(("False", "ContentRemoved", "All content successfully removed")));
+        set_condition(
+            &mut conditions,
+            "NamespaceContentRemaining",
+            Some(("False", "ContentRemoved", "All content successfully removed")),
+        );
     } else {
-        let msg = format!("Some resources are remaining: {}", remaining.iter().map(|(g, n)| format!("{g} has {n} resource instances")).collect::<Vec<_>>().join(", "));
+        let msg = format!(
+            "Some resources are remaining: {}",
+            remaining.iter().map(|(g, n)| format!("{g} has {n} resource instances")).collect::<Vec<_>>().join(", ")
+        );
         set_condition(&mut conditions, "NamespaceContentRemaining", Some(("True", "SomeResourcesRemain", &msg)));
     }
     if finalizers.is_empty() {
-        set_condition(&mut conditions, "NamespaceFinalizersRemaining", Some(("False", "ContentHasNoFinalizers", "All content-preserving finalizers finished")));
+        set_condition(
+            &mut conditions,
+            "NamespaceFinalizersRemaining",
+            Some(("False", "ContentHasNoFinalizers", "All content-preserving finalizers finished")),
+        );
     } else {
-        let msg = format!("Some content in the namespace has finalizers remaining: {}", finalizers.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect::<Vec<_>>().join(", "));
+        let msg = format!(
+            "Some content in the namespace has finalizers remaining: {}",
+            finalizers.iter().map(|(f, n)| format!("{f} in {n} resource instances")).collect::<Vec<_>>().join(", ")
+        );
         set_condition(&mut conditions, "NamespaceFinalizersRemaining", Some(("True", "SomeFinalizersRemain", &msg)));
     }
     // lastTransitionTime only moves with the status, so an unchanged round writes nothing.

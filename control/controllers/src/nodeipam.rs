@@ -1,11 +1,11 @@
 //! Node IPAM: every Node gets a free `/node_cidr_mask_size` range of the cluster CIDR as its
 //! `spec.podCIDR` / `spec.podCIDRs`. The ranges in use are read from the nodes themselves.
 
-use crate::runtime::{Action, ObjKey, Queue};
 use crate::Ctx;
+use crate::runtime::{Action, ObjKey, Queue};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -50,14 +50,19 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     }
     let cluster = parse_cidr(&ctx.config.cluster_cidr)?;
     let mask = ctx.config.node_cidr_mask_size;
-    anyhow::ensure!(mask >= cluster.1 && mask <= 32, "node CIDR mask /{mask} does not fit in {}", ctx.config.cluster_cidr);
+    anyhow::ensure!(
+        mask >= cluster.1 && mask <= 32,
+        "node CIDR mask /{mask} does not fit in {}",
+        ctx.config.cluster_cidr
+    );
     let count: u64 = 1u64 << (mask - cluster.1);
     // Choose and reserve under the lock, so that concurrent reconciles never pick the same
     // range before the node cache shows it.
     let cidr = {
         let mut pending = ctx.ipam_pending.lock().unwrap();
         pending.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
-        let mut used: HashSet<String> = ctx.nodes.list().iter().filter_map(|n| pod_cidr(n).map(str::to_string)).collect();
+        let mut used: HashSet<String> =
+            ctx.nodes.list().iter().filter_map(|n| pod_cidr(n).map(str::to_string)).collect();
         used.extend(pending.keys().cloned());
         if let Some((c, _)) = pending.iter().find(|(_, (n, _))| *n == key.name) {
             Some(c.clone())
@@ -70,12 +75,22 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         }
     };
     let Some(cidr) = cidr else {
-        ctx.recorder.warning(COMPONENT, node.as_ref(), "CIDRNotAvailable", format!("Node {} status is now: CIDRNotAvailable", key.name));
+        ctx.recorder.warning(
+            COMPONENT,
+            node.as_ref(),
+            "CIDRNotAvailable",
+            format!("Node {} status is now: CIDRNotAvailable", key.name),
+        );
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let api: Api<Node> = Api::all(ctx.client.clone());
     let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
-    api.patch(&key.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await?;
+    api.patch(
+        &key.name,
+        &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+        &Patch::Merge(&patch),
+    )
+    .await?;
     ctx.nodes.wait_until(Duration::from_secs(2), |s| s.get(&key).is_none_or(|n| pod_cidr(&n).is_some())).await;
     Ok(Action::done())
 }

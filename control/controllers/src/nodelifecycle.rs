@@ -5,13 +5,13 @@
 //! are evicted (deleted) once their tolerations run out: a matching toleration's
 //! `tolerationSeconds` (never, without it), or `pod_eviction_timeout` without a matching one.
 
+use crate::Ctx;
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,18 +59,32 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
     let mut requeue = Action::done();
 
     // 1. Health: the latest of the lease renewal, the Ready heartbeat and the node's creation.
-    let conditions: Vec<Value> = node.status.as_ref().and_then(|s| s.conditions.as_ref()).map(|c| c.iter().filter_map(|x| serde_json::to_value(x).ok()).collect()).unwrap_or_default();
+    let conditions: Vec<Value> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().filter_map(|x| serde_json::to_value(x).ok()).collect())
+        .unwrap_or_default();
     let ready = conditions.iter().find(|c| c["type"] == "Ready").cloned();
-    let renew = ctx.leases.get_named("kube-node-lease", &key.name).and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
+    let renew = ctx
+        .leases
+        .get_named("kube-node-lease", &key.name)
+        .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
     let heartbeat = ready.as_ref().and_then(|c| c["lastHeartbeatTime"].as_str()?.parse::<Timestamp>().ok());
     let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let probe = [renew, heartbeat, created].into_iter().flatten().max();
     let elapsed = probe.map(secs_since).unwrap_or(f64::MAX);
-    let mut ready_status = ready.as_ref().and_then(|c| c["status"].as_str().map(str::to_string)).unwrap_or_else(|| "Unknown".into());
+    let mut ready_status =
+        ready.as_ref().and_then(|c| c["status"].as_str().map(str::to_string)).unwrap_or_else(|| "Unknown".into());
     if elapsed > grace {
         if ready.as_ref().is_none_or(|c| c["status"] != "Unknown") {
             mark_unknown(&ctx, &node, ready.is_none()).await?;
-            ctx.recorder.normal(COMPONENT, node.as_ref(), "NodeNotReady", format!("Node {} status is now: NodeNotReady", key.name));
+            ctx.recorder.normal(
+                COMPONENT,
+                node.as_ref(),
+                "NodeNotReady",
+                format!("Node {} status is now: NodeNotReady", key.name),
+            );
         }
         ready_status = "Unknown".into();
     } else {
@@ -85,19 +99,33 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         "False" => Some(NOT_READY),
         _ => Some(UNREACHABLE),
     };
-    let mut new_taints: Vec<Taint> = taints.iter().filter(|t| !(t.key == UNREACHABLE || t.key == NOT_READY) || Some(t.key.as_str()) == wanted).cloned().collect();
+    let mut new_taints: Vec<Taint> = taints
+        .iter()
+        .filter(|t| !(t.key == UNREACHABLE || t.key == NOT_READY) || Some(t.key.as_str()) == wanted)
+        .cloned()
+        .collect();
     if let Some(k) = wanted {
         if !new_taints.iter().any(|t| t.key == k && t.effect == "NoSchedule") {
             new_taints.push(Taint { key: k.into(), effect: "NoSchedule".into(), ..Default::default() });
         }
         if !new_taints.iter().any(|t| t.key == k && t.effect == "NoExecute") {
-            new_taints.push(Taint { key: k.into(), effect: "NoExecute".into(), time_added: Some(util::now()), value: None });
+            new_taints.push(Taint {
+                key: k.into(),
+                effect: "NoExecute".into(),
+                time_added: Some(util::now()),
+                value: None,
+            });
         }
     }
     if new_taints != taints {
         let api: Api<Node> = Api::all(ctx.client.clone());
         let patch = json!({"spec": {"taints": new_taints}, "metadata": {"resourceVersion": node.resource_version()}});
-        api.patch(&key.name, &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await?;
+        api.patch(
+            &key.name,
+            &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await?;
         let rv = node.resource_version();
         ctx.nodes.wait_until(Duration::from_secs(2), |s| s.get(&key).is_none_or(|n| n.resource_version() != rv)).await;
     }
@@ -121,7 +149,10 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
             let mut wait: Option<f64> = None;
             for t in &taints {
                 let since = t.time_added.as_ref().map(|x| secs_since(x.0)).unwrap_or(0.0);
-                let matching: Vec<_> = tolerations.iter().filter(|tol| util::toleration_matches(tol, &t.key, t.value.as_deref(), &t.effect)).collect();
+                let matching: Vec<_> = tolerations
+                    .iter()
+                    .filter(|tol| util::toleration_matches(tol, &t.key, t.value.as_deref(), &t.effect))
+                    .collect();
                 let allowed = if matching.is_empty() {
                     Some(default_wait)
                 } else if matching.iter().any(|m| m.toleration_seconds.is_none()) {
@@ -194,7 +225,14 @@ async fn mark_pod_not_ready(ctx: &Ctx, pod: &Pod) -> anyhow::Result<()> {
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let patch = json!({"status": {"conditions": status["conditions"]}, "metadata": {"resourceVersion": pod.resource_version()}});
-    match api.patch_status(&pod.name_any(), &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams { field_manager: Some(COMPONENT.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if util::is_not_found(&e) => Ok(()),
         Err(e) => Err(e.into()),
@@ -204,10 +242,18 @@ async fn mark_pod_not_ready(ctx: &Ctx, pod: &Pod) -> anyhow::Result<()> {
 async fn evict(ctx: &Ctx, pod: &Pod) -> anyhow::Result<()> {
     let ns = pod.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+        ..Default::default()
+    };
     match api.delete(&pod.name_any(), &dp).await {
         Ok(_) => {
-            ctx.recorder.normal("taint-eviction-controller", pod, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{}", pod.name_any()));
+            ctx.recorder.normal(
+                "taint-eviction-controller",
+                pod,
+                "TaintManagerEviction",
+                format!("Marking for deletion Pod {ns}/{}", pod.name_any()),
+            );
             Ok(())
         }
         Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => Ok(()),

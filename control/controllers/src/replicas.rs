@@ -1,9 +1,9 @@
 //! What the ReplicationController and ReplicaSet controllers share: keep `spec.replicas` active
 //! pods matching the selector, owned through a controller reference.
 
+use crate::Ctx;
 use crate::runtime::{Action, Informer, Obj, ObjKey, Queue};
 use crate::util::{self, Selector};
-use crate::Ctx;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -44,7 +44,9 @@ pub fn register<K: Replicated>(ctx: &Arc<Ctx>, queue: Queue) {
             }
         }
         // An orphan may be adopted by any controller whose selector matches it.
-        if let Some(p) = new.filter(|p| util::controller_ref(&p.metadata).is_none() && !util::is_terminating(&p.metadata)) {
+        if let Some(p) =
+            new.filter(|p| util::controller_ref(&p.metadata).is_none() && !util::is_terminating(&p.metadata))
+        {
             let Some(owners) = owners.upgrade() else { return };
             let ns = p.namespace().unwrap_or_default();
             for o in owners.list_ns(&ns) {
@@ -69,7 +71,13 @@ fn error_message(e: &kube::Error) -> String {
 
 /// Adopts matching orphans and releases owned pods that stopped matching; returns the pods
 /// this controller owns and that match its selector.
-pub async fn claim_pods<K: Obj>(ctx: &Ctx, owner: &K, sel: &Selector, component: &str, fresh_owner: impl std::future::Future<Output = bool>) -> anyhow::Result<Vec<Arc<Pod>>> {
+pub async fn claim_pods<K: Obj>(
+    ctx: &Ctx,
+    owner: &K,
+    sel: &Selector,
+    component: &str,
+    fresh_owner: impl std::future::Future<Output = bool>,
+) -> anyhow::Result<Vec<Arc<Pod>>> {
     let ns = owner.namespace().unwrap_or_default();
     let uid = owner.uid().unwrap_or_default();
     let deleting = owner.meta().deletion_timestamp.is_some();
@@ -83,9 +91,11 @@ pub async fn claim_pods<K: Obj>(ctx: &Ctx, owner: &K, sel: &Selector, component:
                     mine.push(p);
                 } else if !deleting {
                     // Release: drop our reference.
-                    let refs: Vec<_> = p.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
+                    let refs: Vec<_> =
+                        p.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
                     let pp = PatchParams { field_manager: Some(component.to_string()), ..Default::default() };
-                    match api.patch(&p.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&p.metadata, refs))).await {
+                    match api.patch(&p.name_any(), &pp, &Patch::Merge(util::owner_refs_patch(&p.metadata, refs))).await
+                    {
                         Ok(_) => {}
                         Err(e) if util::is_not_found(&e) => {}
                         Err(e) => return Err(e.into()),
@@ -118,7 +128,14 @@ pub async fn claim_pods<K: Obj>(ctx: &Ctx, owner: &K, sel: &Selector, component:
 
 /// Creates `count` pods from `template` owned by `owner`, in Kubernetes' slow-start batches
 /// (1, 2, 4, …), stopping at the first error. Waits until the pod cache has them.
-pub async fn create_pods<K: Obj>(ctx: &Ctx, owner: &K, template: &PodTemplateSpec, count: usize, component: &str, customize: impl Fn(&mut Pod)) -> Result<Vec<String>, kube::Error> {
+pub async fn create_pods<K: Obj>(
+    ctx: &Ctx,
+    owner: &K,
+    template: &PodTemplateSpec,
+    count: usize,
+    component: &str,
+    customize: impl Fn(&mut Pod),
+) -> Result<Vec<String>, kube::Error> {
     let ns = owner.namespace().unwrap_or_default();
     let api = pods_api(ctx, &ns);
     let owner_ref = util::controller_owner_ref(owner);
@@ -147,7 +164,12 @@ pub async fn create_pods<K: Obj>(ctx: &Ctx, owner: &K, template: &PodTemplateSpe
                 }
                 Err(e) => {
                     if !util::is_namespace_gone(&e) {
-                        ctx.recorder.warning(component, owner, "FailedCreate", format!("Error creating: {}", error_message(&e)));
+                        ctx.recorder.warning(
+                            component,
+                            owner,
+                            "FailedCreate",
+                            format!("Error creating: {}", error_message(&e)),
+                        );
                     }
                     failure = Some(e);
                 }
@@ -171,7 +193,10 @@ pub async fn delete_pods<K: Obj>(ctx: &Ctx, owner: &K, pods: &[Arc<Pod>], compon
     let api = pods_api(ctx, &ns);
     let results = join_all(pods.iter().map(|p| {
         let api = api.clone();
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.uid(), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: p.uid(), resource_version: None }),
+            ..Default::default()
+        };
         async move { (p.name_any(), api.delete(&p.name_any(), &dp).await) }
     }))
     .await;
@@ -181,14 +206,21 @@ pub async fn delete_pods<K: Obj>(ctx: &Ctx, owner: &K, pods: &[Arc<Pod>], compon
             Ok(_) => ctx.recorder.normal(component, owner, "SuccessfulDelete", format!("Deleted pod: {name}")),
             Err(e) if util::is_not_found(&e) || util::is_conflict(&e) => {}
             Err(e) => {
-                ctx.recorder.warning(component, owner, "FailedDelete", format!("Error deleting: {}", error_message(&e)));
+                ctx.recorder.warning(
+                    component,
+                    owner,
+                    "FailedDelete",
+                    format!("Error deleting: {}", error_message(&e)),
+                );
                 failure = Some(e);
             }
         }
     }
     let keys: Vec<(ObjKey, Option<String>)> = pods.iter().map(|p| (ObjKey::of(p.as_ref()), p.uid())).collect();
     ctx.pods
-        .wait_until(Duration::from_secs(5), |s| keys.iter().all(|(k, uid)| s.get(k).is_none_or(|p| p.uid() != *uid || util::is_terminating(&p.metadata))))
+        .wait_until(Duration::from_secs(5), |s| {
+            keys.iter().all(|(k, uid)| s.get(k).is_none_or(|p| p.uid() != *uid || util::is_terminating(&p.metadata)))
+        })
         .await;
     failure.map_or(Ok(()), Err)
 }
@@ -246,7 +278,12 @@ pub fn set_condition(conditions: &mut Vec<Value>, type_: &str, status: Option<(&
 }
 
 /// Writes `status` with a PUT of the status subresource if it differs from the cached one.
-pub async fn write_status<K: Obj + Serialize>(api: Api<K>, obj: &K, status: Value, component: &str) -> anyhow::Result<()> {
+pub async fn write_status<K: Obj + Serialize>(
+    api: Api<K>,
+    obj: &K,
+    status: Value,
+    component: &str,
+) -> anyhow::Result<()> {
     let mut v = serde_json::to_value(obj)?;
     if v["status"] == status {
         return Ok(());
@@ -320,13 +357,21 @@ pub async fn reconcile<K: Replicated>(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Res
     put_count(&mut status, "observedGeneration", owner.meta().generation.unwrap_or(0));
     let mut conditions: Vec<Value> = old["conditions"].as_array().cloned().unwrap_or_default();
     match &failure {
-        Some((reason, e)) => set_condition(&mut conditions, "ReplicaFailure", Some(("True", reason, &error_message(e)))),
+        Some((reason, e)) => {
+            set_condition(&mut conditions, "ReplicaFailure", Some(("True", reason, &error_message(e))))
+        }
         None => set_condition(&mut conditions, "ReplicaFailure", None),
     }
     if !conditions.is_empty() {
         status.insert("conditions".into(), Value::Array(conditions));
     }
-    write_status(Api::namespaced(ctx.client.clone(), &key.namespace), owner.as_ref(), Value::Object(status), K::COMPONENT).await?;
+    write_status(
+        Api::namespaced(ctx.client.clone(), &key.namespace),
+        owner.as_ref(),
+        Value::Object(status),
+        K::COMPONENT,
+    )
+    .await?;
     if let Some((_, e)) = failure {
         return Err(e.into());
     }

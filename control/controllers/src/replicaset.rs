@@ -1,9 +1,9 @@
 //! The ReplicaSet controller: `spec.replicas` pods matching the selector, owned by the set.
 
+use crate::Ctx;
 use crate::replicas::{self, Replicated};
 use crate::runtime::{Action, Informer, ObjKey, Queue};
 use crate::util::Selector;
-use crate::Ctx;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use std::sync::Arc;

@@ -1,11 +1,11 @@
 //! The ReplicationController controller: `spec.replicas` pods matching the selector, owned by the controller.
 
+use crate::Ctx;
 use crate::replicas::{self, Replicated};
 use crate::runtime::{Action, Informer, ObjKey, Queue};
 use crate::util::Selector;
-use crate::Ctx;
-use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::ReplicationController;
 use std::sync::Arc;
 
 impl Replicated for ReplicationController {

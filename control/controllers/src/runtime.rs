@@ -8,8 +8,8 @@
 //! a reconcile also runs after its primary object is gone (to clean up what it left behind).
 
 use futures::StreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -46,7 +46,11 @@ impl ObjKey {
 
 impl std::fmt::Display for ObjKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() { write!(f, "{}", self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
+        if self.namespace.is_empty() {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }
 
@@ -162,13 +166,19 @@ impl<K: Obj> Informer<K> {
     /// Objects that list `uid` among their ownerReferences.
     pub fn owned_by(&self, uid: &str) -> Vec<Arc<K>> {
         let s = self.store.read().unwrap();
-        s.by_owner.get(uid).map(|keys| keys.iter().filter_map(|k| s.objects.get(k).cloned()).collect()).unwrap_or_default()
+        s.by_owner
+            .get(uid)
+            .map(|keys| keys.iter().filter_map(|k| s.objects.get(k).cloned()).collect())
+            .unwrap_or_default()
     }
 
     /// Objects whose custom index function returned `value`.
     pub fn indexed(&self, value: &str) -> Vec<Arc<K>> {
         let s = self.store.read().unwrap();
-        s.by_index.get(value).map(|keys| keys.iter().filter_map(|k| s.objects.get(k).cloned()).collect()).unwrap_or_default()
+        s.by_index
+            .get(value)
+            .map(|keys| keys.iter().filter_map(|k| s.objects.get(k).cloned()).collect())
+            .unwrap_or_default()
     }
 
     pub fn is_synced(&self) -> bool {
@@ -361,7 +371,10 @@ where
     let mut tasks = tokio::task::JoinSet::new();
     let mut seq = 0u64;
     let mut closed = false;
-    let mut schedule = |key: ObjKey, at: Instant, due: &mut BTreeMap<(Instant, u64), ObjKey>, scheduled: &mut HashMap<ObjKey, (Instant, u64)>| {
+    let mut schedule = |key: ObjKey,
+                        at: Instant,
+                        due: &mut BTreeMap<(Instant, u64), ObjKey>,
+                        scheduled: &mut HashMap<ObjKey, (Instant, u64)>| {
         if let Some(prev) = scheduled.get(&key) {
             if prev.0 <= at {
                 return;

@@ -1,12 +1,12 @@
 //! The ServiceAccount controller: every active namespace has a `default` ServiceAccount.
 
+use crate::Ctx;
 use crate::runtime::{Action, ObjKey, Queue};
 use crate::util;
-use crate::Ctx;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use std::sync::Arc;
 
 const COMPONENT: &str = "service-account-controller";
@@ -34,12 +34,17 @@ pub async fn reconcile(key: ObjKey, ctx: Arc<Ctx>) -> anyhow::Result<Action> {
         return Ok(Action::done());
     }
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &key.name);
-    let sa = ServiceAccount { metadata: ObjectMeta { name: Some(DEFAULT.into()), ..Default::default() }, ..Default::default() };
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some(DEFAULT.into()), ..Default::default() },
+        ..Default::default()
+    };
     match api.create(&PostParams { field_manager: Some(COMPONENT.into()), ..Default::default() }, &sa).await {
         Ok(_) => {}
         Err(e) if util::is_conflict(&e) || util::is_namespace_gone(&e) => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.serviceaccounts.wait_until(std::time::Duration::from_secs(2), |s| s.get_named(&key.name, DEFAULT).is_some()).await;
+    ctx.serviceaccounts
+        .wait_until(std::time::Duration::from_secs(2), |s| s.get_named(&key.name, DEFAULT).is_some())
+        .await;
     Ok(Action::done())
 }

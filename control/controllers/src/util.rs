@@ -1,7 +1,9 @@
 //! Helpers shared by the controllers: selectors, pod state, owner references, events, hashing.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, PodTemplateSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
@@ -63,7 +65,10 @@ impl Selector {
     pub fn from_label_selector(s: Option<&LabelSelector>) -> Self {
         match s {
             None => Selector::default(),
-            Some(s) => Selector { match_labels: s.match_labels.clone().unwrap_or_default(), exprs: s.match_expressions.clone().unwrap_or_default() },
+            Some(s) => Selector {
+                match_labels: s.match_labels.clone().unwrap_or_default(),
+                exprs: s.match_expressions.clone().unwrap_or_default(),
+            },
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -190,7 +195,12 @@ pub fn pod_node(pod: &Pod) -> Option<&str> {
 }
 
 /// A pod built from a template, as Kubernetes' `GetPodFromTemplate`.
-pub fn pod_from_template(template: &PodTemplateSpec, namespace: &str, generate_name: String, owner: OwnerReference) -> Pod {
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    generate_name: String,
+    owner: OwnerReference,
+) -> Pod {
     let tm = template.metadata.clone().unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
@@ -219,8 +229,14 @@ pub fn deletion_rank(pod: &Pod) -> impl Ord + use<> {
     };
     let ready = is_pod_ready(pod);
     // Newer ready time first: negate.
-    let ready_since = pod_ready_condition(pod).and_then(|c| c.last_transition_time.as_ref()).map(|t| -t.0.as_second()).unwrap_or(0);
-    let restarts: i32 = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0)).unwrap_or(0);
+    let ready_since =
+        pod_ready_condition(pod).and_then(|c| c.last_transition_time.as_ref()).map(|t| -t.0.as_second()).unwrap_or(0);
+    let restarts: i32 = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+        .unwrap_or(0);
     let created = pod.metadata.creation_timestamp.as_ref().map(|t| -t.0.as_second()).unwrap_or(0);
     (assigned, phase, ready, if ready { ready_since } else { 0 }, -restarts, created, pod.metadata.name.clone())
 }
@@ -297,11 +313,23 @@ impl Recorder {
         Recorder { client, seen: Mutex::new(HashMap::new()) }
     }
 
-    pub fn normal<K: Resource<DynamicType = ()>>(&self, component: &str, obj: &K, reason: &str, message: impl Into<String>) {
+    pub fn normal<K: Resource<DynamicType = ()>>(
+        &self,
+        component: &str,
+        obj: &K,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.publish(component, obj.object_ref(&()), "Normal", reason, message.into());
     }
 
-    pub fn warning<K: Resource<DynamicType = ()>>(&self, component: &str, obj: &K, reason: &str, message: impl Into<String>) {
+    pub fn warning<K: Resource<DynamicType = ()>>(
+        &self,
+        component: &str,
+        obj: &K,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.publish(component, obj.object_ref(&()), "Warning", reason, message.into());
     }
 
@@ -378,10 +406,17 @@ mod tests {
         assert!(!Selector::default().matches(Some(&l)));
         let s = Selector {
             match_labels: BTreeMap::new(),
-            exprs: vec![LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["fe".into(), "be".into()]) }],
+            exprs: vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["fe".into(), "be".into()]),
+            }],
         };
         assert!(s.matches(Some(&l)));
-        let s = Selector { match_labels: BTreeMap::new(), exprs: vec![LabelSelectorRequirement { key: "x".into(), operator: "Exists".into(), values: None }] };
+        let s = Selector {
+            match_labels: BTreeMap::new(),
+            exprs: vec![LabelSelectorRequirement { key: "x".into(), operator: "Exists".into(), values: None }],
+        };
         assert!(!s.matches(Some(&l)));
     }
 

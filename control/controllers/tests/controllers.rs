@@ -4,15 +4,18 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::core::v1::{Event, Pod, ReplicationController};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(15);
 
 async fn rc_pods(env: &Env, ns: &str, sel: &str, n: usize) -> Vec<Pod> {
-    eventually(T, &format!("{n} live pods for {sel}"), || async { Some(env.live_pods(ns, sel).await).filter(|p| p.len() == n) }).await
+    eventually(T, &format!("{n} live pods for {sel}"), || async {
+        Some(env.live_pods(ns, sel).await).filter(|p| p.len() == n)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,29 +30,49 @@ async fn replication_controller_keeps_replicas() {
         assert!(p.name_any().starts_with("frontend-"), "{}", p.name_any());
         assert_eq!(p.metadata.generate_name.as_deref(), Some("frontend-"));
         let r = &p.owner_references()[0];
-        assert_eq!((r.kind.as_str(), r.name.as_str(), r.uid.as_str()), ("ReplicationController", "frontend", rc.uid().unwrap().as_str()));
+        assert_eq!(
+            (r.kind.as_str(), r.name.as_str(), r.uid.as_str()),
+            ("ReplicationController", "frontend", rc.uid().unwrap().as_str())
+        );
         assert_eq!((r.controller, r.block_owner_deletion), (Some(true), Some(true)));
     }
     // Status follows the kubelet.
     eventually(T, "rc status 3 ready", || async {
         let s = rcs.get("frontend").await.ok()?.status?;
-        (s.replicas == 3 && s.ready_replicas == Some(3) && s.available_replicas == Some(3) && s.fully_labeled_replicas == Some(3) && s.observed_generation == Some(1)).then_some(())
+        (s.replicas == 3
+            && s.ready_replicas == Some(3)
+            && s.available_replicas == Some(3)
+            && s.fully_labeled_replicas == Some(3)
+            && s.observed_generation == Some(1))
+        .then_some(())
     })
     .await;
     // Events as Kubernetes writes them.
     let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
     eventually(T, "SuccessfulCreate events", || async {
         let evs = events.list(&ListParams::default()).await.ok()?;
-        let created: Vec<_> = evs.items.iter().filter(|e| e.reason.as_deref() == Some("SuccessfulCreate") && e.involved_object.name.as_deref() == Some("frontend")).collect();
+        let created: Vec<_> = evs
+            .items
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("SuccessfulCreate") && e.involved_object.name.as_deref() == Some("frontend")
+            })
+            .collect();
         (created.len() == 3
-            && created.iter().all(|e| e.message.as_deref().is_some_and(|m| m.starts_with("Created pod: frontend-")) && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("replication-controller")))
+            && created.iter().all(|e| {
+                e.message.as_deref().is_some_and(|m| m.starts_with("Created pod: frontend-"))
+                    && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("replication-controller")
+            }))
         .then_some(())
     })
     .await;
 
     // A deleted pod is replaced.
     let victim = pods[0].name_any();
-    env.pods("default").delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    env.pods("default")
+        .delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .unwrap();
     let after = rc_pods(&env, "default", "name=frontend", 3).await;
     assert!(after.iter().all(|p| p.name_any() != victim));
 
@@ -60,11 +83,19 @@ async fn replication_controller_keeps_replicas() {
     rc_pods(&env, "default", "name=frontend", 2).await;
     eventually(T, "SuccessfulDelete events", || async {
         let evs = events.list(&ListParams::default()).await.ok()?;
-        let n = evs.items.iter().filter(|e| e.reason.as_deref() == Some("SuccessfulDelete") && e.message.as_deref().is_some_and(|m| m.starts_with("Deleted pod: frontend-"))).count();
+        let n = evs
+            .items
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("SuccessfulDelete")
+                    && e.message.as_deref().is_some_and(|m| m.starts_with("Deleted pod: frontend-"))
+            })
+            .count();
         (n >= 3).then_some(())
     })
     .await;
-    eventually(T, "rc status 2", || async { (rcs.get("frontend").await.ok()?.status?.replicas == 2).then_some(()) }).await;
+    eventually(T, "rc status 2", || async { (rcs.get("frontend").await.ok()?.status?.replicas == 2).then_some(()) })
+        .await;
 
     // An orphan that matches is adopted (and the surplus removed); a pod relabelled away is
     // released and replaced.
@@ -78,14 +109,23 @@ async fn replication_controller_keeps_replicas() {
         match env.pods("default").get_opt("stray").await.ok()? {
             None => Some(()),
             Some(p) if p.metadata.deletion_timestamp.is_some() => Some(()),
-            Some(p) => p.owner_references().iter().any(|r| r.name == "frontend" && r.controller == Some(true)).then_some(()),
+            Some(p) => {
+                p.owner_references().iter().any(|r| r.name == "frontend" && r.controller == Some(true)).then_some(())
+            }
         }
     })
     .await;
     rc_pods(&env, "default", "name=frontend", 2).await;
     let owned = env.live_pods("default", "name=frontend").await;
     let relabelled = owned[0].name_any();
-    env.pods("default").patch(&relabelled, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"name": "elsewhere"}}}))).await.unwrap();
+    env.pods("default")
+        .patch(
+            &relabelled,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"name": "elsewhere"}}})),
+        )
+        .await
+        .unwrap();
     eventually(T, "relabelled pod released", || async {
         let p = env.pods("default").get(&relabelled).await.ok()?;
         p.owner_references().is_empty().then_some(())
@@ -100,7 +140,10 @@ async fn endpoints_of(env: &Env, ns: &str, name: &str) -> Option<k8s_openapi::ap
 
 async fn slices_of(env: &Env, ns: &str, svc: &str) -> Vec<k8s_openapi::api::discovery::v1::EndpointSlice> {
     let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(env.client.clone(), ns);
-    api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"))).await.map(|l| l.items).unwrap_or_default()
+    api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
 }
 
 /// (ready IPs, not-ready IPs) of an Endpoints object.
@@ -161,22 +204,38 @@ spec:
     .await;
     let mut ips: Vec<String> = pods.iter().map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap()).collect();
     ips.sort();
-    let ep = eventually(T, "endpoints with 3 not-ready addresses", || async { endpoints_of(&env, "default", "web").await.filter(|e| ep_ips(e).1.len() == 3) }).await;
+    let ep = eventually(T, "endpoints with 3 not-ready addresses", || async {
+        endpoints_of(&env, "default", "web").await.filter(|e| ep_ips(e).1.len() == 3)
+    })
+    .await;
     assert_eq!(ep_ips(&ep), (vec![], ips.clone()));
     let subset = &ep.subsets.as_ref().unwrap()[0];
     let port = &subset.ports.as_ref().unwrap()[0];
-    assert_eq!((port.name.as_deref(), port.port, port.protocol.as_deref()), (Some("web"), 8080, Some("TCP")), "named targetPort resolved");
+    assert_eq!(
+        (port.name.as_deref(), port.port, port.protocol.as_deref()),
+        (Some("web"), 8080, Some("TCP")),
+        "named targetPort resolved"
+    );
     let addr = &subset.not_ready_addresses.as_ref().unwrap()[0];
     assert!(addr.node_name.is_some());
     assert_eq!(addr.target_ref.as_ref().unwrap().kind.as_deref(), Some("Pod"));
     assert_eq!(ep.labels().get("tier").map(String::as_str), Some("front"));
     // publishNotReadyAddresses: all addresses ready.
-    let all = eventually(T, "web-all endpoints", || async { endpoints_of(&env, "default", "web-all").await.filter(|e| ep_ips(e).0.len() == 3) }).await;
+    let all = eventually(T, "web-all endpoints", || async {
+        endpoints_of(&env, "default", "web-all").await.filter(|e| ep_ips(e).0.len() == 3)
+    })
+    .await;
     assert_eq!(ep_ips(&all).0, ips);
     // The slice.
-    let slices = eventually(T, "one slice with 3 endpoints", || async { Some(slices_of(&env, "default", "web").await).filter(|s| s.len() == 1 && s[0].endpoints.len() == 3) }).await;
+    let slices = eventually(T, "one slice with 3 endpoints", || async {
+        Some(slices_of(&env, "default", "web").await).filter(|s| s.len() == 1 && s[0].endpoints.len() == 3)
+    })
+    .await;
     let s = &slices[0];
-    assert_eq!(s.labels().get("endpointslice.kubernetes.io/managed-by").map(String::as_str), Some("endpointslice-controller.k8s.io"));
+    assert_eq!(
+        s.labels().get("endpointslice.kubernetes.io/managed-by").map(String::as_str),
+        Some("endpointslice-controller.k8s.io")
+    );
     assert_eq!(s.address_type, "IPv4");
     assert!(s.metadata.generate_name.as_deref() == Some("web-"));
     let r = &s.owner_references()[0];
@@ -197,7 +256,11 @@ spec:
         eventually(Duration::from_secs(1), "endpoints to follow readiness within 1 s", || async {
             let ep = endpoints_of(&env, "default", "web").await?;
             let sl = slices_of(&env, "default", "web").await;
-            let slice_ready = sl.iter().flat_map(|s| s.endpoints.iter()).filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)).count();
+            let slice_ready = sl
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .count();
             (ep_ips(&ep).0.contains(&ip) && ep_ips(&ep).0.len() == i + 1 && slice_ready == i + 1).then_some(())
         })
         .await;
@@ -230,8 +293,44 @@ spec:
     assert!(!r.contains(&vip) && !n.contains(&vip), "terminating pod left Endpoints");
 
     // Deleting the service removes its Endpoints.
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(env.client.clone(), "default").delete("web", &DeleteParams::default()).await.unwrap();
-    eventually(T, "endpoints removed with the service", || async { endpoints_of(&env, "default", "web").await.is_none().then_some(()) }).await;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(env.client.clone(), "default")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(T, "endpoints removed with the service", || async {
+        endpoints_of(&env, "default", "web").await.is_none().then_some(())
+    })
+    .await;
+
+    // A service without a selector: its hand-written Endpoints are mirrored into a slice.
+    env.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {ports: [{name: pg, port: 5432}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ext}
+subsets: [{addresses: [{ip: 192.0.2.10}], ports: [{name: pg, port: 5432}]}]
+"#,
+    );
+    let mirrored = eventually(T, "mirrored slice", || async {
+        Some(slices_of(&env, "default", "ext").await).filter(|s| s.len() == 1)
+    })
+    .await;
+    assert_eq!(
+        mirrored[0].labels().get("endpointslice.kubernetes.io/managed-by").map(String::as_str),
+        Some("endpointslicemirroring-controller.k8s.io")
+    );
+    assert_eq!(mirrored[0].endpoints[0].addresses, vec!["192.0.2.10".to_string()]);
+    assert_eq!(mirrored[0].ports.as_ref().unwrap()[0].port, Some(5432));
+    assert_eq!(mirrored[0].owner_references()[0].kind, "Endpoints");
+    // The API server's own service is not mirrored (skip-mirror).
+    let k = slices_of(&env, "default", "kubernetes").await;
+    assert!(k.iter().all(|s| s.labels().get("endpointslice.kubernetes.io/managed-by").map(String::as_str)
+        != Some("endpointslicemirroring-controller.k8s.io")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,12 +374,26 @@ spec:
     spec: {containers: [{name: c, image: busybox}]}
 "#,
     );
-    eventually(T, "running pods", || async { Some(()).filter(|_| true).and(Some(env.live_pods("doomed", "app=a").await)).filter(|p| p.len() == 2) }).await;
+    eventually(T, "running pods", || async {
+        Some(()).filter(|_| true).and(Some(env.live_pods("doomed", "app=a").await)).filter(|p| p.len() == 2)
+    })
+    .await;
     let out = env.kubectl_ok(&["delete", "namespace", "doomed", "--timeout=20s"]);
     assert!(out.contains("namespace \"doomed\" deleted"), "{out}");
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
     assert!(nss.get_opt("doomed").await.unwrap().is_none(), "namespace gone");
-    for kind in ["pods", "services", "configmaps", "replicationcontrollers", "endpoints", "serviceaccounts", "deployments", "replicasets", "endpointslices", "events"] {
+    for kind in [
+        "pods",
+        "services",
+        "configmaps",
+        "replicationcontrollers",
+        "endpoints",
+        "serviceaccounts",
+        "deployments",
+        "replicasets",
+        "endpointslices",
+        "events",
+    ] {
         let out = env.kubectl_ok(&["get", kind, "-n", "doomed", "-o", "name"]);
         assert!(out.trim().is_empty(), "{kind} left behind: {out}");
     }
@@ -322,7 +435,8 @@ async fn garbage_collector_propagation() {
     env.apply(&rc_yaml("fg", 2));
     eventually(T, "fg pods running on n1", || async {
         let p = env.live_pods("default", "app=fg").await;
-        (p.len() == 2 && p.iter().all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("n1") && is_ready(p))).then_some(())
+        (p.len() == 2 && p.iter().all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("n1") && is_ready(p)))
+            .then_some(())
     })
     .await;
     env.kubelet().stop_node("n1");
@@ -362,7 +476,11 @@ async fn garbage_collector_propagation() {
 
 /// Follows the pods of a selector with a watch and records the lowest number of ready,
 /// non-terminating pods seen once `armed`.
-fn watch_min_ready(client: kube::Client, ns: &str, selector: &str) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
+fn watch_min_ready(
+    client: kube::Client,
+    ns: &str,
+    selector: &str,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<Pod> = Api::namespaced(client, ns);
@@ -420,8 +538,16 @@ spec:
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
     let st = d.status.clone().unwrap();
-    assert_eq!((st.replicas, st.updated_replicas, st.ready_replicas, st.available_replicas), (Some(3), Some(3), Some(3), Some(3)));
-    let conds: Vec<(String, String, String)> = st.conditions.unwrap().iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        (st.replicas, st.updated_replicas, st.ready_replicas, st.available_replicas),
+        (Some(3), Some(3), Some(3), Some(3))
+    );
+    let conds: Vec<(String, String, String)> = st
+        .conditions
+        .unwrap()
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone().unwrap_or_default()))
+        .collect();
     assert!(conds.contains(&("Available".into(), "True".into(), "MinimumReplicasAvailable".into())), "{conds:?}");
     assert!(conds.contains(&("Progressing".into(), "True".into(), "NewReplicaSetAvailable".into())), "{conds:?}");
     let list = rss.list(&ListParams::default().labels("app=web")).await.unwrap().items;
@@ -448,17 +574,30 @@ spec:
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("2"));
     let history = env.kubectl_ok(&["rollout", "history", "deployment/web"]);
-    assert!(history.lines().any(|l| l.split_whitespace().next() == Some("1")) && history.lines().any(|l| l.split_whitespace().next() == Some("2")), "{history}");
+    assert!(
+        history.lines().any(|l| l.split_whitespace().next() == Some("1"))
+            && history.lines().any(|l| l.split_whitespace().next() == Some("2")),
+        "{history}"
+    );
     let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
     let evs = events.list(&ListParams::default()).await.unwrap().items;
-    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("ScalingReplicaSet") && e.message.as_deref().is_some_and(|m| m.starts_with("Scaled up replica set web-") && m.contains(" from 0 to "))), "ScalingReplicaSet events");
+    assert!(
+        evs.iter().any(|e| e.reason.as_deref() == Some("ScalingReplicaSet")
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Scaled up replica set web-") && m.contains(" from 0 to "))),
+        "ScalingReplicaSet events"
+    );
 
     // Undo goes back to the first template, whose ReplicaSet becomes revision 3.
     env.kubectl_ok(&["rollout", "undo", "deployment/web"]);
     let out = env.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let pods = rc_pods(&env, "default", "app=web", 3).await;
-    assert!(pods.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:1")), "back to the first template");
+    assert!(
+        pods.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:1")),
+        "back to the first template"
+    );
     let first = rss.get(&first.name_any()).await.unwrap();
     assert_eq!(first.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("3"));
     assert_eq!(first.spec.as_ref().unwrap().replicas, Some(3));
@@ -511,13 +650,20 @@ spec:
     })
     .await;
     let victim_node = pods[0].spec.as_ref().unwrap().node_name.clone().unwrap();
-    let on_victim: Vec<String> = pods.iter().filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(victim_node.as_str())).map(|p| p.name_any()).collect();
+    let on_victim: Vec<String> = pods
+        .iter()
+        .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(victim_node.as_str()))
+        .map(|p| p.name_any())
+        .collect();
     env.kubelet().stop_node(&victim_node);
     let stopped = std::time::Instant::now();
     let node = eventually(T, "node Ready=Unknown with the unreachable taint", || async {
         let n = nodes.get(&victim_node).await.ok()?;
         let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?.clone();
-        let tainted = n.spec.as_ref()?.taints.as_ref()?.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute" && t.time_added.is_some());
+        let tainted =
+            n.spec.as_ref()?.taints.as_ref()?.iter().any(|t| {
+                t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute" && t.time_added.is_some()
+            });
         (ready.status == "Unknown" && tainted).then_some(n)
     })
     .await;
@@ -561,7 +707,8 @@ spec:
         async move {
             eventually(T, &format!("one ready daemon pod on each of {want:?}"), || async {
                 let pods = env.live_pods("default", "app=agent").await;
-                let mut nodes: Vec<String> = pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+                let mut nodes: Vec<String> =
+                    pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
                 nodes.sort();
                 (pods.len() == want.len() && nodes == want).then_some(pods)
             })
@@ -572,15 +719,30 @@ spec:
     for p in &pods {
         // Pinned by required node affinity on metadata.name, tolerating unreachable nodes.
         let na = serde_json::to_value(p.spec.as_ref().unwrap().affinity.as_ref().unwrap()).unwrap();
-        let field = &na["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0];
+        let field = &na["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"]
+            [0];
         assert_eq!(field["key"], "metadata.name");
         assert_eq!(field["values"][0].as_str(), p.spec.as_ref().unwrap().node_name.as_deref());
-        assert!(p.spec.as_ref().unwrap().tolerations.as_ref().unwrap().iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable") && t.toleration_seconds.is_none()));
+        assert!(
+            p.spec
+                .as_ref()
+                .unwrap()
+                .tolerations
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable") && t.toleration_seconds.is_none())
+        );
         assert!(p.labels().contains_key("controller-revision-hash"));
     }
     eventually(T, "status 2/2", || async {
         let s = dss.get("agent").await.ok()?.status?;
-        (s.desired_number_scheduled == 2 && s.current_number_scheduled == 2 && s.number_ready == 2 && s.number_available == Some(2) && s.updated_number_scheduled == Some(2)).then_some(())
+        (s.desired_number_scheduled == 2
+            && s.current_number_scheduled == 2
+            && s.number_ready == 2
+            && s.number_available == Some(2)
+            && s.updated_number_scheduled == Some(2))
+        .then_some(())
     })
     .await;
 
@@ -592,7 +754,14 @@ spec:
     nodes.delete("n2", &DeleteParams::default()).await.unwrap();
     per_node(&["n1", "n3"]).await;
     // A NoExecute taint the daemon does not tolerate drives it off the node.
-    nodes.patch("n1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoExecute"}]}}))).await.unwrap();
+    nodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoExecute"}]}})),
+        )
+        .await
+        .unwrap();
     per_node(&["n3"]).await;
     eventually(T, "status 1/1", || async {
         let s = dss.get("agent").await.ok()?.status?;
@@ -605,7 +774,11 @@ spec:
     env.kubectl_ok(&["set", "image", "daemonset/agent", "c=busybox:2"]);
     eventually(T, "daemon pods updated", || async {
         let pods = env.live_pods("default", "app=agent").await;
-        (pods.len() == 2 && pods.iter().all(|p| is_ready(p) && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:2"))).then_some(())
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| is_ready(p) && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:2")))
+        .then_some(())
     })
     .await;
 }
@@ -637,9 +810,18 @@ spec:
     ));
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
     let cond = |j: &k8s_openapi::api::batch::v1::Job, t: &str| -> Option<(String, String)> {
-        j.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t && c.status == "True").map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+        j.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+            .map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
     };
-    let ok = eventually(Duration::from_secs(20), "job ok complete", || async { jobs.get("ok").await.ok().filter(|j| cond(j, "Complete").is_some()) }).await;
+    let ok = eventually(Duration::from_secs(20), "job ok complete", || async {
+        jobs.get("ok").await.ok().filter(|j| cond(j, "Complete").is_some())
+    })
+    .await;
     let st = ok.status.clone().unwrap();
     assert_eq!((st.succeeded, st.failed.unwrap_or(0), st.active.unwrap_or(0)), (Some(3), 0, 0));
     assert!(st.completion_time.is_some() && st.start_time.is_some());
@@ -648,16 +830,26 @@ spec:
     assert_eq!(ok_pods.len(), 3, "exactly the completions were run");
     assert!(ok_pods.iter().all(|p| p.finalizers().is_empty()), "tracking finalizers removed");
 
-    let bad = eventually(Duration::from_secs(20), "job bad failed", || async { jobs.get("bad").await.ok().filter(|j| cond(j, "Failed").is_some()) }).await;
-    assert_eq!(cond(&bad, "Failed").unwrap(), ("BackoffLimitExceeded".to_string(), "Job has reached the specified backoff limit".to_string()));
+    let bad = eventually(Duration::from_secs(20), "job bad failed", || async {
+        jobs.get("bad").await.ok().filter(|j| cond(j, "Failed").is_some())
+    })
+    .await;
+    assert_eq!(
+        cond(&bad, "Failed").unwrap(),
+        ("BackoffLimitExceeded".to_string(), "Job has reached the specified backoff limit".to_string())
+    );
     assert_eq!(bad.status.as_ref().unwrap().failed, Some(3));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let bad_pods = env.pods("default").list(&ListParams::default().labels("job-name=bad")).await.unwrap().items;
     assert_eq!(bad_pods.len(), 3, "backoffLimit 2: three attempts, then no more");
     let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
     let evs = events.list(&ListParams::default()).await.unwrap().items;
-    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("Completed") && e.involved_object.name.as_deref() == Some("ok")));
-    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("BackoffLimitExceeded") && e.involved_object.name.as_deref() == Some("bad")));
+    assert!(
+        evs.iter().any(|e| e.reason.as_deref() == Some("Completed") && e.involved_object.name.as_deref() == Some("ok"))
+    );
+    assert!(evs.iter().any(
+        |e| e.reason.as_deref() == Some("BackoffLimitExceeded") && e.involved_object.name.as_deref() == Some("bad")
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,7 +912,10 @@ async fn resource_versions(env: &Env) -> std::collections::BTreeMap<String, Stri
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     for item in v["items"].as_array().unwrap() {
         let m = &item["metadata"];
-        out.insert(format!("{}/{}/{}", item["kind"], m["namespace"], m["name"]), m["resourceVersion"].as_str().unwrap_or("").to_string());
+        out.insert(
+            format!("{}/{}/{}", item["kind"], m["namespace"], m["name"]),
+            m["resourceVersion"].as_str().unwrap_or("").to_string(),
+        );
     }
     out
 }
@@ -783,7 +978,10 @@ async fn rc_of_1000() {
     let started = std::time::Instant::now();
     env.apply(&rc_yaml("big", 1000));
     let rcs: Api<ReplicationController> = Api::namespaced(env.client.clone(), "default");
-    eventually(Duration::from_secs(120), "1000 pods", || async { (rcs.get("big").await.ok()?.status?.replicas == 1000).then_some(()) }).await;
+    eventually(Duration::from_secs(120), "1000 pods", || async {
+        (rcs.get("big").await.ok()?.status?.replicas == 1000).then_some(())
+    })
+    .await;
     eprintln!("RC of 1000: all pods created and counted after {:?}", started.elapsed());
     assert_eq!(env.live_pods("default", "app=big").await.len(), 1000);
 }
@@ -813,8 +1011,11 @@ spec:
     .await;
     assert_eq!(job.status.as_ref().unwrap().completed_indexes.as_deref(), Some("0-3"));
     let pods = env.pods("default").list(&ListParams::default().labels("job-name=idx")).await.unwrap().items;
-    let mut idx: Vec<String> = pods.iter().map(|p| p.annotations()["batch.kubernetes.io/job-completion-index"].clone()).collect();
+    let mut idx: Vec<String> =
+        pods.iter().map(|p| p.annotations()["batch.kubernetes.io/job-completion-index"].clone()).collect();
     idx.sort();
     assert_eq!(idx, ["0", "1", "2", "3"]);
-    assert!(pods.iter().all(|p| p.name_any().starts_with(&format!("idx-{}-", p.annotations()["batch.kubernetes.io/job-completion-index"]))));
+    assert!(pods.iter().all(|p| {
+        p.name_any().starts_with(&format!("idx-{}-", p.annotations()["batch.kubernetes.io/job-completion-index"]))
+    }));
 }

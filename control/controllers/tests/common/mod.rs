@@ -38,9 +38,10 @@ impl Drop for Env {
     }
 }
 
-/// Whether `skiff control` can be told not to run its own controllers (kube-controller-manager's
-/// `--controllers` flag): these tests run the controllers in-process with their own settings,
-/// and two controller managers must not act on one API server.
+/// Whether `skiff control` can be told not to run its own controllers and scheduler
+/// (`--controllers= --disable-scheduler`): these tests run the controllers in-process with
+/// their own settings and bind pods with the test kubelet, and two controller managers must
+/// not act on one API server.
 fn control_has_controllers_flag() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
@@ -57,7 +58,7 @@ impl Env {
     /// `nodes` is not empty, a test kubelet for those nodes.
     pub async fn start(nodes: &[&str], tune: impl FnOnce(&mut ControllersConfig)) -> Result<Env> {
         let control = tokio::task::spawn_blocking(|| {
-            if control_has_controllers_flag() { Control::start_with(&["--controllers=-*"]) } else { Control::start() }
+            if control_has_controllers_flag() { Control::start_api_only(&[]) } else { Control::start() }
         })
         .await??;
         let client = control.client().await?;
@@ -125,7 +126,10 @@ where
 }
 
 pub fn is_ready(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A simulated kubelet for a set of nodes: registers them, renews their leases, binds pending
@@ -221,7 +225,8 @@ async fn renew_leases(client: Client, alive: Arc<Mutex<HashSet<String>>>) {
 /// The node a DaemonSet-style pod is pinned to by its required node affinity.
 fn affinity_node(p: &Pod) -> Option<String> {
     let v = serde_json::to_value(p.spec.as_ref()?.affinity.as_ref()?).ok()?;
-    let terms = v["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array()?.clone();
+    let terms =
+        v["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array()?.clone();
     for t in terms {
         for f in t["matchFields"].as_array().cloned().unwrap_or_default() {
             if f["key"] == "metadata.name" && f["operator"] == "In" {
@@ -280,7 +285,8 @@ impl KubeletState {
                 Some(n) => self.alive.lock().unwrap().contains(&n).then_some(n),
                 None => {
                     let alive = self.alive.lock().unwrap().clone();
-                    let live: Vec<String> = self.nodes.lock().unwrap().iter().filter(|n| alive.contains(*n)).cloned().collect();
+                    let live: Vec<String> =
+                        self.nodes.lock().unwrap().iter().filter(|n| alive.contains(*n)).cloned().collect();
                     if live.is_empty() {
                         None
                     } else {
@@ -291,7 +297,8 @@ impl KubeletState {
             };
             if let Some(target) = target {
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
-                let _ = papi.create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding).await;
+                let _ =
+                    papi.create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding).await;
             }
             return;
         };

@@ -1,0 +1,541 @@
+//! The service proxy end to end (root required): a real `skiff control`, a Service and
+//! EndpointSlices written through the API, the proxy programming the eBPF dataplane, and a client
+//! in a cgroup this test made connecting to the ClusterIP.
+//!
+//! Safe by construction (DESIGN.md §5): the programs attach only to the test's own cgroup v2
+//! directory; backends listen on 127.0.0.1; the service range is blackholed before anything is
+//! sent and the route is removed afterwards only if this test added it; guards release everything
+//! (proxy stopped, programs detached, pins removed, cgroup removed, route) also when an assertion
+//! fails.
+//!
+//! Needs the object from `cargo xtask build-ebpf` and the `skiff` binary (`target/debug/skiff` or
+//! `$SKIFF_BIN`); skips with a message when either is missing.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use skiff_agent::dataplane::{Config, Dataplane, ObjectSource, Protocol, default_object_path};
+use skiff_agent::proxy::{NodeProxyConfig, Proxy, ProxyConfig, run_node_proxy};
+use skiff_agent::route::{BlackholeRoute, Ipv4Cidr, blackhole_present, default_service_range};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+const CLIENT_ENV: &str = "SKIFF_PROXY_CLIENT";
+const PREFIX: &str = "SKIFF:";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------------------
+// Client side (child process in the test cgroup)
+
+/// Not a test of its own: the body of the client child process.
+#[test]
+fn client_helper() {
+    let Ok(script) = std::env::var(CLIENT_ENV) else { return };
+    let parts: Vec<&str> = script.split_whitespace().collect();
+    let addr: SocketAddr = parts[0].parse().unwrap();
+    for _ in 0..parts[1].parse::<u32>().unwrap() {
+        let t = Instant::now();
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                let micros = t.elapsed().as_micros();
+                let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_else(|e| format!("error:{e}"));
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut id = String::new();
+                let _ = s.read_to_string(&mut id);
+                println!("{PREFIX}ok {} {peer} {micros}", id.trim());
+            }
+            Err(e) => println!(
+                "{PREFIX}err {:?} {} {}",
+                e.kind(),
+                e.raw_os_error().unwrap_or(0),
+                t.elapsed().as_micros()
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Ok { id: String, peer: String },
+    Err { kind: String, errno: i32, micros: u64 },
+}
+
+fn run_client(cgroup: &Path, addr: SocketAddrV4, n: u32) -> Vec<Outcome> {
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "client_helper", "--nocapture", "--test-threads", "1"]).env(CLIENT_ENV, format!("{addr} {n}"));
+    // SAFETY: only async-signal-safe calls between fork and exec; "0" moves the writer itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("running the client child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .filter_map(|l| l.find(PREFIX).map(|i| &l[i + PREFIX.len()..]))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[0] {
+                "ok" => Outcome::Ok { id: f[1].into(), peer: f[2].into() },
+                _ => Outcome::Err { kind: f[1].into(), errno: f[2].parse().unwrap(), micros: f[3].parse().unwrap() },
+            }
+        })
+        .collect()
+}
+
+fn tally(outcomes: &[Outcome]) -> (HashMap<String, u32>, Vec<&Outcome>) {
+    let mut ok = HashMap::new();
+    let mut errs = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Ok { id, .. } => *ok.entry(id.clone()).or_insert(0) += 1,
+            e => errs.push(e),
+        }
+    }
+    (ok, errs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guards
+
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let p = Path::new(CGROUP2_ROOT).join(format!("skiff-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
+        assert_ne!(p, Path::new(CGROUP2_ROOT), "never the root cgroup");
+        TestCgroup(p)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    eprintln!("removing {}: {e}", self.0.display());
+                    return;
+                }
+            }
+        }
+        eprintln!("cgroup {} still busy; left behind", self.0.display());
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// The test's own blackhole route (through the agent's rtnetlink code), removed on drop only if
+/// added here.
+struct RouteGuard(Option<BlackholeRoute>);
+
+impl RouteGuard {
+    fn ensure() -> Self {
+        let r = block_on(BlackholeRoute::ensure(default_service_range())).expect("blackhole route");
+        assert!(block_on(blackhole_present(default_service_range())).unwrap());
+        // The kernel's decision for a VIP must be the blackhole, not a device.
+        let out = Command::new("ip").args(["-4", "route", "get", "10.96.100.1"]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!text.contains(" dev "), "10.96.100.1 would be routed to a device: {text}");
+        RouteGuard(Some(r))
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take()
+            && let Err(e) = block_on(r.remove())
+        {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+/// Removes the pin directory's files (fallback when the proxy thread died without cleanup).
+struct PinsGuard(PathBuf);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        if let Ok(files) = std::fs::read_dir(&self.0) {
+            for f in files.flatten() {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The running node proxy (its own thread and runtime); stopped (with cleanup) on drop.
+struct ProxyGuard {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ProxyGuard {
+    fn start(kubeconfig: PathBuf, config: NodeProxyConfig, proxy: Arc<Proxy>) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(async move {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                let client = kube::Client::try_from(cfg)?;
+                run_node_proxy(client, &config, &proxy, async {
+                    let _ = rx.await;
+                })
+                .await
+            })
+        });
+        ProxyGuard { stop: Some(tx), thread: Some(thread) }
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("proxy thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for ProxyGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("proxy: {e:#}");
+        }
+    }
+}
+
+/// Loopback TCP backends that answer with their id.
+struct Backends {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddrV4>,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Backends {
+    fn tcp(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let mut threads = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            let SocketAddr::V4(a) = l.local_addr().unwrap() else { unreachable!() };
+            addrs.push(a);
+            let id = format!("be{i}");
+            let (stop, counts) = (stop.clone(), counts.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.write_all(id.as_bytes());
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(200)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }));
+        }
+        Backends { stop, threads, addrs, counts }
+    }
+
+    fn count(&self, id: &str) -> u32 {
+        self.counts.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Removes cgroups and pin directories of earlier test processes killed before their guards ran.
+fn sweep_leftovers() {
+    let alive = |name: &str| -> bool {
+        let pid =
+            name.strip_prefix("skiff-test-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            None => true,
+        }
+    };
+    for (root, is_pins) in [(CGROUP2_ROOT, false), ("/sys/fs/bpf", true)] {
+        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("skiff-test-") || alive(&name) {
+                continue;
+            }
+            if is_pins && let Ok(files) = std::fs::read_dir(e.path()) {
+                for f in files.flatten() {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connecting to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the first metric line starting with `prefix` (name and labels).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// Polls `/metrics` until `cond` holds; returns the time it took.
+fn wait_metrics(addr: SocketAddr, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        let m = scrape(addr);
+        if cond(&m) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}; metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+fn preconditions() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: the proxy tests need root");
+        return false;
+    }
+    if !default_object_path().exists() {
+        eprintln!("skipping: {} is missing (run `cargo xtask build-ebpf`)", default_object_path().display());
+        return false;
+    }
+    if !skiff_tests::skiff_bin().exists() {
+        eprintln!("skipping: {} is missing (build the skiff binary)", skiff_tests::skiff_bin().display());
+        return false;
+    }
+    true
+}
+
+#[test]
+fn blackhole_route_is_added_once_and_removed_only_by_its_owner() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A range of its own inside the service range's neighbourhood that nothing else uses.
+    let range: Ipv4Cidr = "10.111.250.0/24".parse().unwrap();
+    let _outer = RouteGuard::ensure(); // so the /24 never matters for routing even if left behind
+    assert!(!block_on(blackhole_present(range)).unwrap(), "{range} already blackholed");
+    let first = block_on(BlackholeRoute::ensure(range)).unwrap();
+    assert!(first.added);
+    assert!(block_on(blackhole_present(range)).unwrap());
+    let second = block_on(BlackholeRoute::ensure(range)).unwrap();
+    assert!(!second.added, "a present route is not ours");
+    block_on(second.remove()).unwrap();
+    assert!(block_on(blackhole_present(range)).unwrap(), "removed by a non-owner");
+    block_on(first.remove()).unwrap();
+    assert!(!block_on(blackhole_present(range)).unwrap(), "left behind by its owner");
+}
+
+#[test]
+fn services_and_endpointslices_drive_the_dataplane() {
+    if !preconditions() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    sweep_leftovers();
+    // Drop order (reverse of declaration): proxy stopped and cleaned up, pins fallback, cgroup,
+    // then the route.
+    let _route = RouteGuard::ensure();
+    let cgroup = TestCgroup::new("proxy");
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-proxy", std::process::id()));
+    let _pins = PinsGuard(pin_dir.clone());
+    let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
+
+    // A previous agent's leftover in the pinned maps: must be removed by the first sync.
+    let stale = Ipv4Addr::new(10, 96, 200, 200);
+    {
+        let mut dp = Dataplane::load(&dp_config).expect("loading the dataplane");
+        dp.services.upsert_service(stale, 99, Protocol::Tcp, &[(Ipv4Addr::LOCALHOST, 1)]).unwrap();
+        // dropped without cleanup(): the maps stay pinned, like after an agent restart
+    }
+
+    let control = skiff_tests::Control::start().expect("starting skiff control");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = rt.block_on(control.client()).unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+
+    let backends = Backends::tcp(3);
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))
+    .unwrap();
+    let svc = rt.block_on(services.create(&PostParams::default(), &svc)).expect("creating the Service");
+    let vip: Ipv4Addr = svc.spec.as_ref().unwrap().cluster_ip.as_ref().expect("a ClusterIP").parse().unwrap();
+    assert!(default_service_range().contains(vip), "ClusterIP {vip} outside the blackholed range");
+    let target = SocketAddrV4::new(vip, 80);
+    // One slice per backend: the backends share 127.0.0.1 and differ in port, and a slice has one
+    // port list for all its endpoints.
+    for (i, a) in backends.addrs.iter().enumerate() {
+        let s: EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("web-test-{i}"), "labels": {
+                "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "skiff-agent-test"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": a.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        rt.block_on(slices.create(&PostParams::default(), &s)).expect("creating an EndpointSlice");
+    }
+
+    let proxy = Arc::new(
+        Proxy::new(ProxyConfig { metrics_listen: Some("127.0.0.1:0".parse().unwrap()), ..Default::default() }).unwrap(),
+    );
+    let maddr = proxy.metrics_addr().unwrap();
+    let pmetrics = proxy.metrics();
+    let node_config = NodeProxyConfig {
+        dataplane: dp_config.clone(),
+        cgroup: cgroup.0.clone(),
+        service_range: default_service_range(),
+        cleanup_on_exit: true,
+    };
+    let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
+
+    // Programmed: 3 backends for the Service's frontend, the stale frontend gone.
+    let fe_label = format!("frontend=\"{vip}:80/TCP\"");
+    let backends_line = format!("skiff_service_backends{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}");
+    let took = wait_metrics(maddr, "3 backends", Duration::from_secs(20), |m| metric(m, &backends_line) == Some(3.0));
+    eprintln!("proxy start → service programmed: {took:?}");
+    let m = scrape(maddr);
+    assert!(!m.contains("10.96.200.200:99"), "the stale pinned frontend was not removed:\n{m}");
+    assert!(running.is_running());
+
+    // 300 connections spread over the 3 backends, each ≥ 20%; getpeername shows the ClusterIP.
+    let out = run_client(&cgroup.0, target, 300);
+    let (ok, errs) = tally(&out);
+    assert!(errs.is_empty(), "failed connections: {errs:?}");
+    for i in 0..3 {
+        let n = ok.get(&format!("be{i}")).copied().unwrap_or(0);
+        assert!(n >= 60, "be{i} got {n} of 300: {ok:?}");
+    }
+    for o in &out {
+        if let Outcome::Ok { peer, .. } = o {
+            assert_eq!(peer, &target.to_string(), "getpeername must show the service address");
+        }
+    }
+    let m = scrape(maddr);
+    let translated = format!("skiff_service_connections_translated_total{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}");
+    assert_eq!(metric(&m, &translated), Some(300.0), "per-service counter:\n{m}");
+
+    // be1 becomes not ready: 1 s after the API write, no new connection reaches it.
+    let t = Instant::now();
+    let patch = json!({"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": false}}]});
+    rt.block_on(slices.patch("web-test-1", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    let took = wait_metrics(maddr, "2 backends", Duration::from_secs(1), |m| metric(m, &backends_line) == Some(2.0));
+    eprintln!("API write (not ready) → maps updated, seen through /metrics: {took:?}");
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    let before = backends.count("be1");
+    let out = run_client(&cgroup.0, target, 100);
+    let (ok, errs) = tally(&out);
+    assert!(errs.is_empty(), "failed connections: {errs:?}");
+    assert_eq!(ok.get("be1"), None, "a not-ready endpoint got connections: {ok:?}");
+    assert_eq!(backends.count("be1"), before);
+    assert!(ok.contains_key("be0") && ok.contains_key("be2"), "{ok:?}");
+
+    // All endpoints gone: ECONNREFUSED at once.
+    for i in 0..3 {
+        rt.block_on(slices.delete(&format!("web-test-{i}"), &DeleteParams::default())).unwrap();
+    }
+    let took = wait_metrics(maddr, "0 backends", Duration::from_secs(2), |m| metric(m, &backends_line) == Some(0.0));
+    eprintln!("API delete (slices) → maps updated: {took:?}");
+    let out = run_client(&cgroup.0, target, 20);
+    for o in &out {
+        match o {
+            Outcome::Err { kind, errno, micros } => {
+                assert_eq!((kind.as_str(), *errno), ("ConnectionRefused", libc::ECONNREFUSED), "{o:?}");
+                assert!(*micros < 10_000, "refusal took {micros} µs");
+            }
+            other => panic!("connected to a service without endpoints: {other:?}"),
+        }
+    }
+
+    // The Service deleted: no translation any more (the blackhole refuses locally).
+    rt.block_on(services.delete("web", &DeleteParams::default())).unwrap();
+    let took = wait_metrics(maddr, "frontend removed", Duration::from_secs(2), |m| !m.contains(&fe_label));
+    eprintln!("API delete (service) → maps updated: {took:?}");
+    let out = run_client(&cgroup.0, target, 1);
+    match &out[0] {
+        Outcome::Err { errno, .. } => assert_ne!(*errno, libc::ECONNREFUSED, "still translated: {:?}", out[0]),
+        other => panic!("an untranslated VIP connected: {other:?}"),
+    }
+
+    let h = &pmetrics.programming_latency;
+    eprintln!(
+        "programming latency (watch event → maps): n={} p50={:?} p99={:?} max={:?}",
+        h.count(),
+        h.quantile(0.5).unwrap_or_default(),
+        h.quantile(0.99).unwrap_or_default(),
+        h.quantile(1.0).unwrap_or_default()
+    );
+    assert!(h.count() >= 5, "latency observations: {}", h.count());
+    assert!(h.quantile(0.99).unwrap() < Duration::from_millis(500));
+
+    running.stop().expect("the proxy ran without error");
+    assert!(!pin_dir.exists(), "pins left behind at {}", pin_dir.display());
+}

@@ -42,7 +42,10 @@ impl FromStr for Ipv4Cidr {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let (a, l) = s.split_once('/').with_context(|| format!("{s:?} is not an IPv4 prefix (a.b.c.d/len)"))?;
-        Self::new(a.parse().with_context(|| format!("address in {s:?}"))?, l.parse().with_context(|| format!("length in {s:?}"))?)
+        Self::new(
+            a.parse().with_context(|| format!("address in {s:?}"))?,
+            l.parse().with_context(|| format!("length in {s:?}"))?,
+        )
     }
 }
 

@@ -45,7 +45,9 @@ fn client_helper() {
     let Ok(script) = std::env::var(CLIENT_ENV) else { return };
     let parts: Vec<&str> = script.split_whitespace().collect();
     let addr: SocketAddr = parts[0].parse().unwrap();
+    let pause = Duration::from_millis(parts.get(2).map(|p| p.parse().unwrap()).unwrap_or(0));
     for _ in 0..parts[1].parse::<u32>().unwrap() {
+        std::thread::sleep(pause);
         let t = Instant::now();
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut s) => {
@@ -56,12 +58,9 @@ fn client_helper() {
                 let _ = s.read_to_string(&mut id);
                 println!("{PREFIX}ok {} {peer} {micros}", id.trim());
             }
-            Err(e) => println!(
-                "{PREFIX}err {:?} {} {}",
-                e.kind(),
-                e.raw_os_error().unwrap_or(0),
-                t.elapsed().as_micros()
-            ),
+            Err(e) => {
+                println!("{PREFIX}err {:?} {} {}", e.kind(), e.raw_os_error().unwrap_or(0), t.elapsed().as_micros())
+            }
         }
     }
 }
@@ -73,9 +72,15 @@ enum Outcome {
 }
 
 fn run_client(cgroup: &Path, addr: SocketAddrV4, n: u32) -> Vec<Outcome> {
+    collect_client(spawn_client(cgroup, &format!("{addr} {n}")))
+}
+
+/// Starts a client child in `cgroup` with the script "ADDR COUNT [PAUSE_MS]".
+fn spawn_client(cgroup: &Path, script: &str) -> std::process::Child {
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "client_helper", "--nocapture", "--test-threads", "1"]).env(CLIENT_ENV, format!("{addr} {n}"));
+    cmd.args(["--exact", "client_helper", "--nocapture", "--test-threads", "1"]).env(CLIENT_ENV, script);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     // SAFETY: only async-signal-safe calls between fork and exec; "0" moves the writer itself.
     unsafe {
         cmd.pre_exec(move || {
@@ -92,7 +97,11 @@ fn run_client(cgroup: &Path, addr: SocketAddrV4, n: u32) -> Vec<Outcome> {
             Ok(())
         });
     }
-    let out = cmd.output().expect("running the client child");
+    cmd.spawn().expect("running the client child")
+}
+
+fn collect_client(child: std::process::Child) -> Vec<Outcome> {
+    let out = child.wait_with_output().expect("running the client child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     stdout
@@ -180,17 +189,17 @@ impl Drop for RouteGuard {
     }
 }
 
-/// Removes the pin directory's files (fallback when the proxy thread died without cleanup).
+/// Removes the pin directory with everything in it (fallback when the proxy died without
+/// cleanup); removing pinned links detaches their programs.
 struct PinsGuard(PathBuf);
 
 impl Drop for PinsGuard {
     fn drop(&mut self) {
-        if let Ok(files) = std::fs::read_dir(&self.0) {
-            for f in files.flatten() {
-                let _ = std::fs::remove_file(f.path());
-            }
+        if self.0.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.0)
+        {
+            eprintln!("removing {}: {e}", self.0.display());
         }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -310,12 +319,11 @@ fn sweep_leftovers() {
             if !name.starts_with("skiff-test-") || alive(&name) {
                 continue;
             }
-            if is_pins && let Ok(files) = std::fs::read_dir(e.path()) {
-                for f in files.flatten() {
-                    let _ = std::fs::remove_file(f.path());
-                }
+            if is_pins {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else {
+                let _ = std::fs::remove_dir(e.path());
             }
-            let _ = std::fs::remove_dir(e.path());
         }
     }
 }
@@ -454,12 +462,14 @@ fn services_and_endpointslices_drive_the_dataplane() {
         cgroup: cgroup.0.clone(),
         service_range: default_service_range(),
         cleanup_on_exit: true,
+        pin_links: true,
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
 
     // Programmed: 3 backends for the Service's frontend, the stale frontend gone.
     let fe_label = format!("frontend=\"{vip}:80/TCP\"");
-    let backends_line = format!("skiff_service_backends{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}");
+    let backends_line =
+        format!("skiff_service_backends{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}");
     let took = wait_metrics(maddr, "3 backends", Duration::from_secs(20), |m| metric(m, &backends_line) == Some(3.0));
     eprintln!("proxy start → service programmed: {took:?}");
     let m = scrape(maddr);
@@ -480,7 +490,9 @@ fn services_and_endpointslices_drive_the_dataplane() {
         }
     }
     let m = scrape(maddr);
-    let translated = format!("skiff_service_connections_translated_total{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}");
+    let translated = format!(
+        "skiff_service_connections_translated_total{{namespace=\"default\",service=\"web\",port=\"http\",{fe_label}}}"
+    );
     assert_eq!(metric(&m, &translated), Some(300.0), "per-service counter:\n{m}");
 
     // be1 becomes not ready: 1 s after the API write, no new connection reaches it.
@@ -538,4 +550,233 @@ fn services_and_endpointslices_drive_the_dataplane() {
 
     running.stop().expect("the proxy ran without error");
     assert!(!pin_dir.exists(), "pins left behind at {}", pin_dir.display());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent restart (kill -9) with pinned links
+
+const AGENT_ENV: &str = "SKIFF_PROXY_AGENT";
+
+/// Not a test of its own: the body of an agent child process ("KUBECONFIG|PIN_DIR|CGROUP|METRICS").
+/// Runs the node proxy without cleanup until killed, as a production agent does.
+#[test]
+fn agent_helper() {
+    let Ok(args) = std::env::var(AGENT_ENV) else { return };
+    let a: Vec<&str> = args.split('|').collect();
+    let config = NodeProxyConfig {
+        dataplane: Config { object: ObjectSource::Path(default_object_path()), pin_dir: PathBuf::from(a[1]) },
+        cgroup: PathBuf::from(a[2]),
+        service_range: default_service_range(),
+        cleanup_on_exit: false,
+        pin_links: true,
+    };
+    let proxy = Proxy::new(ProxyConfig { metrics_listen: Some(a[3].parse().unwrap()), ..Default::default() }).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(a[0]).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        run_node_proxy(client, &config, &proxy, std::future::pending()).await.unwrap();
+    });
+}
+
+/// An agent child process, killed with SIGKILL on drop.
+struct AgentChild(std::process::Child);
+
+impl AgentChild {
+    fn start(kubeconfig: &Path, pin_dir: &Path, cgroup: &Path, metrics: SocketAddr) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "agent_helper", "--nocapture", "--test-threads", "1"])
+            .env(AGENT_ENV, format!("{}|{}|{}|{metrics}", kubeconfig.display(), pin_dir.display(), cgroup.display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the agent child");
+        AgentChild(child)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn pin_inodes(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<(String, u64)> =
+        walk(dir).into_iter().map(|p| (p.display().to_string(), p.metadata().unwrap().ino())).collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_and_restart_of_the_agent_fails_no_connection() {
+    if !preconditions() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    sweep_leftovers();
+    let _route = RouteGuard::ensure();
+    let cgroup = TestCgroup::new("restart");
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-restart", std::process::id()));
+    let _pins = PinsGuard(pin_dir.clone());
+
+    let control = skiff_tests::Control::start().expect("starting skiff control");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = rt.block_on(control.client()).unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let backends = Backends::tcp(3);
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    let svc = rt.block_on(services.create(&PostParams::default(), &svc)).unwrap();
+    let vip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    assert!(default_service_range().contains(vip));
+    let target = SocketAddrV4::new(vip, 80);
+    for (i, a) in backends.addrs.iter().enumerate() {
+        let s: EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("web-test-{i}"), "labels": {
+                "kubernetes.io/service-name": "web", "endpointslice.kubernetes.io/managed-by": "skiff-agent-test"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": a.port(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        rt.block_on(slices.create(&PostParams::default(), &s)).unwrap();
+    }
+
+    let backends_line = format!(
+        "skiff_service_backends{{namespace=\"default\",service=\"web\",port=\"http\",frontend=\"{vip}:80/TCP\"}}"
+    );
+    let m1 = free_port();
+    let mut agent = AgentChild::start(&control.kubeconfig, &pin_dir, &cgroup.0, m1);
+    wait_metrics_up(m1, Duration::from_secs(20));
+    wait_metrics(m1, "3 backends", Duration::from_secs(20), |m| metric(m, &backends_line) == Some(3.0));
+    let pins_before = pin_inodes(&pin_dir);
+    assert_eq!(pins_before.iter().filter(|(p, _)| p.contains("/links/")).count(), 4, "{pins_before:?}");
+
+    // Continuous connections (bounded: 400 × ≥5 ms) across kill -9 and a restart.
+    let client_child = spawn_client(&cgroup.0, &format!("{target} 400 5"));
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill9();
+    std::thread::sleep(Duration::from_millis(700));
+    let m2 = free_port();
+    let mut agent = AgentChild::start(&control.kubeconfig, &pin_dir, &cgroup.0, m2);
+    wait_metrics_up(m2, Duration::from_secs(20));
+    wait_metrics(m2, "3 backends after restart", Duration::from_secs(20), |m| metric(m, &backends_line) == Some(3.0));
+    let out = collect_client(client_child);
+    let (ok, errs) = tally(&out);
+    eprintln!("across kill -9 + restart: {} ok, {} failed: {ok:?}", ok.values().sum::<u32>(), errs.len());
+    assert!(errs.is_empty(), "failed connections across the restart: {errs:?}");
+    assert_eq!(out.len(), 400);
+    // The restarted agent reused the pinned links and maps instead of attaching or creating anew.
+    assert_eq!(pin_inodes(&pin_dir), pins_before, "pins replaced by the restarted agent");
+
+    // The restarted agent programs what the (reused) programs use.
+    let patch = json!({"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": false}}]});
+    rt.block_on(slices.patch("web-test-1", &PatchParams::default(), &Patch::Merge(&patch))).unwrap();
+    wait_metrics(m2, "2 backends", Duration::from_secs(1), |m| metric(m, &backends_line) == Some(2.0));
+    let out = run_client(&cgroup.0, target, 60);
+    let (ok, errs) = tally(&out);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(ok.get("be1"), None, "{ok:?}");
+    agent.kill9();
+    // _pins removes maps and links (detaching the programs), then the cgroup and the route go.
+}
+
+/// Waits until something answers on the metrics address.
+fn wait_metrics_up(addr: SocketAddr, timeout: Duration) {
+    let t = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(t.elapsed() < timeout, "the agent's /metrics on {addr} did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The proxy's full-recompute sync at scale (no API server: objects built in memory), on the
+/// real maps: 10,000 services × 3 endpoints from scratch, then one endpoint change with 10,000
+/// present. The programs are loaded but attached nowhere.
+#[test]
+fn full_sync_with_10k_services() {
+    if unsafe { libc::geteuid() } != 0 || !default_object_path().exists() {
+        eprintln!("skipping: needs root and the eBPF object");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    sweep_leftovers();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-scale", std::process::id()));
+    let _pins = PinsGuard(pin_dir.clone());
+    let mut dp = Dataplane::load(&Config { object: ObjectSource::Path(default_object_path()), pin_dir }).unwrap();
+
+    let n = 10_000u32;
+    let svc = |i: u32| -> Arc<Service> {
+        let ip = Ipv4Addr::from(0x0a64_0000 + i); // 10.100.x.y, inside 10.96.0.0/12
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"namespace": "bench", "name": format!("s{i}")},
+                "spec": {"clusterIP": ip.to_string(), "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+            .unwrap(),
+        )
+    };
+    let slice = |i: u32, ready_last: bool| -> Arc<EndpointSlice> {
+        let ep = |k: u32, ready: bool| json!({"addresses": [Ipv4Addr::from(0x0af4_0000 + i * 4 + k).to_string()], "conditions": {"ready": ready}});
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "bench", "name": format!("s{i}-1"), "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [ep(0, true), ep(1, true), ep(2, ready_last)]}))
+            .unwrap(),
+        )
+    };
+    let services: Vec<Arc<Service>> = (0..n).map(svc).collect();
+    let mut slices: Vec<Arc<EndpointSlice>> = (0..n).map(|i| slice(i, true)).collect();
+
+    let t = Instant::now();
+    let d = skiff_agent::proxy::desired::compute(&services, &slices);
+    let compute = t.elapsed();
+    let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
+    let scratch = t.elapsed();
+    assert!(ok);
+    assert_eq!(dp.services.len(), n as usize);
+    assert_eq!(writes, n as usize * 4);
+
+    slices[5000] = slice(5000, false);
+    let t = Instant::now();
+    let d = skiff_agent::proxy::desired::compute(&services, &slices);
+    let compute_one = t.elapsed();
+    let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
+    let one = t.elapsed();
+    assert!(ok);
+    assert_eq!(writes, 2, "one slot deleted and the count rewritten");
+    eprintln!(
+        "full-recompute sync (initial list, relist, 30 s resync), 10,000 services x 3 endpoints: from scratch {scratch:?} (compute {compute:?}); \
+         one change with 10,000 present {one:?} (compute {compute_one:?})"
+    );
+    assert!(scratch < Duration::from_secs(10), "{scratch:?}");
+    assert!(one < Duration::from_secs(2), "{one:?}");
+    dp.cleanup().unwrap();
 }

@@ -48,6 +48,10 @@ pub struct DnsConfig {
     pub cache_size: usize,
     /// Tasks receiving on the UDP socket.
     pub udp_workers: usize,
+    /// Answer a pod's search-path expansion of an external name (`example.com.<ns>.svc.D`) in
+    /// one round trip (CNAME to the bare name + its records). Assumes pods' search lists are the
+    /// cluster default without host search domains; turn off otherwise.
+    pub autopath: bool,
 }
 
 impl Default for DnsConfig {
@@ -61,6 +65,7 @@ impl Default for DnsConfig {
             forward_timeout: Duration::from_secs(2),
             cache_size: 10_000,
             udp_workers: 2,
+            autopath: true,
         }
     }
 }
@@ -96,6 +101,18 @@ impl DnsServer {
         Ok(())
     }
 
+    /// Stops every task and waits until they are gone (so the ports can be bound again; queries
+    /// still being forwarded keep the UDP socket until their timeout).
+    pub async fn shutdown(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
     /// Runs until one of the tasks ends (they do not, normally).
     pub async fn wait(mut self) -> Result<()> {
         let (r, _, rest) = futures::future::select_all(std::mem::take(&mut self.tasks)).await;
@@ -123,7 +140,10 @@ async fn bind(listen: SocketAddr) -> Result<(Arc<UdpSocket>, TcpListener)> {
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no port")).context(format!("binding TCP {listen}")))
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no port"))
+        .context(format!("binding TCP {listen}")))
 }
 
 /// Starts the server: binds, starts the watchers and listeners, and returns at once (the zone
@@ -132,7 +152,9 @@ pub async fn start(client: Client, config: DnsConfig) -> Result<DnsServer> {
     let (udp, tcp) = bind(config.listen).await?;
     let dns_addr = udp.local_addr()?;
     let forwarder = Forwarder::new(config.upstreams.clone(), config.forward_timeout, config.cache_size);
-    let shared = Arc::new(Shared::new(Zone::empty(&config.domain, config.ttl), forwarder));
+    let mut shared = Shared::new(Zone::empty(&config.domain, config.ttl), forwarder);
+    shared.autopath = config.autopath;
+    let shared = Arc::new(shared);
     let mut tasks = Vec::new();
     for _ in 0..config.udp_workers.max(1) {
         tasks.push(tokio::spawn(server::udp_loop(udp.clone(), shared.clone())));
@@ -159,7 +181,8 @@ pub async fn start(client: Client, config: DnsConfig) -> Result<DnsServer> {
 pub async fn run(kubeconfig: Option<&Path>, config: DnsConfig) -> Result<()> {
     let client = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            let kc =
+                kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
             Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
         }
         None => Client::try_default().await?,
@@ -177,12 +200,19 @@ fn http_app(shared: Arc<Shared>) -> axum::Router {
     let m = shared.clone();
     let r = shared.clone();
     axum::Router::new()
-        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], m.metrics.render()) }))
+        .route(
+            "/metrics",
+            get(move || async move { ([("content-type", "text/plain; version=0.0.4")], m.metrics.render()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || async move {
-                if r.synced.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "index not synced") }
+                if r.synced.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "index not synced")
+                }
             }),
         )
 }
@@ -194,13 +224,41 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
     let (slices, w2) = reflector::store::<EndpointSlice>();
     let (pods, w3) = reflector::store::<Pod>();
     let cfg = watcher::Config::default();
-    let t1 = tokio::spawn(follow(reflector(w1, watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff()), changed.clone(), "services"));
-    let t2 = tokio::spawn(follow(
-        reflector(w2, watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()).default_backoff()),
-        changed.clone(),
-        "endpointslices",
-    ));
-    let t3 = tokio::spawn(follow(reflector(w3, watcher(Api::<Pod>::all(client), cfg).default_backoff()), changed.clone(), "pods"));
+    // The stores keep only what the zone needs (memory per object matters at 10k services).
+    let services_stream =
+        watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff().modify(|s: &mut Service| {
+            slim_meta(&mut s.metadata);
+            s.status = None;
+        });
+    let slices_stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()).default_backoff().modify(
+        |s: &mut EndpointSlice| {
+            slim_meta(&mut s.metadata);
+            for e in &mut s.endpoints {
+                e.target_ref = None;
+                e.deprecated_topology = None;
+                e.hints = None;
+                e.node_name = None;
+                e.zone = None;
+            }
+        },
+    );
+    let pods_stream = watcher(Api::<Pod>::all(client), cfg).default_backoff().modify(|p: &mut Pod| {
+        slim_meta(&mut p.metadata);
+        p.metadata.labels = None;
+        let host_network = p.spec.as_ref().and_then(|s| s.host_network);
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec { host_network, ..Default::default() });
+        if let Some(st) = p.status.as_mut() {
+            *st = k8s_openapi::api::core::v1::PodStatus {
+                phase: st.phase.take(),
+                pod_ip: st.pod_ip.take(),
+                pod_ips: st.pod_ips.take(),
+                ..Default::default()
+            };
+        }
+    });
+    let t1 = tokio::spawn(follow(reflector(w1, services_stream), changed.clone(), "services"));
+    let t2 = tokio::spawn(follow(reflector(w2, slices_stream), changed.clone(), "endpointslices"));
+    let t3 = tokio::spawn(follow(reflector(w3, pods_stream), changed.clone(), "pods"));
     let _guards = [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)];
     for ready in [services.wait_until_ready().await, slices.wait_until_ready().await, pods.wait_until_ready().await] {
         if ready.is_err() {
@@ -222,6 +280,13 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
         // Coalesce a burst of events into one rebuild.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn slim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
 }
 
 async fn follow<K, S>(stream: S, changed: Arc<Notify>, what: &'static str)

@@ -103,6 +103,40 @@ pub fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
+/// Reads a possibly compressed name at `i` into lowercase-preserving uncompressed wire form.
+/// Returns the name and the offset after it in the message. Pointer loops are cut off.
+pub fn read_name(b: &[u8], mut i: usize) -> Option<(Vec<u8>, usize)> {
+    let mut out = Vec::with_capacity(64);
+    let mut end = None;
+    let mut jumps = 0;
+    loop {
+        let len = *b.get(i)? as usize;
+        match len & 0xC0 {
+            0x00 => {
+                out.push(len as u8);
+                if len == 0 {
+                    return Some((out, end.unwrap_or(i + 1)));
+                }
+                out.extend_from_slice(b.get(i + 1..i + 1 + len)?);
+                if out.len() > 255 {
+                    return None;
+                }
+                i += 1 + len;
+            }
+            0xC0 => {
+                let target = ((len & 0x3F) << 8) | *b.get(i + 1)? as usize;
+                end.get_or_insert(i + 2);
+                jumps += 1;
+                if jumps > 64 || target >= i {
+                    return None;
+                }
+                i = target;
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// Skips one resource record at `i`; returns (type, class, ttl, rdata range, next offset).
 pub fn parse_rr(b: &[u8], i: usize) -> Option<(u16, u16, u32, std::ops::Range<usize>, usize)> {
     let j = skip_name(b, i)?;

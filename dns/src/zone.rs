@@ -23,17 +23,21 @@ use std::sync::Arc;
 pub struct RrSet {
     pub count: u16,
     pub bytes: Vec<u8>,
+    /// Additional-section records (the A/AAAA of SRV targets), full owner names.
+    pub extra_count: u16,
+    pub extra: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
 pub struct Node {
     sets: Vec<(u16, RrSet)>,
-    any: RrSet,
     cname: Option<RrSet>,
 }
 
 pub enum Lookup<'a> {
     Answer(&'a RrSet),
+    /// Every record set of the name (qtype ANY).
+    Any(&'a [(u16, RrSet)]),
     /// The name is an alias: answer the CNAME whatever the type.
     Cname(&'a RrSet),
     NoData,
@@ -48,6 +52,8 @@ pub struct Zone {
     /// The apex SOA as a full RR with an uncompressed owner, for negative answers' authority section.
     pub soa: Vec<u8>,
     pub records: usize,
+    /// Pod IP → namespace (for search-path answers: who is asking).
+    pub pod_namespaces: HashMap<IpAddr, Box<str>>,
 }
 
 impl Zone {
@@ -58,7 +64,7 @@ impl Zone {
                     return Lookup::Cname(c);
                 }
                 if qtype == TYPE_ANY {
-                    return if node.any.count > 0 { Lookup::Answer(&node.any) } else { Lookup::NoData };
+                    return if node.sets.is_empty() { Lookup::NoData } else { Lookup::Any(&node.sets) };
                 }
                 match node.sets.iter().find(|(t, _)| *t == qtype) {
                     Some((_, set)) => Lookup::Answer(set),
@@ -78,7 +84,13 @@ impl Zone {
         Builder::new(domain, ttl).finish()
     }
 
-    pub fn build(domain: &str, ttl: u32, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], pods: &[Arc<Pod>]) -> Zone {
+    pub fn build(
+        domain: &str,
+        ttl: u32,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        pods: &[Arc<Pod>],
+    ) -> Zone {
         let mut b = Builder::new(domain, ttl);
         // EndpointSlices by (namespace, service name).
         let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -149,7 +161,10 @@ impl Zone {
                                 b.ptr(ip, &target);
                             }
                             for p in slice.ports.iter().flatten() {
-                                let (Some(pname), Some(port)) = (p.name.as_deref().filter(|s| !s.is_empty()), p.port) else { continue };
+                                let (Some(pname), Some(port)) = (p.name.as_deref().filter(|s| !s.is_empty()), p.port)
+                                else {
+                                    continue;
+                                };
                                 let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
                                 for n in &names {
                                     b.srv(&format!("_{pname}._{proto}.{n}"), 0, 100, port as u16, &target);
@@ -174,6 +189,7 @@ impl Zone {
                 ips.extend(status.pod_ip.as_deref());
             }
             for ip in ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+                b.pod_namespaces.insert(ip, ns.into());
                 let name = format!("{}.{ns}.pod.{domain}", dashed(ip));
                 b.addr(&name, ip);
                 b.ptr_if_absent(ip, &name);
@@ -220,13 +236,20 @@ struct Builder {
     domain_wire: Vec<u8>,
     ttl: u32,
     nodes: HashMap<Vec<u8>, NodeBuilder>,
+    pod_namespaces: HashMap<IpAddr, Box<str>>,
 }
 
 impl Builder {
     fn new(domain: &str, ttl: u32) -> Builder {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let domain_wire = wire::name_to_wire(&domain).expect("valid cluster domain");
-        let mut b = Builder { domain, domain_wire: domain_wire.clone(), ttl, nodes: HashMap::new() };
+        let mut b = Builder {
+            domain,
+            domain_wire: domain_wire.clone(),
+            ttl,
+            nodes: HashMap::new(),
+            pod_namespaces: HashMap::new(),
+        };
         b.add(domain_wire.clone(), TYPE_SOA, b.soa_rdata());
         let ns_name = wire::name_to_wire(&format!("ns.dns.{}", b.domain)).unwrap();
         b.add(domain_wire, TYPE_NS, ns_name);
@@ -238,7 +261,8 @@ impl Builder {
     fn soa_rdata(&self) -> Vec<u8> {
         let mut r = wire::name_to_wire(&format!("ns.dns.{}", self.domain)).unwrap();
         r.extend(wire::name_to_wire(&format!("hostmaster.{}", self.domain)).unwrap());
-        let serial = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
+        let serial =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
         for v in [serial, 7200, 1800, 86400, self.ttl] {
             r.extend_from_slice(&v.to_be_bytes());
         }
@@ -310,14 +334,38 @@ impl Builder {
         }
     }
 
+    /// The A/AAAA records of the targets of a node's SRV records.
+    fn srv_extra(&self, rdatas: &BTreeSet<Vec<u8>>) -> (u16, Vec<u8>) {
+        let (mut n, mut out) = (0u16, Vec::new());
+        let targets: BTreeSet<&[u8]> = rdatas.iter().filter_map(|r| r.get(6..)).collect();
+        for t in targets {
+            let Some(node) = self.nodes.get(t) else { continue };
+            for ty in [TYPE_A, TYPE_AAAA] {
+                for r in node.rdata.get(&ty).into_iter().flatten() {
+                    if n < 500 {
+                        wire::rr_named(&mut out, t, ty, self.ttl, r);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        (n, out)
+    }
+
     fn finish(self) -> Zone {
         let ttl = self.ttl;
+        let mut extras: HashMap<Vec<u8>, (u16, Vec<u8>)> = HashMap::new();
+        for (name, nb) in &self.nodes {
+            if let Some(srvs) = nb.rdata.get(&TYPE_SRV) {
+                extras.insert(name.clone(), self.srv_extra(srvs));
+            }
+        }
         let mut records = 0;
         let mut nodes = HashMap::with_capacity(self.nodes.len());
         for (name, nb) in self.nodes {
             let mut node = Node::default();
             if let Some(target) = nb.cname {
-                let mut set = RrSet { count: 1, bytes: Vec::new() };
+                let mut set = RrSet { count: 1, ..Default::default() };
                 wire::rr_ptr_owner(&mut set.bytes, 12, TYPE_CNAME, ttl, &target);
                 node.cname = Some(set);
                 records += 1;
@@ -328,17 +376,94 @@ impl Builder {
                         wire::rr_ptr_owner(&mut set.bytes, 12, ty, ttl, r);
                         set.count += 1;
                     }
+                    if ty == TYPE_SRV {
+                        if let Some((n, extra)) = extras.remove(&name) {
+                            set.extra_count = n;
+                            set.extra = extra;
+                        }
+                    }
                     records += set.count as usize;
-                    node.any.bytes.extend_from_slice(&set.bytes);
-                    node.any.count += set.count;
                     node.sets.push((ty, set));
                 }
             }
             nodes.insert(name.into_boxed_slice(), node);
         }
         let mut soa = Vec::new();
-        let soa_rdata = Builder { domain: self.domain.clone(), domain_wire: vec![], ttl, nodes: HashMap::new() }.soa_rdata();
+        let soa_rdata = Builder {
+            domain: self.domain.clone(),
+            domain_wire: vec![],
+            ttl,
+            nodes: HashMap::new(),
+            pod_namespaces: HashMap::new(),
+        }
+        .soa_rdata();
         wire::rr_named(&mut soa, &self.domain_wire, TYPE_SOA, ttl, &soa_rdata);
-        Zone { domain: self.domain_wire, nodes, soa, records }
+        Zone { domain: self.domain_wire, nodes, soa, records, pod_namespaces: self.pod_namespaces }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Arc<Service> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn zone() -> Zone {
+        let services = vec![
+            svc(
+                json!({"metadata": {"name": "web", "namespace": "prod"}, "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00::20"],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+            ),
+            svc(
+                json!({"metadata": {"name": "hl", "namespace": "prod"}, "spec": {"clusterIP": "None", "publishNotReadyAddresses": true}}),
+            ),
+            svc(
+                json!({"metadata": {"name": "alias", "namespace": "prod"}, "spec": {"type": "ExternalName", "externalName": "db.example.com."}}),
+            ),
+        ];
+        let slices = vec![Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "hl-1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "hl"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.9"], "conditions": {"ready": false}}]}))
+            .unwrap(),
+        )];
+        Zone::build("cluster.local", 30, &services, &slices, &[])
+    }
+
+    fn n(s: &str) -> Vec<u8> {
+        wire::name_to_wire(s).unwrap()
+    }
+
+    #[test]
+    fn answers_nodata_nxdomain_and_not_ours() {
+        let z = zone();
+        let Lookup::Answer(a) = z.lookup(&n("web.prod.svc.cluster.local"), TYPE_A) else { panic!("A") };
+        assert_eq!(a.count, 1);
+        assert_eq!(&a.bytes[a.bytes.len() - 4..], &[10, 96, 0, 20]);
+        assert_eq!(&a.bytes[6..10], &30u32.to_be_bytes(), "configured TTL");
+        assert!(matches!(z.lookup(&n("web.prod.cluster.local"), TYPE_AAAA), Lookup::Answer(s) if s.count == 1));
+        assert!(matches!(z.lookup(&n("web.prod.svc.cluster.local"), wire::TYPE_TXT), Lookup::NoData));
+        assert!(matches!(z.lookup(&n("prod.svc.cluster.local"), TYPE_A), Lookup::NoData));
+        assert!(
+            matches!(z.lookup(&n("_dns._udp.web.prod.svc.cluster.local"), TYPE_SRV), Lookup::Answer(s) if s.count == 1)
+        );
+        assert!(matches!(z.lookup(&n("_dns._tcp.web.prod.svc.cluster.local"), TYPE_SRV), Lookup::NxDomain));
+        assert!(matches!(z.lookup(&n("x.prod.svc.cluster.local"), TYPE_A), Lookup::NxDomain));
+        assert!(matches!(z.lookup(&n("example.com"), TYPE_A), Lookup::NotOurs));
+        assert!(matches!(z.lookup(&n("20.0.96.10.in-addr.arpa"), TYPE_PTR), Lookup::Answer(_)));
+        assert!(matches!(z.lookup(&n(&reverse_name("fd00::20".parse().unwrap())), TYPE_PTR), Lookup::Answer(_)));
+        assert!(matches!(z.lookup(&n("21.0.96.10.in-addr.arpa"), TYPE_PTR), Lookup::NotOurs));
+        assert!(matches!(z.lookup(&n("cluster.local"), TYPE_ANY), Lookup::Any(s) if s.len() == 2));
+    }
+
+    #[test]
+    fn headless_publish_not_ready_and_external_name() {
+        let z = zone();
+        assert!(matches!(z.lookup(&n("hl.prod.svc.cluster.local"), TYPE_A), Lookup::Answer(s) if s.count == 1));
+        assert!(matches!(z.lookup(&n("10-244-0-9.hl.prod.svc.cluster.local"), TYPE_A), Lookup::Answer(_)));
+        let Lookup::Cname(c) = z.lookup(&n("alias.prod.svc.cluster.local"), TYPE_AAAA) else { panic!("CNAME") };
+        assert!(c.bytes.ends_with(&n("db.example.com")));
     }
 }

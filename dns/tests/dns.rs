@@ -157,7 +157,11 @@ async fn test_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 
 async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> K
 where
-    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + k8s_openapi::serde::Serialize + std::fmt::Debug,
+    K: kube::Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + k8s_openapi::serde::Serialize
+        + std::fmt::Debug,
 {
     let o: K = serde_json::from_value(obj).unwrap();
     api.create(&PostParams::default(), &o).await.expect("create")
@@ -269,28 +273,60 @@ async fn cluster_dns_end_to_end() {
     assert_eq!(d.rdata("A"), vec!["10.244.0.11".to_string(), "10.244.0.12".to_string()], "{}", d.raw);
     assert_eq!(dig(dns, "db.default.cluster.local", "A", &[]).rdata("A").len(), 2);
     assert_eq!(dig(dns, "db-0.db.default.svc.cluster.local", "A", &[]).rdata("A"), vec!["10.244.0.11".to_string()]);
-    assert_eq!(dig(dns, "10-244-0-12.db.default.svc.cluster.local", "A", &[]).rdata("A"), vec!["10.244.0.12".to_string()]);
+    assert_eq!(
+        dig(dns, "10-244-0-12.db.default.svc.cluster.local", "A", &[]).rdata("A"),
+        vec!["10.244.0.12".to_string()]
+    );
     let d = dig(dns, "_pg._tcp.db.default.svc.cluster.local", "SRV", &[]);
     assert_eq!(
         d.rdata("SRV"),
-        vec!["0 100 5432 10-244-0-12.db.default.svc.cluster.local.".to_string(), "0 100 5432 db-0.db.default.svc.cluster.local.".to_string()],
+        vec![
+            "0 100 5432 10-244-0-12.db.default.svc.cluster.local.".to_string(),
+            "0 100 5432 db-0.db.default.svc.cluster.local.".to_string()
+        ],
         "{}",
         d.raw
     );
-    assert_eq!(dig(dns, "11.0.244.10.in-addr.arpa", "PTR", &[]).rdata("PTR"), vec!["db-0.db.default.svc.cluster.local.".to_string()]);
+    assert!(
+        d.raw.contains(";; ADDITIONAL SECTION:")
+            && d.raw.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["db-0.db.default.svc.cluster.local.", "5", "IN", "A", "10.244.0.11"]),
+        "SRV targets' addresses: {}",
+        d.raw
+    );
+    assert_eq!(
+        dig(dns, "11.0.244.10.in-addr.arpa", "PTR", &[]).rdata("PTR"),
+        vec!["db-0.db.default.svc.cluster.local.".to_string()]
+    );
 
     // ExternalName → CNAME (whatever the type asked).
     let d = dig(dns, "ext.default.svc.cluster.local", "A", &[]);
     assert_eq!(d.status, "NOERROR", "{}", d.raw);
     assert_eq!(d.rdata("CNAME"), vec!["example.test.".to_string()], "{}", d.raw);
+    assert_eq!(d.rdata("A"), vec!["192.0.2.1".to_string()], "the CNAME is followed upstream: {}", d.raw);
+    assert_eq!(dig(dns, "ext.default.cluster.local", "CNAME", &[]).rdata("CNAME"), vec!["example.test.".to_string()]);
+    create(
+        &services,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inner"},
+               "spec": {"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while raw_query(dns, "inner.default.svc.cluster.local", wire::TYPE_A).await.map(|r| r.1) != Some(2) {
+        assert!(Instant::now() < deadline, "in-cluster ExternalName not followed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = dig(dns, "inner.default.svc.cluster.local", "A", &["+tcp"]);
+    assert_eq!(d.rdata("CNAME"), vec!["web.default.svc.cluster.local.".to_string()], "{}", d.raw);
+    assert_eq!(d.rdata("A"), vec![web_ip.clone()], "{}", d.raw);
 
     // Forwarding to the loopback upstream, with a cache.
-    let before = upstream_count.load(Ordering::SeqCst);
     let d = dig(dns, "example.test", "A", &[]);
     assert_eq!(d.rdata("A"), vec!["192.0.2.1".to_string()], "{}", d.raw);
+    let before = upstream_count.load(Ordering::SeqCst);
     let d = dig(dns, "Example.TEST", "A", &["+tcp"]);
     assert_eq!(d.rdata("A"), vec!["192.0.2.1".to_string()], "{}", d.raw);
-    assert_eq!(upstream_count.load(Ordering::SeqCst) - before, 1, "the second query came from the cache");
+    assert_eq!(upstream_count.load(Ordering::SeqCst), before, "the second query came from the cache");
     assert_eq!(dig(dns, "missing.test", "A", &[]).status, "NXDOMAIN");
     // A forwarded answer too big for plain UDP is truncated; TCP gets all of it.
     let d = dig(dns, "big.test", "A", &["+noedns", "+ignore"]);
@@ -324,8 +360,16 @@ async fn cluster_dns_end_to_end() {
     }
     let d = dig(dns, "many.default.svc.cluster.local", "A", &["+noedns", "+ignore"]);
     assert!(d.flags.contains(&"tc".to_string()), "{}", d.raw);
-    assert_eq!(dig(dns, "many.default.svc.cluster.local", "A", &[]).rdata("A").len(), 60, "EDNS 1232 fits 60 A records");
-    assert_eq!(dig(dns, "many.default.svc.cluster.local", "A", &["+noedns"]).rdata("A").len(), 60, "dig retries over TCP");
+    assert_eq!(
+        dig(dns, "many.default.svc.cluster.local", "A", &[]).rdata("A").len(),
+        60,
+        "EDNS 1232 fits 60 A records"
+    );
+    assert_eq!(
+        dig(dns, "many.default.svc.cluster.local", "A", &["+noedns"]).rdata("A").len(),
+        60,
+        "dig retries over TCP"
+    );
 
     // Pod records, once the pod has an IP.
     create(
@@ -342,8 +386,14 @@ async fn cluster_dns_end_to_end() {
             assert!(Instant::now() < deadline, "pod record did not appear");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(dig(dns, "10-244-0-77.default.pod.cluster.local", "A", &[]).rdata("A"), vec!["10.244.0.77".to_string()]);
-        assert_eq!(dig(dns, "77.0.244.10.in-addr.arpa", "PTR", &[]).rdata("PTR"), vec!["10-244-0-77.default.pod.cluster.local.".to_string()]);
+        assert_eq!(
+            dig(dns, "10-244-0-77.default.pod.cluster.local", "A", &[]).rdata("A"),
+            vec!["10.244.0.77".to_string()]
+        );
+        assert_eq!(
+            dig(dns, "77.0.244.10.in-addr.arpa", "PTR", &[]).rdata("PTR"),
+            vec!["10-244-0-77.default.pod.cluster.local.".to_string()]
+        );
     } else {
         eprintln!("pod status patch not supported here ({:?}); pod records not checked", pod_status.err());
     }
@@ -421,9 +471,45 @@ async fn cluster_dns_end_to_end() {
         let mut s = tokio::net::TcpStream::connect(dns).await.unwrap();
         let _ = s.write_all(&[0x00, 0x05, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).await;
     }
-    assert_eq!(raw_query(dns, "web.default.svc.cluster.local", wire::TYPE_A).await, Some((0, 1)), "still answering after the burst");
+    assert_eq!(
+        raw_query(dns, "web.default.svc.cluster.local", wire::TYPE_A).await,
+        Some((0, 1)),
+        "still answering after the burst"
+    );
     let d = dig(dns, "web.default.svc.cluster.local", "A", &["+tcp"]);
     assert_eq!(d.rdata("A"), vec![web_ip.clone()], "{}", d.raw);
+
+    // Search-path expansion (autopath): once 127.0.0.1 is a pod in `default`, its query for
+    // `example.test.default.svc.cluster.local` gets a CNAME to `example.test` and its address.
+    create(
+        &pods,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "asker"},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await;
+    let patch = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
+    pods.patch_status("asker", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while raw_query(dns, "1.0.0.127.in-addr.arpa", wire::TYPE_PTR).await.map(|r| r.1) != Some(1) {
+        assert!(Instant::now() < deadline, "pod 127.0.0.1 did not appear");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for extra in [&[][..], &["+tcp"][..]] {
+        let d = dig(dns, "example.test.default.svc.cluster.local", "A", extra);
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert_eq!(d.rdata("CNAME"), vec!["example.test.".to_string()], "{}", d.raw);
+        assert_eq!(d.rdata("A"), vec!["192.0.2.1".to_string()], "{}", d.raw);
+    }
+    // Not for names whose upstream answer is negative, nor for cluster names, nor other namespaces.
+    assert_eq!(dig(dns, "missing.test.default.svc.cluster.local", "A", &[]).status, "NXDOMAIN");
+    assert_eq!(dig(dns, "nope.default.svc.cluster.local", "A", &[]).status, "NXDOMAIN");
+    assert_eq!(dig(dns, "example.test.other.svc.cluster.local", "A", &[]).status, "NXDOMAIN");
+    assert_eq!(
+        dig(dns, "web.default.default.svc.cluster.local", "A", &[]).status,
+        "NXDOMAIN",
+        "web.default.svc.D exists: no shortcut"
+    );
+    assert_eq!(dig(dns, "web.default.svc.cluster.local", "A", &[]).rdata("A"), vec![web_ip.clone()]);
 
     // Metrics and health.
     let http = server.http_addr.unwrap();
@@ -431,6 +517,11 @@ async fn cluster_dns_end_to_end() {
     assert!(metrics.contains("skiff_dns_queries_total{type=\"A\",rcode=\"NOERROR\"}"), "{metrics}");
     assert!(metrics.contains("skiff_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"}"), "{metrics}");
     assert!(metrics.contains("skiff_dns_malformed_total"), "{metrics}");
+    assert!(metrics.contains("skiff_dns_request_duration_seconds_bucket{le=\"+Inf\"}"), "{metrics}");
+    assert!(metrics.contains("skiff_dns_programming_latency_seconds_count"), "{metrics}");
+    let malformed: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("skiff_dns_malformed_total ")).unwrap().parse().unwrap();
+    assert!(malformed > 1000, "the burst was seen: {malformed}");
     assert!(http_get(http, "/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(http_get(http, "/readyz").await.starts_with("HTTP/1.1 200"));
 }
@@ -441,4 +532,63 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// The API server going away leaves the last snapshot answering; when it is back the watches
+/// resume. A DNS server restart serves the same names again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_api_and_dns_restarts() {
+    let mut control = skiff_tests::Control::start().expect("skiff control starts");
+    let client = control.client().await.unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    create(
+        &services,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    let config = DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), http_listen: None, ..DnsConfig::default() };
+    let server = skiff_dns::start(client.clone(), config.clone()).await.unwrap();
+    server.wait_synced(Duration::from_secs(20)).await.unwrap();
+    let dns = server.dns_addr;
+    assert_eq!(raw_query(dns, "a.default.svc.cluster.local", wire::TYPE_A).await, Some((0, 1)));
+
+    control.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        raw_query(dns, "a.default.svc.cluster.local", wire::TYPE_A).await,
+        Some((0, 1)),
+        "answers while the API is down"
+    );
+    // No upstreams configured: external names are SERVFAIL, promptly.
+    assert_eq!(raw_query(dns, "example.test", wire::TYPE_A).await.map(|r| r.0), Some(wire::RCODE_SERVFAIL));
+
+    control.kill_and_restart().unwrap();
+    let client = control.client().await.unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    create(
+        &services,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    services.delete("a", &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw_query(dns, "b.default.svc.cluster.local", wire::TYPE_A).await != Some((0, 1))
+        || raw_query(dns, "a.default.svc.cluster.local", wire::TYPE_A).await.map(|r| r.0) != Some(wire::RCODE_NXDOMAIN)
+    {
+        assert!(Instant::now() < deadline, "watches did not resume after the API restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    server.shutdown().await;
+    let server = skiff_dns::start(client, DnsConfig { listen: dns, ..config }).await.unwrap();
+    server.wait_synced(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        raw_query(dns, "b.default.svc.cluster.local", wire::TYPE_A).await,
+        Some((0, 1)),
+        "a restarted DNS serves the same names"
+    );
+    assert_eq!(
+        raw_query(dns, "a.default.svc.cluster.local", wire::TYPE_A).await.map(|r| r.0),
+        Some(wire::RCODE_NXDOMAIN)
+    );
 }

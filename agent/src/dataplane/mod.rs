@@ -28,11 +28,11 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-use std::os::fd::{AsFd, AsRawFd};
 use aya::{Ebpf, EbpfLoader};
 use skiff_dataplane_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 /// Where bpffs is mounted (and mounted by [`Dataplane::load`] if it is not).
@@ -101,7 +101,8 @@ mod sys {
     }
 
     pub fn link_update(link_fd: RawFd, new_prog_fd: RawFd) -> io::Result<()> {
-        let mut attr = LinkUpdateAttr { link_fd: link_fd as u32, new_prog_fd: new_prog_fd as u32, flags: 0, old_prog_fd: 0 };
+        let mut attr =
+            LinkUpdateAttr { link_fd: link_fd as u32, new_prog_fd: new_prog_fd as u32, flags: 0, old_prog_fd: 0 };
         bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
     }
 }
@@ -322,7 +323,9 @@ impl Dataplane {
                 if let Ok(files) = std::fs::read_dir(d.path()) {
                     for f in files.flatten() {
                         if let Err(e) = std::fs::remove_file(f.path()) {
-                            first_err.get_or_insert(anyhow::Error::from(e).context(format!("unpinning {}", f.path().display())));
+                            first_err.get_or_insert(
+                                anyhow::Error::from(e).context(format!("unpinning {}", f.path().display())),
+                            );
                         }
                     }
                 }

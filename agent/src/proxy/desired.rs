@@ -68,7 +68,7 @@ pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desi
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
         let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-        if s.address_type != "IPv4" || s.metadata.deletion_timestamp.is_some() {
+        if !slice_of(s, ns, svc) {
             continue;
         }
         by_service.entry((ns, svc.as_str())).or_default().push(s);
@@ -82,63 +82,83 @@ pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desi
 
     let mut out = Desired::new();
     for svc in sorted {
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
         let ns = svc.metadata.namespace.as_deref().unwrap_or("");
         let name = svc.metadata.name.as_deref().unwrap_or("");
-        let mut vips: Vec<Ipv4Addr> = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-            _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
-        };
-        if vips.is_empty() {
-            continue; // headless ("None") or IPv6-only
-        }
-        vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
         let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-        for sp in spec.ports.iter().flatten() {
-            let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
-            let Ok(port) = u16::try_from(sp.port) else { continue };
-            let port_name = sp.name.as_deref().unwrap_or("");
-            let numeric_target = match &sp.target_port {
-                Some(IntOrString::Int(p)) => u16::try_from(*p).ok(),
-                Some(IntOrString::String(_)) => None,
-                None => Some(port),
-            };
-            let mut backends = BTreeSet::new();
-            for slice in slices {
-                let Some(target) = slice.ports.iter().flatten().find_map(|p| {
-                    (p.name.as_deref().unwrap_or("") == port_name
-                        && protocol(p.protocol.as_deref()) == Some(proto))
+        for (fe, want) in compute_service(svc, slices) {
+            out.entry(fe).or_insert(want);
+        }
+    }
+    out
+}
+
+/// Whether a slice belongs to the named service and is usable (IPv4, not being deleted).
+pub fn slice_of(s: &EndpointSlice, namespace: &str, service: &str) -> bool {
+    s.metadata.namespace.as_deref().unwrap_or("") == namespace
+        && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
+        && s.address_type == "IPv4"
+        && s.metadata.deletion_timestamp.is_none()
+}
+
+/// The frontends of one Service given its EndpointSlices (see [`compute`] for the rules).
+pub fn compute_service(svc: &Service, slices: &[&EndpointSlice]) -> Vec<(Frontend, DesiredFrontend)> {
+    let mut out = Vec::new();
+    let Some(spec) = &svc.spec else { return out };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    let mut vips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
+    };
+    if vips.is_empty() {
+        return out; // headless ("None") or IPv6-only
+    }
+    vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
+    for sp in spec.ports.iter().flatten() {
+        let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
+        let Ok(port) = u16::try_from(sp.port) else { continue };
+        let port_name = sp.name.as_deref().unwrap_or("");
+        let numeric_target = match &sp.target_port {
+            Some(IntOrString::Int(p)) => u16::try_from(*p).ok(),
+            Some(IntOrString::String(_)) => None,
+            None => Some(port),
+        };
+        let mut backends = BTreeSet::new();
+        for slice in slices {
+            let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+                (p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto))
                     .then(|| p.port.and_then(|n| u16::try_from(n).ok()).or(numeric_target))
                     .flatten()
-                }) else {
-                    continue;
-                };
-                if target == 0 {
+            }) else {
+                continue;
+            };
+            if target == 0 {
+                continue;
+            }
+            for ep in &slice.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready {
                     continue;
                 }
-                for ep in &slice.endpoints {
-                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                    if !ready {
-                        continue;
-                    }
-                    for a in &ep.addresses {
-                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                            backends.insert((ip, target));
-                        }
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        backends.insert((ip, target));
                     }
                 }
             }
-            let backends: Vec<_> = backends.into_iter().collect();
-            for vip in &vips {
-                let fe = Frontend { vip: *vip, port, proto };
-                out.entry(fe).or_insert_with(|| DesiredFrontend {
+        }
+        let backends: Vec<_> = backends.into_iter().collect();
+        for vip in &vips {
+            out.push((
+                Frontend { vip: *vip, port, proto },
+                DesiredFrontend {
                     service: ServicePortName { namespace: ns.into(), name: name.into(), port: port_name.into() },
                     backends: backends.clone(),
-                });
-            }
+                },
+            ));
         }
     }
     out
@@ -179,21 +199,25 @@ mod tests {
         let d = compute(
             &[web()],
             &[
-                web_slice("a", json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                web_slice(
+                    "a",
+                    json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
                                        {"addresses": ["10.244.0.6"], "conditions": {"ready": false}},
-                                       {"addresses": ["10.244.0.7"]}])),
-                web_slice("b", json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
-                                       {"addresses": ["10.244.1.9"], "conditions": {"ready": true}}])),
+                                       {"addresses": ["10.244.0.7"]}]),
+                ),
+                web_slice(
+                    "b",
+                    json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                                       {"addresses": ["10.244.1.9"], "conditions": {"ready": true}}]),
+                ),
             ],
         );
         let http = Frontend { vip: "10.96.0.20".parse().unwrap(), port: 80, proto: Protocol::Tcp };
         let ext = Frontend { vip: "192.0.2.7".parse().unwrap(), port: 80, proto: Protocol::Tcp };
         let dns = Frontend { vip: "10.96.0.20".parse().unwrap(), port: 53, proto: Protocol::Udp };
         assert_eq!(d.len(), 4);
-        let want: Vec<(Ipv4Addr, u16)> = ["10.244.0.5", "10.244.0.7", "10.244.1.9"]
-            .iter()
-            .map(|a| (a.parse().unwrap(), 8080))
-            .collect();
+        let want: Vec<(Ipv4Addr, u16)> =
+            ["10.244.0.5", "10.244.0.7", "10.244.1.9"].iter().map(|a| (a.parse().unwrap(), 8080)).collect();
         assert_eq!(d[&http].backends, want);
         assert_eq!(d[&ext].backends, want);
         // The slice port carries no number: the numeric targetPort is used.
@@ -203,7 +227,10 @@ mod tests {
 
     #[test]
     fn no_ready_endpoint_means_a_refusing_frontend() {
-        let d = compute(&[web()], &[web_slice("a", json!([{"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]))]);
+        let d = compute(
+            &[web()],
+            &[web_slice("a", json!([{"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]))],
+        );
         assert!(d.values().all(|f| f.backends.is_empty()));
         assert_eq!(d.len(), 4);
         assert_eq!(compute(&[web()], &[]).len(), 4);

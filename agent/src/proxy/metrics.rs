@@ -105,9 +105,24 @@ impl ProxyMetrics {
         );
         for (name, help, kind, v) in [
             ("skiff_proxy_syncs_total", "Completed syncs of the service maps.", "counter", &self.syncs),
-            ("skiff_proxy_sync_errors_total", "Syncs that failed to apply a change (retried).", "counter", &self.sync_errors),
-            ("skiff_proxy_map_writes_total", "Service map entries and backend slots written or deleted.", "counter", &self.map_writes),
-            ("skiff_proxy_frontends", "Service frontends (address, port, protocol) programmed.", "gauge", &self.frontends),
+            (
+                "skiff_proxy_sync_errors_total",
+                "Syncs that failed to apply a change (retried).",
+                "counter",
+                &self.sync_errors,
+            ),
+            (
+                "skiff_proxy_map_writes_total",
+                "Service map entries and backend slots written or deleted.",
+                "counter",
+                &self.map_writes,
+            ),
+            (
+                "skiff_proxy_frontends",
+                "Service frontends (address, port, protocol) programmed.",
+                "gauge",
+                &self.frontends,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
         }

@@ -26,10 +26,11 @@ use desired::{Desired, ServicePortName};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use metrics::{ProxyMetrics, label};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,33 +92,53 @@ impl Proxy {
 
     /// Watches, programs `table`, and serves `/metrics` until `shutdown` completes. Leaves the
     /// maps as they are on return (an agent restart continues from them).
-    pub async fn run(&self, client: Client, table: &mut ServiceTable, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(
+        &self,
+        client: Client,
+        table: &mut ServiceTable,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let (svc_store, svc_writer) = reflector::store::<Service>();
         let (eps_store, eps_writer) = reflector::store::<EndpointSlice>();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Dirty)>();
+        let index = Arc::new(Mutex::new(SliceIndex::default()));
 
         let svc_tx = tx.clone();
         let svc_watch = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .reflect(svc_writer)
             .for_each(move |ev| {
+                let now = Instant::now();
                 match ev {
-                    Ok(_) => {
-                        let _ = svc_tx.send(Instant::now());
+                    Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s)) => {
+                        let _ = svc_tx.send((now, Dirty::Service(SvcKey::of(&s.metadata))));
+                    }
+                    Ok(watcher::Event::Init) => {}
+                    Ok(watcher::Event::InitDone) => {
+                        let _ = svc_tx.send((now, Dirty::All));
                     }
                     Err(e) => tracing::warn!("service watch: {e}"),
                 }
                 std::future::ready(())
             });
+        let idx = index.clone();
         let eps_watch = watcher(Api::<EndpointSlice>::all(client), watcher::Config::default())
             .default_backoff()
             .reflect(eps_writer)
             .for_each(move |ev| {
-                match ev {
-                    Ok(_) => {
-                        let _ = tx.send(Instant::now());
+                let now = Instant::now();
+                let dirty = match ev {
+                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => idx.lock().unwrap().apply(&s),
+                    Ok(watcher::Event::Delete(s)) => idx.lock().unwrap().delete(&s),
+                    Ok(watcher::Event::Init) => Vec::new(),
+                    Ok(watcher::Event::InitDone) => vec![Dirty::All],
+                    Err(e) => {
+                        tracing::warn!("endpointslice watch: {e}");
+                        Vec::new()
                     }
-                    Err(e) => tracing::warn!("endpointslice watch: {e}"),
+                };
+                for d in dirty {
+                    let _ = tx.send((now, d));
                 }
                 std::future::ready(())
             });
@@ -130,31 +151,83 @@ impl Proxy {
             let _ = svc_store.wait_until_ready().await;
             let _ = eps_store.wait_until_ready().await;
             while rx.try_recv().is_ok() {} // the initial lists' events are covered by this first sync
+            let mut owners = Owners::default();
             let t = Instant::now();
             let d = desired::compute(&svc_store.state(), &eps_store.state());
-            self.apply(&table, &names, &d);
+            let mut full_needed = !self.apply(&table, &names, &d);
+            owners.rebuild(&d);
             tracing::info!(frontends = d.len(), elapsed = ?t.elapsed(), "service proxy: initial sync done");
             let mut pending: Vec<Instant> = Vec::new();
+            let mut dirty: BTreeSet<SvcKey> = BTreeSet::new();
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Some(t) => pending.push(t),
+                        Some((t, d)) => {
+                            pending.push(t);
+                            match d {
+                                Dirty::All => full_needed = true,
+                                Dirty::Service(k) => { dirty.insert(k); }
+                            }
+                        }
                         None => return,
                     },
-                    _ = tokio::time::sleep(self.config.resync_period) => {}
+                    _ = tokio::time::sleep(self.config.resync_period) => full_needed = true,
                 }
-                while let Ok(t) = rx.try_recv() {
+                while let Ok((t, d)) = rx.try_recv() {
                     pending.push(t);
+                    match d {
+                        Dirty::All => full_needed = true,
+                        Dirty::Service(k) => {
+                            dirty.insert(k);
+                        }
+                    }
                 }
-                let d = desired::compute(&svc_store.state(), &eps_store.state());
-                let ok = self.apply(&table, &names, &d);
+                let ok = if full_needed {
+                    let d = desired::compute(&svc_store.state(), &eps_store.state());
+                    let ok = self.apply(&table, &names, &d);
+                    owners.rebuild(&d);
+                    ok
+                } else {
+                    let t = Instant::now();
+                    let mut ok = true;
+                    let mut writes = 0;
+                    {
+                        let mut table = table.lock().unwrap();
+                        let mut names = names.lock().unwrap();
+                        for key in &dirty {
+                            let svc = svc_store.get(&ObjectRef::new(&key.name).within(&key.ns));
+                            let slice_names = index.lock().unwrap().slices_of(key);
+                            let slices: Vec<Arc<EndpointSlice>> = slice_names
+                                .iter()
+                                .filter_map(|n| eps_store.get(&ObjectRef::new(n).within(&key.ns)))
+                                .filter(|s| desired::slice_of(s, &key.ns, &key.name))
+                                .collect();
+                            let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+                            let want = svc.map(|s| desired::compute_service(&s, &refs)).unwrap_or_default();
+                            let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
+                            writes += w;
+                            ok &= k;
+                        }
+                        self.metrics.frontends.store(table.len() as u64, Ordering::Relaxed);
+                    }
+                    self.metrics.sync_duration.observe(t.elapsed());
+                    self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.map_writes.fetch_add(writes as u64, Ordering::Relaxed);
+                    if !ok {
+                        self.metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ok
+                };
                 let done = Instant::now();
                 if ok {
+                    full_needed = false;
+                    dirty.clear();
                     for t in pending.drain(..) {
                         self.metrics.programming_latency.observe(done - t);
                     }
                 } else {
-                    // Keep the events pending: their latency ends when a sync succeeds.
+                    // Retry with a full sync; the events' latency ends when a sync succeeds.
+                    full_needed = true;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -231,24 +304,7 @@ impl Proxy {
     ) -> bool {
         let t = Instant::now();
         let mut table = table.lock().unwrap();
-        let mut writes = 0usize;
-        let mut ok = true;
-        match table.retain(|f| d.contains_key(f)) {
-            Ok(n) => writes += n,
-            Err(e) => {
-                ok = false;
-                tracing::error!("removing stale services: {e:#}");
-            }
-        }
-        for (fe, want) in d {
-            match table.upsert_service(fe.vip, fe.port, fe.proto, &want.backends) {
-                Ok(st) => writes += st.slots_written + st.slots_deleted + st.service_written as usize,
-                Err(e) => {
-                    ok = false;
-                    tracing::error!("programming {} ({}:{}/{:?}): {e:#}", want.service, fe.vip, fe.port, fe.proto);
-                }
-            }
-        }
+        let (writes, ok) = apply_desired(&mut table, d);
         let frontends = table.len();
         drop(table);
         *names.lock().unwrap() = d.iter().map(|(f, w)| (*f, w.service.clone())).collect();
@@ -304,5 +360,268 @@ impl Proxy {
              # TYPE skiff_service_backends gauge\n{backends}"
         );
         out
+    }
+}
+
+/// Brings `table` to `d`: stale frontends removed first (frees capacity), then every desired
+/// frontend upserted (a no-op where nothing differs). Failures are logged and the rest still
+/// applied. Returns the number of map entries written or deleted and whether everything applied.
+pub fn apply_desired(table: &mut ServiceTable, d: &Desired) -> (usize, bool) {
+    let mut writes = 0usize;
+    let mut ok = true;
+    match table.retain(|f| d.contains_key(f)) {
+        Ok(n) => writes += n,
+        Err(e) => {
+            ok = false;
+            tracing::error!("removing stale services: {e:#}");
+        }
+    }
+    for (fe, want) in d {
+        match table.upsert_service(fe.vip, fe.port, fe.proto, &want.backends) {
+            Ok(st) => writes += st.slots_written + st.slots_deleted + st.service_written as usize,
+            Err(e) => {
+                ok = false;
+                tracing::error!("programming {} ({}:{}/{:?}): {e:#}", want.service, fe.vip, fe.port, fe.proto);
+            }
+        }
+    }
+    (writes, ok)
+}
+
+/// A Service's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SvcKey {
+    ns: String,
+    name: String,
+}
+
+impl SvcKey {
+    fn of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self { ns: m.namespace.clone().unwrap_or_default(), name: m.name.clone().unwrap_or_default() }
+    }
+}
+
+/// What a watch event makes the sync loop recompute.
+#[derive(Debug)]
+enum Dirty {
+    /// Everything (a watch (re)list completed).
+    All,
+    /// One Service (it, or one of its EndpointSlices, changed).
+    Service(SvcKey),
+}
+
+/// EndpointSlice → Service index, so a change recomputes one Service from its own slices only.
+/// Names are looked up in the reflector store, which is the truth; entries here may be stale
+/// (a missed delete during a relist) and are filtered at lookup.
+#[derive(Default)]
+struct SliceIndex {
+    by_slice: HashMap<(String, String), String>,
+    by_service: HashMap<SvcKey, BTreeSet<String>>,
+}
+
+impl SliceIndex {
+    fn label(s: &EndpointSlice) -> Option<String> {
+        s.metadata.labels.as_ref().and_then(|l| l.get(desired::SERVICE_NAME_LABEL)).cloned()
+    }
+
+    fn unlink(&mut self, ns: &str, slice: &str) -> Option<SvcKey> {
+        let old = self.by_slice.remove(&(ns.to_string(), slice.to_string()))?;
+        let key = SvcKey { ns: ns.to_string(), name: old };
+        if let Some(set) = self.by_service.get_mut(&key) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.by_service.remove(&key);
+            }
+        }
+        Some(key)
+    }
+
+    fn apply(&mut self, s: &EndpointSlice) -> Vec<Dirty> {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        if let Some(old) = self.unlink(&ns, &name) {
+            out.push(old);
+        }
+        if let Some(svc) = Self::label(s) {
+            let key = SvcKey { ns: ns.clone(), name: svc.clone() };
+            self.by_slice.insert((ns, name.clone()), svc);
+            self.by_service.entry(key.clone()).or_default().insert(name);
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+        out.into_iter().map(Dirty::Service).collect()
+    }
+
+    fn delete(&mut self, s: &EndpointSlice) -> Vec<Dirty> {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        self.unlink(&ns, &name).into_iter().map(Dirty::Service).collect()
+    }
+
+    fn slices_of(&self, key: &SvcKey) -> Vec<String> {
+        self.by_service.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// Which Service owns which frontends in the maps (for incremental syncs).
+#[derive(Default)]
+struct Owners {
+    by_service: HashMap<SvcKey, Vec<Frontend>>,
+    by_frontend: HashMap<Frontend, SvcKey>,
+}
+
+impl Owners {
+    fn rebuild(&mut self, d: &Desired) {
+        self.by_service.clear();
+        self.by_frontend.clear();
+        for (fe, want) in d {
+            let key = SvcKey { ns: want.service.namespace.clone(), name: want.service.name.clone() };
+            self.by_service.entry(key.clone()).or_default().push(*fe);
+            self.by_frontend.insert(*fe, key);
+        }
+    }
+
+    /// Brings one Service's frontends to `want`: its frontends no longer wanted are removed;
+    /// wanted ones are upserted unless another Service owns them (the next full sync settles
+    /// such conflicts in namespace/name order, as [`desired::compute`] does).
+    fn apply_service(
+        &mut self,
+        table: &mut ServiceTable,
+        names: &mut BTreeMap<Frontend, ServicePortName>,
+        key: &SvcKey,
+        want: Vec<(Frontend, desired::DesiredFrontend)>,
+    ) -> (usize, bool) {
+        let mut writes = 0;
+        let mut ok = true;
+        let old = self.by_service.remove(key).unwrap_or_default();
+        for fe in old.iter().filter(|fe| !want.iter().any(|(w, _)| w == *fe)) {
+            match table.remove_service(fe.vip, fe.port, fe.proto) {
+                Ok(st) => writes += st.slots_deleted + st.service_written as usize,
+                Err(e) => {
+                    ok = false;
+                    tracing::error!("removing {}:{}/{:?}: {e:#}", fe.vip, fe.port, fe.proto);
+                }
+            }
+            self.by_frontend.remove(fe);
+            names.remove(fe);
+        }
+        let mut owned = Vec::new();
+        for (fe, w) in want {
+            if let Some(other) = self.by_frontend.get(&fe)
+                && other != key
+            {
+                tracing::warn!(
+                    "{}:{}/{:?} of {} is already owned by {}/{}",
+                    fe.vip,
+                    fe.port,
+                    fe.proto,
+                    w.service,
+                    other.ns,
+                    other.name
+                );
+                continue;
+            }
+            match table.upsert_service(fe.vip, fe.port, fe.proto, &w.backends) {
+                Ok(st) => writes += st.slots_written + st.slots_deleted + st.service_written as usize,
+                Err(e) => {
+                    ok = false;
+                    tracing::error!("programming {} ({}:{}/{:?}): {e:#}", w.service, fe.vip, fe.port, fe.proto);
+                }
+            }
+            self.by_frontend.insert(fe, key.clone());
+            names.insert(fe, w.service);
+            owned.push(fe);
+        }
+        if !owned.is_empty() {
+            self.by_service.insert(key.clone(), owned);
+        }
+        (writes, ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Config, Dataplane, ObjectSource, default_object_path};
+    use serde_json::json;
+    use std::net::Ipv4Addr;
+
+    fn slice(i: u32, ready_last: bool) -> EndpointSlice {
+        let ep = |k: u32, ready: bool| json!({"addresses": [Ipv4Addr::from(0x0af4_0000 + i * 4 + k).to_string()], "conditions": {"ready": ready}});
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "bench", "name": format!("s{i}-1"), "labels": {desired::SERVICE_NAME_LABEL: format!("s{i}")}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [ep(0, true), ep(1, true), ep(2, ready_last)]}))
+        .unwrap()
+    }
+
+    /// The incremental path the sync loop takes for one event, on the real maps with 10,000
+    /// services present (root and the eBPF object needed; skipped otherwise).
+    #[test]
+    fn one_change_with_10k_services_is_incremental() {
+        if unsafe { libc::geteuid() } != 0 || !default_object_path().exists() {
+            eprintln!("skipping: needs root and the eBPF object");
+            return;
+        }
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-unit", std::process::id()));
+        let mut dp = Dataplane::load(&Config { object: ObjectSource::Path(default_object_path()), pin_dir }).unwrap();
+        let n = 10_000u32;
+        let services: Vec<Arc<Service>> = (0..n)
+            .map(|i| {
+                Arc::new(
+                    serde_json::from_value(json!({"metadata": {"namespace": "bench", "name": format!("s{i}")},
+                "spec": {"clusterIP": Ipv4Addr::from(0x0a64_0000 + i).to_string(),
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+                    .unwrap(),
+                )
+            })
+            .collect();
+        let mut slices: HashMap<String, Arc<EndpointSlice>> =
+            (0..n).map(|i| (format!("s{i}-1"), Arc::new(slice(i, true)))).collect();
+        let mut index = SliceIndex::default();
+        for s in slices.values() {
+            index.apply(s);
+        }
+        let all: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
+        let d = desired::compute(&services, &all);
+        let (_, ok) = apply_desired(&mut dp.services, &d);
+        assert!(ok);
+        let mut owners = Owners::default();
+        owners.rebuild(&d);
+        let mut names = BTreeMap::new();
+
+        let mut times = Vec::new();
+        for round in 0..20u32 {
+            let i = 5000 + round;
+            let changed = Arc::new(slice(i, false));
+            slices.insert(format!("s{i}-1"), changed.clone());
+            let t = Instant::now();
+            let dirty = index.apply(&changed);
+            let mut writes = 0;
+            for dk in dirty {
+                let Dirty::Service(key) = dk else { unreachable!() };
+                let svc = &services[i as usize];
+                let sl: Vec<Arc<EndpointSlice>> =
+                    index.slices_of(&key).iter().filter_map(|n| slices.get(n).cloned()).collect();
+                let refs: Vec<&EndpointSlice> = sl.iter().map(|s| s.as_ref()).collect();
+                let want = desired::compute_service(svc, &refs);
+                let (w, ok) = owners.apply_service(&mut dp.services, &mut names, &key, want);
+                assert!(ok);
+                writes += w;
+            }
+            times.push(t.elapsed());
+            assert_eq!(writes, 2, "one slot deleted, the count rewritten");
+        }
+        times.sort();
+        eprintln!(
+            "incremental change with 10,000 services present: median {:?}, max {:?}",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+        assert!(times[times.len() / 2] < Duration::from_millis(50));
+        assert_eq!(dp.services.len(), n as usize);
+        dp.cleanup().unwrap();
     }
 }

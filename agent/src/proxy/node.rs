@@ -63,7 +63,12 @@ pub async fn run_node_proxy(
         let mut dp = Dataplane::load(&config.dataplane)?;
         let attached = if config.pin_links {
             dp.attach_cgroup_pinned(&config.cgroup).map(|o| {
-                tracing::info!(attached = o.attached, reused = o.reused, "socket programs on {}", config.cgroup.display());
+                tracing::info!(
+                    attached = o.attached,
+                    reused = o.reused,
+                    "socket programs on {}",
+                    config.cgroup.display()
+                );
             })
         } else {
             dp.attach_cgroup(&config.cgroup)
@@ -72,18 +77,18 @@ pub async fn run_node_proxy(
             Ok(()) => proxy.run(client, &mut dp.services, shutdown).await,
             Err(e) => Err(e),
         };
-        if config.cleanup_on_exit {
-            if let Err(e) = dp.cleanup() {
-                tracing::error!("dataplane cleanup: {e:#}");
-            }
+        if config.cleanup_on_exit
+            && let Err(e) = dp.cleanup()
+        {
+            tracing::error!("dataplane cleanup: {e:#}");
         }
         r
     }
     .await;
-    if config.cleanup_on_exit {
-        if let Err(e) = route.remove().await {
-            tracing::error!("{e:#}");
-        }
+    if config.cleanup_on_exit
+        && let Err(e) = route.remove().await
+    {
+        tracing::error!("{e:#}");
     }
     result
 }

@@ -101,10 +101,31 @@ enum Command {
         #[arg(long, default_value = "/var/lib/skiff")]
         data_dir: PathBuf,
     },
-    /// Node agent (not implemented yet).
+    /// Node agent. Today it runs the eBPF service proxy (ClusterIP at the socket); pods on
+    /// Docker and the pod network are still to come.
     Agent {
         #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        node_name: Option<String>,
+        /// `ebpf` (default) or `nftables` (not implemented yet).
+        #[arg(long, default_value = "ebpf")]
+        proxy_mode: String,
+        /// Interfaces for the per-packet NodePort programs (not implemented yet; `none`).
+        #[arg(long, default_value = "none")]
+        devices: String,
+        /// The cgroup v2 the socket programs attach to (default: the root, so every process on
+        /// the host reaches ClusterIPs).
+        #[arg(long, default_value = "/sys/fs/cgroup/unified")]
+        cgroup: PathBuf,
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: String,
+        /// Where the proxy serves `/metrics`.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_listen: SocketAddr,
+        /// Detach programs, remove pins and the blackhole route on exit.
+        #[arg(long)]
+        cleanup_on_exit: bool,
     },
     /// The cluster DNS server: answers `cluster.local` from watched Services, EndpointSlices
     /// and Pods; forwards other names to the upstream resolvers.
@@ -269,7 +290,31 @@ fn main() -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Agent { .. } => skiff_agent::run(),
+        Command::Agent { kubeconfig, node_name: _, proxy_mode, devices, cgroup, service_cidr, metrics_listen, cleanup_on_exit } => {
+            if proxy_mode != "ebpf" {
+                anyhow::bail!("--proxy-mode {proxy_mode}: only `ebpf` is implemented so far (the nftables mode is part of the dataplane issue)");
+            }
+            if devices != "none" {
+                anyhow::bail!("--devices {devices}: the per-packet NodePort programs are not implemented yet; use --devices none");
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+                let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+                let proxy = skiff_agent::proxy::Proxy::new(skiff_agent::proxy::ProxyConfig { metrics_listen: Some(metrics_listen), ..Default::default() })?;
+                let cfg = skiff_agent::proxy::NodeProxyConfig {
+                    cgroup,
+                    service_range: service_cidr.parse()?,
+                    cleanup_on_exit,
+                    ..Default::default()
+                };
+                eprintln!("skiff agent: running the eBPF service proxy; pods on Docker are not part of this build yet");
+                skiff_agent::proxy::run_node_proxy(client, &cfg, &proxy, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+            })
+        }
         Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain } => {
             let upstreams = if upstream.is_empty() { resolv_conf_nameservers() } else { upstream };
             let cfg = skiff_dns::DnsConfig { listen, http_listen: Some(metrics_listen), domain, upstreams, ..Default::default() };

@@ -845,6 +845,11 @@ async fn delete_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, na
                 graceful = true;
             } else if grace > 0 {
                 graceful = true;
+            } else if !old["metadata"]["deletionTimestamp"].is_null() {
+                // A forced delete shortens a pending graceful one, so the pod goes as soon as
+                // its finalizers do.
+                new["metadata"]["deletionTimestamp"] = json!(now());
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             }
         }
         if kind.plural == "namespaces" {

@@ -1,5 +1,5 @@
-//! The whole local query path on arbitrary bytes, over UDP and TCP limits: parse, look up in a
-//! small zone, build the response. Must never panic; any response must parse as a DNS header.
+//! The whole local query path on arbitrary bytes, over UDP and TCP limits: parse, look up in the
+//! (apex-only) zone, build the response. Must never panic; any response must parse as a DNS header.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +10,12 @@ use std::sync::OnceLock;
 fn shared() -> &'static Shared {
     static S: OnceLock<Shared> = OnceLock::new();
     S.get_or_init(|| {
-        Shared::new(Zone::empty("cluster.local", 5), Forwarder::new(vec![], std::time::Duration::from_millis(1), 16))
+        let s = Shared::new(
+            Zone::empty("cluster.local", 5),
+            Forwarder::new(vec![], std::time::Duration::from_millis(1), 16),
+        );
+        s.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+        s
     })
 }
 

@@ -268,9 +268,16 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
     }
     let mut since = Instant::now();
     loop {
-        let zone = Zone::build(&domain, ttl, &services.state(), &slices.state(), &pods.state());
-        let records = zone.records;
-        shared.set_zone(zone);
+        // Built (and the old snapshot freed) off the async workers, so queries are not held up.
+        let (sv, sl, po, d, sh) = (services.state(), slices.state(), pods.state(), domain.clone(), shared.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            let zone = Zone::build(&d, ttl, &sv, &sl, &po);
+            let records = zone.records;
+            sh.set_zone(zone);
+            records
+        })
+        .await
+        .unwrap_or(0);
         shared.metrics.rebuilt(since.elapsed(), records);
         if !shared.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(records, "cluster DNS index synced");

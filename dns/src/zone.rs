@@ -467,3 +467,42 @@ mod tests {
         assert!(c.bytes.ends_with(&n("db.example.com")));
     }
 }
+
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use serde_json::json;
+
+    /// `SKIFF_DNS_SCALE=10000` for the benchmark's shape (10k services, 5 endpoints each).
+    #[test]
+    fn rebuild_scales() {
+        let n: usize = std::env::var("SKIFF_DNS_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..n {
+            let headless = i % 8 == 0;
+            services.push(Arc::new(serde_json::from_value::<Service>(json!({
+                "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 50)},
+                "spec": {"clusterIP": if headless { "None".to_string() } else { format!("10.96.{}.{}", i / 250, i % 250 + 1) },
+                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})).unwrap()));
+            let eps: Vec<_> =
+                (0..5).map(|e| json!({"addresses": [format!("10.{}.{}.{}", 200 + e, i / 250, i % 250)]})).collect();
+            slices.push(Arc::new(
+                serde_json::from_value::<EndpointSlice>(json!({
+                "metadata": {"name": format!("svc-{i}-x"), "namespace": format!("ns-{}", i % 50),
+                             "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps}))
+                .unwrap(),
+            ));
+        }
+        let t = std::time::Instant::now();
+        let z = Zone::build("cluster.local", 5, &services, &slices, &[]);
+        eprintln!("{n} services, {} endpoints: {} records built in {:?}", n * 5, z.records, t.elapsed());
+        assert!(
+            matches!(z.lookup(&wire::name_to_wire("svc-1.ns-1.svc.cluster.local").unwrap(), TYPE_A), Lookup::Answer(s) if s.count == 1)
+        );
+        assert!(
+            matches!(z.lookup(&wire::name_to_wire("svc-8.ns-8.svc.cluster.local").unwrap(), TYPE_A), Lookup::Answer(s) if s.count == 5)
+        );
+    }
+}

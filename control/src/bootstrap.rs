@@ -36,7 +36,12 @@ pub async fn ensure(state: &Shared, api_ip: &str, api_port: u16) -> anyhow::Resu
     Ok(())
 }
 
-async fn create_if_missing(state: &Shared, kind: &'static registry::Kind, ns: Option<&str>, obj: Value) -> anyhow::Result<()> {
+async fn create_if_missing(
+    state: &Shared,
+    kind: &'static registry::Kind,
+    ns: Option<&str>,
+    obj: Value,
+) -> anyhow::Result<()> {
     match rest::create_object(state, kind, ns, obj, false, Some("skiff-apiserver")).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
@@ -45,7 +50,13 @@ async fn create_if_missing(state: &Shared, kind: &'static registry::Kind, ns: Op
 }
 
 /// The API server's own endpoints follow its address, which can change between restarts.
-async fn upsert(state: &Shared, kind: &'static registry::Kind, ns: Option<&str>, name: &str, obj: Value) -> anyhow::Result<()> {
+async fn upsert(
+    state: &Shared,
+    kind: &'static registry::Kind,
+    ns: Option<&str>,
+    name: &str,
+    obj: Value,
+) -> anyhow::Result<()> {
     let key = kind.storage_key(ns, name);
     if let Some(kv) = state.store.get(&key).await? {
         let mut current: Value = serde_json::from_slice(&kv.value)?;

@@ -193,7 +193,14 @@ impl Cache {
                     st.revision = revision;
                     return;
                 };
-                CacheEvent { resource, key: ev.kv.key, kind: EventType::Deleted, object: Obj::new(last), prev: cached_prev, revision }
+                CacheEvent {
+                    resource,
+                    key: ev.kv.key,
+                    kind: EventType::Deleted,
+                    object: Obj::new(last),
+                    prev: cached_prev,
+                    revision,
+                }
             }
         };
         let event = Arc::new(event);
@@ -226,7 +233,12 @@ impl Cache {
         let items = st
             .objects
             .get(resource)
-            .map(|m| m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| {
+                m.range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         (items, st.revision)
     }
@@ -238,7 +250,11 @@ impl Cache {
 
     /// Events for `resource` after `after`, then a live receiver. `None` if `after` is older
     /// than the remembered history (410 Gone).
-    pub fn watch_from(&self, resource: &str, after: Revision) -> Option<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>, Revision)> {
+    pub fn watch_from(
+        &self,
+        resource: &str,
+        after: Revision,
+    ) -> Option<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>, Revision)> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         if after < st.oldest {
             return None;
@@ -248,12 +264,21 @@ impl Cache {
     }
 
     /// The current state as synthetic ADDED events plus a live receiver (watch with RV "" / "0").
-    pub fn snapshot_and_subscribe(&self, resource: &str, prefix: &str) -> (Vec<Obj>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
+    pub fn snapshot_and_subscribe(
+        &self,
+        resource: &str,
+        prefix: &str,
+    ) -> (Vec<Obj>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         let items = st
             .objects
             .get(resource)
-            .map(|m| m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect())
+            .map(|m| {
+                m.range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         (items, self.events.subscribe(), st.revision)
     }

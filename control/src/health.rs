@@ -100,13 +100,25 @@ fn component_status(name: &str, healthy: bool, message: &str) -> Value {
 }
 
 pub async fn component_statuses(state: &Shared, name: Option<&str>, accept: &str) -> ApiResult<Response> {
-    let kind = crate::registry::find("", "v1", "componentstatuses").ok_or_else(|| ApiError::internal("componentstatuses missing"))?;
-    let items: Vec<Value> = state.health.components().await.iter().map(|(n, h, m)| component_status(n, *h, m)).collect();
+    let kind = crate::registry::find("", "v1", "componentstatuses")
+        .ok_or_else(|| ApiError::internal("componentstatuses missing"))?;
+    let items: Vec<Value> =
+        state.health.components().await.iter().map(|(n, h, m)| component_status(n, *h, m)).collect();
     let body = match name {
-        Some(n) => items.into_iter().find(|i| i["metadata"]["name"] == n).ok_or_else(|| ApiError::not_found("", "componentstatuses", n))?,
+        Some(n) => items
+            .into_iter()
+            .find(|i| i["metadata"]["name"] == n)
+            .ok_or_else(|| ApiError::not_found("", "componentstatuses", n))?,
         None if crate::api::negotiate_output_is_table(accept) => {
-            let t = skiff_apimachinery::table::table(kind.plural, &items, chrono::Utc::now(), skiff_apimachinery::table::IncludeObject::Metadata);
-            return Ok(deprecated((StatusCode::OK, [("content-type", "application/json")], t.to_string()).into_response()));
+            let t = skiff_apimachinery::table::table(
+                kind.plural,
+                &items,
+                chrono::Utc::now(),
+                skiff_apimachinery::table::IncludeObject::Metadata,
+            );
+            return Ok(deprecated(
+                (StatusCode::OK, [("content-type", "application/json")], t.to_string()).into_response(),
+            ));
         }
         None => json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items}),
     };
@@ -115,6 +127,9 @@ pub async fn component_statuses(state: &Shared, name: Option<&str>, accept: &str
 
 /// Kubernetes deprecated ComponentStatus in 1.19 and says so on every response.
 fn deprecated(mut r: Response) -> Response {
-    r.headers_mut().insert("warning", axum::http::HeaderValue::from_static("299 - \"v1 ComponentStatus is deprecated in v1.19+\""));
+    r.headers_mut().insert(
+        "warning",
+        axum::http::HeaderValue::from_static("299 - \"v1 ComponentStatus is deprecated in v1.19+\""),
+    );
     r
 }

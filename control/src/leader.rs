@@ -4,9 +4,9 @@
 //! Used so that two `skiff control` processes on one etcd run one scheduler and one set of
 //! controllers between them. The Lease is read and written through the API like any client's.
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use std::future::Future;
 use std::time::Duration;
@@ -48,7 +48,11 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> anyhow::Result
     match api.get_opt(&cfg.name).await? {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(cfg.name.clone()), namespace: Some(cfg.namespace.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(cfg.name.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(cfg.identity.clone()),
                     lease_duration_seconds: Some(secs),
@@ -68,7 +72,10 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> anyhow::Result
             let spec = lease.spec.get_or_insert_with(Default::default);
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(secs) as i64);
-            let expired = spec.renew_time.as_ref().is_none_or(|t| t.0.checked_add(duration).is_ok_and(|until| until < Timestamp::now()));
+            let expired = spec
+                .renew_time
+                .as_ref()
+                .is_none_or(|t| t.0.checked_add(duration).is_ok_and(|until| until < Timestamp::now()));
             if holder != cfg.identity && !holder.is_empty() && !expired {
                 return Ok(Attempt::Following { holder });
             }
@@ -91,7 +98,12 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> anyhow::Result
 
 /// Runs `work` while this process holds the Lease; stops it (drops the future) as soon as
 /// renewal fails for a lease duration, then competes again. Never returns unless `work` does.
-pub async fn run_as_leader<F, Fut>(client: kube::Client, cfg: LeaderConfig, mut work: F, on_change: impl Fn(bool)) -> anyhow::Result<()>
+pub async fn run_as_leader<F, Fut>(
+    client: kube::Client,
+    cfg: LeaderConfig,
+    mut work: F,
+    on_change: impl Fn(bool),
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,

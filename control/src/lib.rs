@@ -71,7 +71,10 @@ pub async fn open_store(cfg: &ControlConfig) -> Result<Arc<dyn skiff_storage::St
     Ok(match cfg.store {
         StoreKind::Embedded => {
             let path = cfg.data_dir.join("store.redb");
-            Arc::new(skiff_storage::embedded::EmbeddedStore::open(&path).with_context(|| format!("opening the embedded store at {}", path.display()))?)
+            Arc::new(
+                skiff_storage::embedded::EmbeddedStore::open(&path)
+                    .with_context(|| format!("opening the embedded store at {}", path.display()))?,
+            )
         }
         StoreKind::Etcd => Arc::new(
             skiff_storage::etcd::EtcdStore::connect(&cfg.etcd_endpoints)
@@ -88,7 +91,8 @@ pub async fn start(cfg: ControlConfig) -> Result<Control> {
     let allocator = api::alloc::Allocator::new(&cfg.service_cidr)?;
     let api_service_ip = allocator.nth(1);
     let pki = pki::load_or_create(&cfg.data_dir.join("pki"), &[cfg.listen.ip(), IpAddr::V4(api_service_ip)])?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let client_ip = if addr.ip().is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
     let server_url = format!("https://{}", SocketAddr::new(client_ip, addr.port()));
@@ -113,7 +117,11 @@ pub async fn start(cfg: ControlConfig) -> Result<Control> {
         server_address: SocketAddr::new(client_ip, addr.port()).to_string(),
         health: Arc::new(health::Health::new(store.clone())),
     });
-    let node_ip = if addr.ip().is_loopback() || addr.ip().is_unspecified() { primary_ip().unwrap_or(client_ip) } else { addr.ip() };
+    let node_ip = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        primary_ip().unwrap_or(client_ip)
+    } else {
+        addr.ip()
+    };
     bootstrap::ensure(&state, &node_ip.to_string(), addr.port()).await?;
     tokio::spawn(compactor(store));
 
@@ -141,9 +149,10 @@ fn patch_meta(group: &str, kind: &str, path: &[&str]) -> Option<skiff_openapi::P
     let gk = skiff_patch::GroupKind::new(group, kind);
     let retain = skiff_patch::retains_keys(&gk, path);
     match skiff_patch::list_strategy(&gk, path) {
-        Some(ListStrategy::Merge { key }) => {
-            Some(skiff_openapi::PatchMeta { strategy: if retain { "merge,retainKeys" } else { "merge" }, merge_key: Some(key) })
-        }
+        Some(ListStrategy::Merge { key }) => Some(skiff_openapi::PatchMeta {
+            strategy: if retain { "merge,retainKeys" } else { "merge" },
+            merge_key: Some(key),
+        }),
         Some(ListStrategy::MergePrimitives) => Some(skiff_openapi::PatchMeta { strategy: "merge", merge_key: None }),
         _ if retain => Some(skiff_openapi::PatchMeta { strategy: "retainKeys", merge_key: None }),
         _ => None,
@@ -183,8 +192,12 @@ async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| app.clone().oneshot(req.map(axum::body::Body::new)));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(tls), svc).await;
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
         });
     }
 }

@@ -39,7 +39,8 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
 /// process says so.
 pub async fn run(kubeconfig: &Path, cfg: LoopsConfig, health: Arc<Health>) -> anyhow::Result<()> {
     let client = client(kubeconfig).await?;
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "skiff".into());
+    let host =
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "skiff".into());
     let identity = cfg.identity.clone().unwrap_or_else(|| format!("{host}_{}", uuid::Uuid::new_v4()));
     health.set("scheduler", true, "standby: waiting for the leader lease");
     health.set("controller-manager", true, "standby: waiting for the leader lease");

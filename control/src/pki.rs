@@ -91,8 +91,8 @@ fn ca_params() -> Result<CertificateParams> {
 }
 
 fn write_secret(path: &Path, content: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(content.as_bytes())?;
     Ok(())
@@ -111,10 +111,11 @@ pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
 pub fn server_tls(pki: &Pki) -> Result<rustls::ServerConfig> {
     let certs = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())?.context("no private key in apiserver.key")?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

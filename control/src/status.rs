@@ -115,13 +115,11 @@ impl ApiError {
         let rendered: Vec<String> = causes.iter().map(Cause::render).collect();
         let what = if rendered.len() == 1 { rendered[0].clone() } else { format!("[{}]", rendered.join(", ")) };
         let qual = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let mut e = Self::new(422, "Invalid", format!("{qual} \"{name}\" is invalid: {what}")).with_details(group, kind, name);
+        let mut e =
+            Self::new(422, "Invalid", format!("{qual} \"{name}\" is invalid: {what}")).with_details(group, kind, name);
         if let Some(d) = e.details.as_mut() {
             d["causes"] = Value::Array(
-                causes
-                    .iter()
-                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-                    .collect(),
+                causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect(),
             );
         }
         e
@@ -141,7 +139,13 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
     pub fn unsupported_media_type(ct: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+            ),
+        )
     }
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self::new(406, "NotAcceptable", message)

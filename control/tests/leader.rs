@@ -16,7 +16,8 @@ fn cfg(identity: &str) -> LeaderConfig {
 async fn one_leader_and_takeover_after_expiry() {
     let control = tokio::task::block_in_place(skiff_tests::Control::start).expect("skiff control");
     let client = control.client().await.expect("client");
-    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client.clone(), "kube-system");
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), "kube-system");
 
     assert_eq!(try_acquire(&api, &cfg("a")).await.unwrap(), Attempt::Leading);
     assert_eq!(try_acquire(&api, &cfg("b")).await.unwrap(), Attempt::Following { holder: "a".into() });

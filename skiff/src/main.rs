@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "A Kubernetes-compatible orchestrator whose service networking runs in eBPF")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Kubernetes-compatible orchestrator whose service networking runs in eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,13 +156,20 @@ async fn up(cfg: skiff_control::ControlConfig) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
     let pid_path = data_dir.join(PID_FILE);
     if let Some(pid) = running_pid(&data_dir) {
-        anyhow::bail!("a cluster is already running on {} (pid {pid}); `skiff down --data-dir {}` stops it", data_dir.display(), data_dir.display());
+        anyhow::bail!(
+            "a cluster is already running on {} (pid {pid}); `skiff down --data-dir {}` stops it",
+            data_dir.display(),
+            data_dir.display()
+        );
     }
     println!("==> data directory {}", data_dir.display());
-    println!("==> starting the API server ({} store)", match cfg.store {
-        skiff_control::StoreKind::Embedded => "embedded",
-        skiff_control::StoreKind::Etcd => "etcd",
-    });
+    println!(
+        "==> starting the API server ({} store)",
+        match cfg.store {
+            skiff_control::StoreKind::Embedded => "embedded",
+            skiff_control::StoreKind::Etcd => "etcd",
+        }
+    );
     let control = skiff_control::start(cfg).await?;
     std::fs::write(&pid_path, std::process::id().to_string())?;
     println!("==> scheduler and controllers run under leader election");
@@ -194,7 +205,11 @@ async fn terminate() {
 fn running_pid(data_dir: &std::path::Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(data_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
     // Signal 0 checks existence without signalling.
-    let alive = std::process::Command::new("kill").args(["-0", &pid.to_string()]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    let alive = std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     alive.then_some(pid)
 }
 
@@ -227,7 +242,10 @@ fn status(data_dir: &std::path::Path) -> Result<()> {
     let kubeconfig = std::fs::read_to_string(data_dir.join("kubeconfig")).unwrap_or_default();
     let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap_or("").to_string();
     let addr = server.trim_start_matches("https://");
-    let api_ok = addr.parse::<SocketAddr>().ok().is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
+    let api_ok = addr
+        .parse::<SocketAddr>()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
     println!("skiff (pid {pid})");
     println!("  api-server   {}  {server}", if api_ok { "healthy  " } else { "unhealthy" });
     for c in ["agent", "dataplane", "dns"] {
@@ -286,22 +304,46 @@ fn main() -> Result<()> {
         Command::Status { data_dir } => status(&data_dir),
         Command::Kubeconfig { data_dir } => {
             let path = data_dir.join("kubeconfig");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("no kubeconfig at {} (has `skiff control --data-dir {}` run?)", path.display(), data_dir.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no kubeconfig at {} (has `skiff control --data-dir {}` run?)",
+                    path.display(),
+                    data_dir.display()
+                )
+            })?;
             print!("{text}");
             Ok(())
         }
-        Command::Agent { kubeconfig, node_name: _, proxy_mode, devices, cgroup, service_cidr, metrics_listen, cleanup_on_exit } => {
+        Command::Agent {
+            kubeconfig,
+            node_name: _,
+            proxy_mode,
+            devices,
+            cgroup,
+            service_cidr,
+            metrics_listen,
+            cleanup_on_exit,
+        } => {
             if proxy_mode != "ebpf" {
-                anyhow::bail!("--proxy-mode {proxy_mode}: only `ebpf` is implemented so far (the nftables mode is part of the dataplane issue)");
+                anyhow::bail!(
+                    "--proxy-mode {proxy_mode}: only `ebpf` is implemented so far (the nftables mode is part of the dataplane issue)"
+                );
             }
             if devices != "none" {
-                anyhow::bail!("--devices {devices}: the per-packet NodePort programs are not implemented yet; use --devices none");
+                anyhow::bail!(
+                    "--devices {devices}: the per-packet NodePort programs are not implemented yet; use --devices none"
+                );
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-                let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
-                let proxy = skiff_agent::proxy::Proxy::new(skiff_agent::proxy::ProxyConfig { metrics_listen: Some(metrics_listen), ..Default::default() })?;
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+                    .with_context(|| format!("reading {}", kubeconfig.display()))?;
+                let client =
+                    kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+                let proxy = skiff_agent::proxy::Proxy::new(skiff_agent::proxy::ProxyConfig {
+                    metrics_listen: Some(metrics_listen),
+                    ..Default::default()
+                })?;
                 let cfg = skiff_agent::proxy::NodeProxyConfig {
                     cgroup,
                     service_range: service_cidr.parse()?,
@@ -317,7 +359,13 @@ fn main() -> Result<()> {
         }
         Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain } => {
             let upstreams = if upstream.is_empty() { resolv_conf_nameservers() } else { upstream };
-            let cfg = skiff_dns::DnsConfig { listen, http_listen: Some(metrics_listen), domain, upstreams, ..Default::default() };
+            let cfg = skiff_dns::DnsConfig {
+                listen,
+                http_listen: Some(metrics_listen),
+                domain,
+                upstreams,
+                ..Default::default()
+            };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(skiff_dns::run(kubeconfig.as_deref(), cfg))
         }

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 /// Runs `fut` with a deadline so a hung server fails the test instead of hanging it.
 async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(secs), fut).await.with_context(|| format!("{what}: no answer within {secs} s"))
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .with_context(|| format!("{what}: no answer within {secs} s"))
 }
 
 /// The `Status` of a failed kube-rs call (panics with the error when it is not an API error).
@@ -44,16 +46,24 @@ async fn raw(client: &Client, method: &str, path: &str, content_type: &str, body
 }
 
 /// [`raw`] that also returns the response headers.
-async fn raw_full(client: &Client, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, http::HeaderMap, Value)> {
+async fn raw_full(
+    client: &Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(u16, http::HeaderMap, Value)> {
     let mut b = http::Request::builder().method(method).uri(path);
     if !content_type.is_empty() {
         b = b.header("content-type", content_type);
     }
-    let resp = client.send(b.body(kube::client::Body::from(body))?).await.with_context(|| format!("{method} {path}"))?;
+    let resp =
+        client.send(b.body(kube::client::Body::from(body))?).await.with_context(|| format!("{method} {path}"))?;
     let code = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect_bytes().await?;
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let v =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Ok((code, headers, v))
 }
 
@@ -135,7 +145,11 @@ where
             WatchEvent::Bookmark(_) => continue,
             WatchEvent::Error(s) => bail!("watch ERROR event: {s:?}"),
         };
-        out.push((ty.to_string(), obj.meta().name.clone().unwrap_or_default(), obj.meta().resource_version.clone().unwrap_or_default()));
+        out.push((
+            ty.to_string(),
+            obj.meta().name.clone().unwrap_or_default(),
+            obj.meta().resource_version.clone().unwrap_or_default(),
+        ));
     }
     Ok(out)
 }
@@ -150,14 +164,24 @@ async fn core_checks(c: &Control) -> Result<()> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     // create / get / list
-    let created = cms.create(&PostParams::default(), &configmap("core", json!({"t": "core"}), json!({"k": "v1"}))).await?;
+    let created =
+        cms.create(&PostParams::default(), &configmap("core", json!({"t": "core"}), json!({"k": "v1"}))).await?;
     let rv1 = rv(&created);
     ensure!(!rv1.is_empty(), "created object has no resourceVersion");
-    ensure!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some(), "create did not set uid/creationTimestamp: {created:?}");
+    ensure!(
+        created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some(),
+        "create did not set uid/creationTimestamp: {created:?}"
+    );
     let got = cms.get("core").await?;
-    ensure!(got.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) == Some("v1") && rv(&got) == rv1, "get after create: {got:?}");
+    ensure!(
+        got.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) == Some("v1") && rv(&got) == rv1,
+        "get after create: {got:?}"
+    );
     let listed = cms.list(&ListParams::default()).await?;
-    ensure!(listed.metadata.resource_version.as_deref().is_some_and(|r| !r.is_empty()), "list without metadata.resourceVersion");
+    ensure!(
+        listed.metadata.resource_version.as_deref().is_some_and(|r| !r.is_empty()),
+        "list without metadata.resourceVersion"
+    );
     ensure!(listed.items.iter().any(|o| o.name_any() == "core"), "list does not contain the created object");
 
     // watch from the create's resourceVersion sees only the later update and delete, in order
@@ -167,7 +191,10 @@ async fn core_checks(c: &Control) -> Result<()> {
     let updated = cms.replace("core", &PostParams::default(), &upd).await?;
     let rv2 = rv(&updated);
     ensure!(rv2 != rv1, "update did not change the resourceVersion");
-    ensure!(cms.get("core").await?.data.unwrap_or_default().get("k").map(String::as_str) == Some("v2"), "update not visible in get");
+    ensure!(
+        cms.get("core").await?.data.unwrap_or_default().get("k").map(String::as_str) == Some("v2"),
+        "update not visible in get"
+    );
 
     // stale update → 409 Conflict, object unchanged
     let mut stale = got.clone();
@@ -175,7 +202,10 @@ async fn core_checks(c: &Control) -> Result<()> {
     let s = status_of(cms.replace("core", &PostParams::default(), &stale).await);
     ensure!(s.code == 409 && s.reason == "Conflict", "stale update: want 409 Conflict, got {s:?}");
     let after = cms.get("core").await?;
-    ensure!(rv(&after) == rv2 && after.data.unwrap_or_default().get("k").map(String::as_str) == Some("v2"), "stale update changed the object");
+    ensure!(
+        rv(&after) == rv2 && after.data.unwrap_or_default().get("k").map(String::as_str) == Some("v2"),
+        "stale update changed the object"
+    );
 
     // duplicate create → 409 AlreadyExists, object unchanged
     let s = status_of(cms.create(&PostParams::default(), &configmap("core", json!({}), json!({"k": "dup"}))).await);
@@ -205,7 +235,9 @@ async fn embedded_backend_core_semantics() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_backend_core_semantics() -> Result<()> {
     // Declared first so it is dropped (killed) after skiff.
-    let etcd = skiff_storage::conformance::EtcdProcess::start().await.context("starting etcd (the etcd backend must be tested; install etcd-server)")?;
+    let etcd = skiff_storage::conformance::EtcdProcess::start()
+        .await
+        .context("starting etcd (the etcd backend must be tested; install etcd-server)")?;
     let endpoints = etcd.endpoints().join(",");
     let mut c = Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &endpoints])?;
     within(60, "core checks (etcd)", core_checks(&c)).await??;
@@ -283,41 +315,50 @@ async fn watcher_sees_every_change() -> Result<()> {
     // watcher. Each op records (type, name, resourceVersion of the response).
     const N: usize = 20;
     let ops: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
-    let mutate = {
-        let pods = pods.clone();
-        let ops = ops.clone();
-        async move {
-            let creates = futures::future::join_all((0..N).map(|i| {
-                let pods = pods.clone();
-                async move { pods.create(&PostParams::default(), &pod(&format!("w-{i:02}"), None)).await }
-            }))
-            .await;
-            for r in creates {
-                let p = r?;
-                ops.lock().unwrap().push(("ADDED".into(), p.name_any(), rv(&p)));
+    let mutate =
+        {
+            let pods = pods.clone();
+            let ops = ops.clone();
+            async move {
+                let creates = futures::future::join_all((0..N).map(|i| {
+                    let pods = pods.clone();
+                    async move { pods.create(&PostParams::default(), &pod(&format!("w-{i:02}"), None)).await }
+                }))
+                .await;
+                for r in creates {
+                    let p = r?;
+                    ops.lock().unwrap().push(("ADDED".into(), p.name_any(), rv(&p)));
+                }
+                let updates = futures::future::join_all((0..8).map(|i| {
+                    let pods = pods.clone();
+                    async move {
+                        pods.patch(&format!("w-{i:02}"), &PatchParams::default(), &label_patch("updated", Some("yes")))
+                            .await
+                    }
+                }))
+                .await;
+                for r in updates {
+                    let p = r?;
+                    ops.lock().unwrap().push(("MODIFIED".into(), p.name_any(), rv(&p)));
+                }
+                let deletes =
+                    futures::future::join_all((5..15).map(|i| {
+                        let pods = pods.clone();
+                        async move {
+                            (format!("w-{i:02}"), pods.delete(&format!("w-{i:02}"), &DeleteParams::default()).await)
+                        }
+                    }))
+                    .await;
+                for (name, r) in deletes {
+                    // An immediate pod delete answers with the deleted object at the delete's revision.
+                    let p = r?
+                        .left()
+                        .with_context(|| format!("delete of {name} returned a Status, Kubernetes returns the Pod"))?;
+                    ops.lock().unwrap().push(("DELETED".into(), name, rv(&p)));
+                }
+                anyhow::Ok(())
             }
-            let updates = futures::future::join_all((0..8).map(|i| {
-                let pods = pods.clone();
-                async move { pods.patch(&format!("w-{i:02}"), &PatchParams::default(), &label_patch("updated", Some("yes"))).await }
-            }))
-            .await;
-            for r in updates {
-                let p = r?;
-                ops.lock().unwrap().push(("MODIFIED".into(), p.name_any(), rv(&p)));
-            }
-            let deletes = futures::future::join_all((5..15).map(|i| {
-                let pods = pods.clone();
-                async move { (format!("w-{i:02}"), pods.delete(&format!("w-{i:02}"), &DeleteParams::default()).await) }
-            }))
-            .await;
-            for (name, r) in deletes {
-                // An immediate pod delete answers with the deleted object at the delete's revision.
-                let p = r?.left().with_context(|| format!("delete of {name} returned a Status, Kubernetes returns the Pod"))?;
-                ops.lock().unwrap().push(("DELETED".into(), name, rv(&p)));
-            }
-            anyhow::Ok(())
-        }
-    };
+        };
     let mutator = tokio::spawn(mutate);
     let expected_final: HashMap<String, String> = within(60, "mutations + watcher convergence", async {
         let mut mutator = mutator;
@@ -329,7 +370,8 @@ async fn watcher_sees_every_change() -> Result<()> {
                 _ = tokio::time::sleep(Duration::from_millis(200)), if done => {}
             }
             if done {
-                let list: HashMap<String, String> = pods.list(&ListParams::default()).await?.items.iter().map(|p| (p.name_any(), rv(p))).collect();
+                let list: HashMap<String, String> =
+                    pods.list(&ListParams::default()).await?.items.iter().map(|p| (p.name_any(), rv(p))).collect();
                 if list == state {
                     return anyhow::Ok(list);
                 }
@@ -378,7 +420,14 @@ async fn stale_update_is_409_conflict_and_changes_nothing() -> Result<()> {
     assert!(s.message.contains("the object has been modified"), "{:?}", s.message);
 
     // Also through a merge patch that carries the old resourceVersion as a precondition.
-    let s = status_of(cms.patch("stale", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"resourceVersion": rv(&v1)}, "data": {"k": "patched"}}))).await);
+    let s = status_of(
+        cms.patch(
+            "stale",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"resourceVersion": rv(&v1)}, "data": {"k": "patched"}})),
+        )
+        .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"), "{s:?}");
 
     let now = cms.get("stale").await?;
@@ -404,8 +453,13 @@ async fn duplicate_create_is_409_already_exists() -> Result<()> {
 
     // Cluster-scoped too.
     let nss: Api<Namespace> = Api::all(client);
-    let s = status_of(nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "default"}}))?).await);
-    assert_eq!((s.code, s.reason.as_str(), s.message.as_str()), (409, "AlreadyExists", "namespaces \"default\" already exists"));
+    let s = status_of(
+        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "default"}}))?).await,
+    );
+    assert_eq!(
+        (s.code, s.reason.as_str(), s.message.as_str()),
+        (409, "AlreadyExists", "namespaces \"default\" already exists")
+    );
     Ok(())
 }
 
@@ -429,15 +483,30 @@ async fn rejected_writes_store_nothing() -> Result<()> {
     };
 
     // Malformed JSON → 400 BadRequest
-    let (code, body) = raw(&client, "POST", path, "application/json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"broken""#.to_vec()).await?;
-    check("malformed JSON", code == 400 && body["kind"] == "Status" && body["reason"] == "BadRequest", format!("{code} {body}"));
+    let (code, body) = raw(
+        &client,
+        "POST",
+        path,
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"broken""#.to_vec(),
+    )
+    .await?;
+    check(
+        "malformed JSON",
+        code == 400 && body["kind"] == "Status" && body["reason"] == "BadRequest",
+        format!("{code} {body}"),
+    );
 
     // > 3 MiB body → 413
     let big = "x".repeat(4 * 1024 * 1024);
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "huge"}, "data": {"big": big}});
     match raw_full(&client, "POST", path, "application/json", serde_json::to_vec(&obj)?).await {
         Ok((code, headers, body)) => {
-            check("4 MiB body", code == 413 && body["code"] == 413 && body["reason"] == "RequestEntityTooLarge", format!("{code} {headers:?} {}", body.to_string().chars().take(300).collect::<String>()));
+            check(
+                "4 MiB body",
+                code == 413 && body["code"] == 413 && body["reason"] == "RequestEntityTooLarge",
+                format!("{code} {headers:?} {}", body.to_string().chars().take(300).collect::<String>()),
+            );
         }
         Err(e) => check("4 MiB body", false, format!("no HTTP response (connection dropped instead of 413): {e:#}")),
     }
@@ -462,7 +531,8 @@ async fn rejected_writes_store_nothing() -> Result<()> {
     check("namespace mismatch", code == 400 && body["reason"] == "BadRequest", format!("{code} {body}"));
     // ... also on update.
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "existing", "namespace": "other"}, "data": {"a": "changed"}});
-    let (code, body) = raw(&client, "PUT", &format!("{path}/existing"), "application/json", serde_json::to_vec(&obj)?).await?;
+    let (code, body) =
+        raw(&client, "PUT", &format!("{path}/existing"), "application/json", serde_json::to_vec(&obj)?).await?;
     check("namespace mismatch on update", code == 400 && body["reason"] == "BadRequest", format!("{code} {body}"));
 
     let after = cm_snapshot(&cms).await?;
@@ -486,11 +556,23 @@ async fn oversized_body_413_says_connection_close() -> Result<()> {
     let c = Control::start_api_only(&[])?;
     let client = c.client().await?;
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "huge"}, "data": {"big": "x".repeat(4 * 1024 * 1024)}});
-    let (code, headers, _) = raw_full(&client, "POST", "/api/v1/namespaces/default/configmaps", "application/json", serde_json::to_vec(&obj)?).await?;
+    let (code, headers, _) = raw_full(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        serde_json::to_vec(&obj)?,
+    )
+    .await?;
     assert_eq!(code, 413);
-    let close = headers.get("connection").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let close =
+        headers.get("connection").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let next = raw(&client, "GET", "/version", "", Vec::new()).await;
-    assert!(close, "413 response without `Connection: close` (headers {headers:?}); the next request on the same client: {:?}", next.map(|r| r.0).map_err(|e| format!("{e:#}")));
+    assert!(
+        close,
+        "413 response without `Connection: close` (headers {headers:?}); the next request on the same client: {:?}",
+        next.map(|r| r.0).map_err(|e| format!("{e:#}"))
+    );
     assert_eq!(next?.0, 200);
     Ok(())
 }
@@ -506,12 +588,26 @@ async fn anonymous_requests_are_401_except_version() -> Result<()> {
     for path in ["/api/v1/namespaces/default/pods", "/api/v1/namespaces", "/api", "/apis"] {
         let (code, body) = raw(&anon, "GET", path, "", Vec::new()).await?;
         assert_eq!(code, 401, "{path}: {body}");
-        assert_eq!((body["kind"].as_str(), body["reason"].as_str(), body["code"].as_i64()), (Some("Status"), Some("Unauthorized"), Some(401)), "{path}: {body}");
+        assert_eq!(
+            (body["kind"].as_str(), body["reason"].as_str(), body["code"].as_i64()),
+            (Some("Status"), Some("Unauthorized"), Some(401)),
+            "{path}: {body}"
+        );
     }
-    let (code, _) = raw(&anon, "POST", "/api/v1/namespaces/default/configmaps", "application/json", br#"{"metadata":{"name":"anon"}}"#.to_vec()).await?;
+    let (code, _) = raw(
+        &anon,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"anon"}}"#.to_vec(),
+    )
+    .await?;
     assert_eq!(code, 401);
     // A wrong token is as good as none.
-    let req = http::Request::builder().uri("/api/v1/namespaces").header("authorization", "Bearer not-the-token").body(kube::client::Body::from(Vec::new()))?;
+    let req = http::Request::builder()
+        .uri("/api/v1/namespaces")
+        .header("authorization", "Bearer not-the-token")
+        .body(kube::client::Body::from(Vec::new()))?;
     let resp = anon.send(req).await?;
     assert_eq!(resp.status().as_u16(), 401);
 
@@ -554,7 +650,11 @@ async fn watch_semantics() -> Result<()> {
     cms.delete("pre-a", &DeleteParams::default()).await?;
     let ev = collect_watch(s, 3, 2).await?;
     let got: Vec<(&str, &str)> = ev.iter().map(|e| (e.0.as_str(), e.1.as_str())).collect();
-    assert_eq!(got, [("ADDED", "later"), ("DELETED", "pre-a")], "watch from rv {mark} (must not replay the patch at {mark} or anything earlier)");
+    assert_eq!(
+        got,
+        [("ADDED", "later"), ("DELETED", "pre-a")],
+        "watch from rv {mark} (must not replay the patch at {mark} or anything earlier)"
+    );
     assert_eq!(ev[0].2, rv(&later));
 
     // timeoutSeconds=1 ends the stream.
@@ -562,7 +662,11 @@ async fn watch_semantics() -> Result<()> {
     let s = cms.watch(&WatchParams::default().timeout(1), &rv(&later)).await?;
     let ended = tokio::time::timeout(Duration::from_secs(8), s.try_collect::<Vec<_>>()).await;
     assert!(ended.is_ok(), "a watch with timeoutSeconds=1 was still open after 8 s");
-    assert!(started.elapsed() >= Duration::from_millis(900), "watch ended after {:?}, before its 1 s timeout", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "watch ended after {:?}, before its 1 s timeout",
+        started.elapsed()
+    );
 
     // A label-selected watch turns "label removed" into DELETED and "label added" into ADDED.
     let now_rv = cms.list(&ListParams::default()).await?.metadata.resource_version.unwrap();
@@ -600,13 +704,16 @@ async fn list_pagination_with_continue() -> Result<()> {
     futures::stream::iter(0..25)
         .map(|i| {
             let cms = cms.clone();
-            async move { cms.create(&PostParams::default(), &configmap(&format!("page-{i:02}"), json!({}), json!({}))).await }
+            async move {
+                cms.create(&PostParams::default(), &configmap(&format!("page-{i:02}"), json!({}), json!({}))).await
+            }
         })
         .buffer_unordered(8)
         .try_collect::<Vec<_>>()
         .await?;
     // Objects a controller may have put in the namespace (e.g. kube-root-ca.crt) count too.
-    let others: BTreeSet<String> = names_of(&cms, &ListParams::default()).await?.into_iter().filter(|n| !n.starts_with("page-")).collect();
+    let others: BTreeSet<String> =
+        names_of(&cms, &ListParams::default()).await?.into_iter().filter(|n| !n.starts_with("page-")).collect();
     let total = 25 + others.len();
 
     let p1 = cms.list(&ListParams::default().limit(10)).await?;
@@ -676,7 +783,11 @@ async fn label_and_field_selectors() -> Result<()> {
             wrong.push(format!("labelSelector {sel:?}: got {got:?}, want {want:?}"));
         }
     }
-    for (sel, want) in [("metadata.name=b", &["b"][..]), ("metadata.name!=b", &["a", "c", "d"][..]), ("metadata.namespace=sel", &["a", "b", "c", "d"][..])] {
+    for (sel, want) in [
+        ("metadata.name=b", &["b"][..]),
+        ("metadata.name!=b", &["a", "c", "d"][..]),
+        ("metadata.namespace=sel", &["a", "b", "c", "d"][..]),
+    ] {
         let got = names_of(&cms, &ListParams::default().fields(sel)).await?;
         if got != set(want) {
             wrong.push(format!("fieldSelector {sel:?}: got {got:?}, want {want:?}"));
@@ -734,7 +845,8 @@ async fn label_and_field_selectors() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 fn service(name: &str, spec: Value) -> Service {
-    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})).expect("valid Service")
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}))
+        .expect("valid Service")
 }
 
 fn in_service_cidr(ip: &str) -> bool {
@@ -746,50 +858,109 @@ async fn service_cluster_ip_and_node_port_allocation() -> Result<()> {
     let c = Control::start_api_only(&[])?;
     let svcs: Api<Service> = Api::namespaced(c.client().await?, "default");
     let port = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
-    let a = svcs.create(&PostParams::default(), &service("svc-a", json!({"selector": {"app": "a"}, "ports": port}))).await?;
-    let b = svcs.create(&PostParams::default(), &service("svc-b", json!({"selector": {"app": "b"}, "ports": port}))).await?;
+    let a = svcs
+        .create(&PostParams::default(), &service("svc-a", json!({"selector": {"app": "a"}, "ports": port})))
+        .await?;
+    let b = svcs
+        .create(&PostParams::default(), &service("svc-b", json!({"selector": {"app": "b"}, "ports": port})))
+        .await?;
     let ip_a = a.spec.as_ref().and_then(|s| s.cluster_ip.clone()).context("svc-a has no clusterIP")?;
     let ip_b = b.spec.as_ref().and_then(|s| s.cluster_ip.clone()).context("svc-b has no clusterIP")?;
     assert!(in_service_cidr(&ip_a) && in_service_cidr(&ip_b), "{ip_a} / {ip_b} not in 10.96.0.0/12");
     assert_ne!(ip_a, ip_b);
     let kube_ip = svcs.get("kubernetes").await.ok().and_then(|s| s.spec?.cluster_ip);
-    assert!(kube_ip.as_deref() != Some(&ip_a) && kube_ip.as_deref() != Some(&ip_b), "a service got the kubernetes service's IP");
+    assert!(
+        kube_ip.as_deref() != Some(&ip_a) && kube_ip.as_deref() != Some(&ip_b),
+        "a service got the kubernetes service's IP"
+    );
     assert_eq!(a.spec.as_ref().unwrap().cluster_ips.as_deref(), Some(&[ip_a.clone()][..]), "clusterIPs");
 
     // Requested: a free IP is granted; an allocated one → 422 "already allocated".
-    let fixed = svcs.create(&PostParams::default(), &service("svc-fixed", json!({"clusterIP": "10.96.100.100", "ports": port}))).await?;
+    let fixed = svcs
+        .create(&PostParams::default(), &service("svc-fixed", json!({"clusterIP": "10.96.100.100", "ports": port})))
+        .await?;
     assert_eq!(fixed.spec.unwrap().cluster_ip.as_deref(), Some("10.96.100.100"));
-    let s = status_of(svcs.create(&PostParams::default(), &service("svc-taken", json!({"clusterIP": ip_a, "ports": port}))).await);
+    let s = status_of(
+        svcs.create(&PostParams::default(), &service("svc-taken", json!({"clusterIP": ip_a, "ports": port}))).await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
     assert!(s.message.contains("already allocated"), "{:?}", s.message);
-    let s = status_of(svcs.create(&PostParams::default(), &service("svc-outside", json!({"clusterIP": "192.168.1.1", "ports": port}))).await);
+    let s = status_of(
+        svcs.create(
+            &PostParams::default(),
+            &service("svc-outside", json!({"clusterIP": "192.168.1.1", "ports": port})),
+        )
+        .await,
+    );
     assert_eq!(s.code, 422, "clusterIP outside the range: {s:?}");
 
     // NodePorts: allocated in range, distinct; a taken one → 422; out of range → 422.
     let np_port = json!([{"port": 80, "protocol": "TCP"}]);
-    let n1 = svcs.create(&PostParams::default(), &service("np-1", json!({"type": "NodePort", "ports": np_port}))).await?;
-    let n2 = svcs.create(&PostParams::default(), &service("np-2", json!({"type": "NodePort", "ports": np_port}))).await?;
+    let n1 =
+        svcs.create(&PostParams::default(), &service("np-1", json!({"type": "NodePort", "ports": np_port}))).await?;
+    let n2 =
+        svcs.create(&PostParams::default(), &service("np-2", json!({"type": "NodePort", "ports": np_port}))).await?;
     let np = |s: &Service| s.spec.as_ref().and_then(|s| s.ports.as_ref()?.first()?.node_port);
     let (p1, p2) = (np(&n1).context("np-1 has no nodePort")?, np(&n2).context("np-2 has no nodePort")?);
     assert!((30000..=32767).contains(&p1) && (30000..=32767).contains(&p2), "{p1} {p2}");
     assert_ne!(p1, p2);
-    let s = status_of(svcs.create(&PostParams::default(), &service("np-taken", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": p1}]}))).await);
+    let s = status_of(
+        svcs.create(
+            &PostParams::default(),
+            &service(
+                "np-taken",
+                json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": p1}]}),
+            ),
+        )
+        .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
     assert!(s.message.contains("already allocated"), "{:?}", s.message);
-    assert_eq!(s.details.as_ref().and_then(|d| d.causes.first()).map(|c| c.field.as_str()), Some("spec.ports[0].nodePort"));
-    let s = status_of(svcs.create(&PostParams::default(), &service("np-low", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 8080}]}))).await);
+    assert_eq!(
+        s.details.as_ref().and_then(|d| d.causes.first()).map(|c| c.field.as_str()),
+        Some("spec.ports[0].nodePort")
+    );
+    let s = status_of(
+        svcs.create(
+            &PostParams::default(),
+            &service(
+                "np-low",
+                json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 8080}]}),
+            ),
+        )
+        .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
     assert!(s.message.contains("valid range"), "{:?}", s.message);
     // A free, in-range, requested one is granted.
     let free = (30000..=32767).find(|p| *p != p1 && *p != p2).unwrap();
-    let n3 = svcs.create(&PostParams::default(), &service("np-3", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": free}]}))).await?;
+    let n3 = svcs
+        .create(
+            &PostParams::default(),
+            &service("np-3", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": free}]})),
+        )
+        .await?;
     assert_eq!(np(&n3), Some(free));
 
     // Updates: a clusterIP may not change; a nodePort may not move onto a taken one.
-    let s = status_of(svcs.patch("svc-b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"clusterIP": "10.96.200.200", "clusterIPs": ["10.96.200.200"]}}))).await);
+    let s = status_of(
+        svcs.patch(
+            "svc-b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"clusterIP": "10.96.200.200", "clusterIPs": ["10.96.200.200"]}})),
+        )
+        .await,
+    );
     assert_eq!(s.code, 422, "{s:?}");
     assert!(s.message.contains("may not change once set"), "{:?}", s.message);
-    let s = status_of(svcs.patch("np-2", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "nodePort": p1}]}}))).await);
+    let s = status_of(
+        svcs.patch(
+            "np-2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "nodePort": p1}]}})),
+        )
+        .await,
+    );
     assert_eq!(s.code, 422, "{s:?}");
     assert!(s.message.contains("already allocated"), "{:?}", s.message);
 
@@ -799,7 +970,8 @@ async fn service_cluster_ip_and_node_port_allocation() -> Result<()> {
         assert!(!names.contains(n), "refused service {n} was stored");
     }
     svcs.delete("svc-a", &DeleteParams::default()).await?;
-    let reuse = svcs.create(&PostParams::default(), &service("svc-reuse", json!({"clusterIP": ip_a, "ports": port}))).await?;
+    let reuse =
+        svcs.create(&PostParams::default(), &service("svc-reuse", json!({"clusterIP": ip_a, "ports": port}))).await?;
     assert_eq!(reuse.spec.unwrap().cluster_ip, Some(ip_a));
     Ok(())
 }
@@ -812,13 +984,18 @@ async fn service_replace_keeps_allocated_values() -> Result<()> {
     let svcs: Api<Service> = Api::namespaced(c.client().await?, "default");
     let np_port = json!([{"port": 80, "protocol": "TCP"}]);
     let np = |s: &Service| s.spec.as_ref().and_then(|s| s.ports.as_ref()?.first()?.node_port);
-    let n2 = svcs.create(&PostParams::default(), &service("np-2", json!({"type": "NodePort", "ports": np_port}))).await?;
+    let n2 =
+        svcs.create(&PostParams::default(), &service("np-2", json!({"type": "NodePort", "ports": np_port}))).await?;
     let p2 = np(&n2).context("no nodePort allocated")?;
     let current = svcs.get("np-2").await?;
     let mut bare = service("np-2", json!({"type": "NodePort", "ports": np_port}));
     bare.metadata.resource_version = current.metadata.resource_version.clone();
-    let replaced = svcs.replace("np-2", &PostParams::default(), &bare).await.context("PUT of np-2 without clusterIP/nodePort")?;
-    assert_eq!(replaced.spec.as_ref().and_then(|s| s.cluster_ip.clone()), n2.spec.as_ref().and_then(|s| s.cluster_ip.clone()));
+    let replaced =
+        svcs.replace("np-2", &PostParams::default(), &bare).await.context("PUT of np-2 without clusterIP/nodePort")?;
+    assert_eq!(
+        replaced.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
+        n2.spec.as_ref().and_then(|s| s.cluster_ip.clone())
+    );
     assert_eq!(np(&replaced), Some(p2));
     Ok(())
 }
@@ -867,7 +1044,11 @@ async fn graceful_delete_and_finalizers() -> Result<()> {
     assert!(cms.get_opt("held").await?.is_some());
     cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await?;
     let s = status_of(cms.get("held").await);
-    assert_eq!((s.code, s.reason.as_str()), (404, "NotFound"), "removing the last finalizer of a deleting object must delete it");
+    assert_eq!(
+        (s.code, s.reason.as_str()),
+        (404, "NotFound"),
+        "removing the last finalizer of a deleting object must delete it"
+    );
     Ok(())
 }
 
@@ -903,18 +1084,22 @@ async fn subresources_scale_binding_status_generation() -> Result<()> {
     assert_eq!(scale.metadata.name.as_deref(), Some("web"));
 
     // scale PATCH (what `kubectl scale` sends)
-    let scaled = rcs.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await?;
+    let scaled =
+        rcs.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await?;
     assert_eq!(scaled.spec.and_then(|s| s.replicas), Some(5));
     let now = rcs.get("web").await?;
     assert_eq!(now.spec.as_ref().and_then(|s| s.replicas), Some(5));
     assert_eq!(now.metadata.generation, Some(2), "a spec change through scale bumps generation");
-    let s = status_of(rcs.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": -1}}))).await);
+    let s = status_of(
+        rcs.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": -1}}))).await,
+    );
     assert_eq!(s.code, 422, "{s:?}");
 
     // generation: metadata-only change keeps it; spec change bumps it.
     let labelled = rcs.patch("web", &PatchParams::default(), &label_patch("team", Some("x"))).await?;
     assert_eq!(labelled.metadata.generation, Some(2), "a label change must not bump generation");
-    let bumped = rcs.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minReadySeconds": 3}}))).await?;
+    let bumped =
+        rcs.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minReadySeconds": 3}}))).await?;
     assert_eq!(bumped.metadata.generation, Some(3));
 
     // status update ignores spec; main update ignores status.
@@ -952,13 +1137,27 @@ async fn subresources_scale_binding_status_generation() -> Result<()> {
     // pods/binding: sets nodeName once; a second binding is 409.
     pods.create(&PostParams::default(), &pod("tobind", None)).await?;
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "tobind"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
-    let (code, body) = raw(&client, "POST", "/api/v1/namespaces/default/pods/tobind/binding", "application/json", serde_json::to_vec(&binding)?).await?;
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/tobind/binding",
+        "application/json",
+        serde_json::to_vec(&binding)?,
+    )
+    .await?;
     assert_eq!(code, 201, "binding: {body}");
     let bound = pods.get("tobind").await?;
     assert_eq!(bound.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-a"));
     let mut second = binding.clone();
     second["target"]["name"] = json!("node-b");
-    let (code, body) = raw(&client, "POST", "/api/v1/namespaces/default/pods/tobind/binding", "application/json", serde_json::to_vec(&second)?).await?;
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/tobind/binding",
+        "application/json",
+        serde_json::to_vec(&second)?,
+    )
+    .await?;
     assert_eq!((code, body["reason"].as_str()), (409, Some("Conflict")), "second binding: {body}");
     assert_eq!(pods.get("tobind").await?.spec.and_then(|s| s.node_name).as_deref(), Some("node-a"));
     Ok(())
@@ -979,7 +1178,10 @@ async fn server_side_apply_creates_updates_and_prunes() -> Result<()> {
     assert_eq!(created.labels().get("b").map(String::as_str), Some("2"));
     assert!(created.metadata.uid.is_some(), "apply must create the object");
     let mf = created.metadata.managed_fields.clone().unwrap_or_default();
-    assert!(mf.iter().any(|m| m.manager.as_deref() == Some("mgr") && m.operation.as_deref() == Some("Apply")), "managedFields: {mf:?}");
+    assert!(
+        mf.iter().any(|m| m.manager.as_deref() == Some("mgr") && m.operation.as_deref() == Some("Apply")),
+        "managedFields: {mf:?}"
+    );
 
     // Another manager adds a label with an ordinary patch; the applier does not own it.
     let other = PatchParams { field_manager: Some("other".into()), ..Default::default() };
@@ -990,7 +1192,11 @@ async fn server_side_apply_creates_updates_and_prunes() -> Result<()> {
     let labels = updated.labels().clone();
     assert_eq!(labels.get("a").map(String::as_str), Some("1"));
     assert!(!labels.contains_key("b"), "label removed from the applied config must be removed: {labels:?}");
-    assert_eq!(labels.get("c").map(String::as_str), Some("3"), "a label owned by another manager must stay: {labels:?}");
+    assert_eq!(
+        labels.get("c").map(String::as_str),
+        Some("3"),
+        "a label owned by another manager must stay: {labels:?}"
+    );
     let data = updated.data.clone().unwrap_or_default();
     assert_eq!(data.get("k").map(String::as_str), Some("v2"));
     assert!(!data.contains_key("gone"), "data key removed from the applied config must be removed: {data:?}");
@@ -1025,7 +1231,9 @@ async fn server_side_apply_conflicts_without_force() -> Result<()> {
 
 async fn create_raw(client: &Client, name: &str) -> Result<u16> {
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"n": name}});
-    Ok(raw(client, "POST", "/api/v1/namespaces/default/configmaps", "application/json", serde_json::to_vec(&obj)?).await?.0)
+    Ok(raw(client, "POST", "/api/v1/namespaces/default/configmaps", "application/json", serde_json::to_vec(&obj)?)
+        .await?
+        .0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1045,7 +1253,12 @@ async fn acknowledged_creates_survive_sigkill() -> Result<()> {
         .collect()
         .await;
     let mut acked: Vec<String> = codes.iter().filter(|(_, c)| *c == 201).map(|(n, _)| n.clone()).collect();
-    assert_eq!(acked.len(), 200, "first batch (server up the whole time): {:?}", codes.iter().filter(|(_, c)| *c != 201).collect::<Vec<_>>());
+    assert_eq!(
+        acked.len(),
+        200,
+        "first batch (server up the whole time): {:?}",
+        codes.iter().filter(|(_, c)| *c != 201).collect::<Vec<_>>()
+    );
 
     // Second batch, killed mid-way.
     const SECOND: usize = 1000;
@@ -1105,7 +1318,11 @@ async fn namespace_existence_and_termination() -> Result<()> {
     let client = c.client().await?;
     let nope: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
     let s = status_of(nope.create(&PostParams::default(), &configmap("x", json!({}), json!({}))).await);
-    assert_eq!((s.code, s.reason.as_str(), s.message.as_str()), (404, "NotFound", "namespaces \"nope\" not found"), "{s:?}");
+    assert_eq!(
+        (s.code, s.reason.as_str(), s.message.as_str()),
+        (404, "NotFound", "namespaces \"nope\" not found"),
+        "{s:?}"
+    );
 
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "doomed"}}))?).await?;
@@ -1127,7 +1344,8 @@ async fn namespace_existence_and_termination() -> Result<()> {
     assert!(s.message.contains("because it is being terminated"), "{:?}", s.message);
     assert!(in_ns.get_opt("late").await?.is_none());
     // Release the finalizer so nothing is left half-deleted (the server goes away anyway).
-    let _ = in_ns.patch("keep", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await;
+    let _ =
+        in_ns.patch("keep", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await;
     Ok(())
 }
 
@@ -1151,7 +1369,13 @@ async fn delete_response_bodies() -> Result<()> {
     let (code, body) = raw(&client, "DELETE", "/api/v1/namespaces/default/configmaps/gone", "", Vec::new()).await?;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        (body["kind"].as_str(), body["status"].as_str(), body["details"]["name"].as_str(), body["details"]["kind"].as_str(), body["details"]["uid"].as_str()),
+        (
+            body["kind"].as_str(),
+            body["status"].as_str(),
+            body["details"]["name"].as_str(),
+            body["details"]["kind"].as_str(),
+            body["details"]["uid"].as_str()
+        ),
         (Some("Status"), Some("Success"), Some("gone"), Some("configmaps"), cm.metadata.uid.as_deref()),
         "configmap delete must answer a Status Success (Kubernetes: ReturnDeletedObject is false for configmaps); got {body}"
     );

@@ -26,12 +26,16 @@ async fn wait_scheduled(pods: &Api<Pod>, name: &str, within: Duration) -> Option
 }
 
 fn pod(name: &str) -> Pod {
-    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "nginx:1.7.9"}]}})).unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "nginx:1.7.9"}]}}),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_holder_acts_and_hands_over_when_killed() {
-    let etcd = skiff_storage::conformance::EtcdProcess::start().await.expect("etcd (cargo xtask setup installs etcd-server)");
+    let etcd =
+        skiff_storage::conformance::EtcdProcess::start().await.expect("etcd (cargo xtask setup installs etcd-server)");
     let url = etcd.endpoints().join(",");
     let start = |id: &'static str| {
         let url = url.clone();
@@ -54,7 +58,10 @@ async fn lease_holder_acts_and_hands_over_when_killed() {
 
     // A schedulable node (no agent: status written directly).
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap()).await.unwrap();
+    nodes
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap())
+        .await
+        .unwrap();
     // A merge patch: node IPAM writes the node's podCIDR concurrently.
     let status = json!({"status": {
         "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
@@ -65,7 +72,11 @@ async fn lease_holder_acts_and_hands_over_when_killed() {
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &pod("before")).await.unwrap();
-    assert_eq!(wait_scheduled(&pods, "before", Duration::from_secs(15)).await.as_deref(), Some("node-1"), "the leader schedules");
+    assert_eq!(
+        wait_scheduled(&pods, "before", Duration::from_secs(15)).await.as_deref(),
+        Some("node-1"),
+        "the leader schedules"
+    );
 
     // Kill the holder; the other takes the lease after it expires (15 s) and schedules.
     let survivor_client = if first == "control-a" {
@@ -78,7 +89,11 @@ async fn lease_holder_acts_and_hands_over_when_killed() {
     let leases: Api<Lease> = Api::namespaced(survivor_client.clone(), "kube-system");
     let pods: Api<Pod> = Api::namespaced(survivor_client, "default");
     pods.create(&PostParams::default(), &pod("after")).await.unwrap();
-    assert_eq!(wait_scheduled(&pods, "after", Duration::from_secs(30)).await.as_deref(), Some("node-1"), "the survivor took over");
+    assert_eq!(
+        wait_scheduled(&pods, "after", Duration::from_secs(30)).await.as_deref(),
+        Some("node-1"),
+        "the survivor took over"
+    );
     let now = holder(&leases).await.expect("a holder");
     assert_ne!(now, first, "the lease moved to the surviving control plane");
 }

@@ -118,14 +118,17 @@ fn kubectl_table(c: &Control, args: &[&str]) -> Table {
 /// An AGE cell: `0s`, `12s`, `3m4s`, ... (a number followed by a unit).
 fn assert_age(age: &str) {
     assert!(
-        age.chars().next().is_some_and(|c| c.is_ascii_digit()) && age.chars().last().is_some_and(|c| "smhdy".contains(c)),
+        age.chars().next().is_some_and(|c| c.is_ascii_digit())
+            && age.chars().last().is_some_and(|c| "smhdy".contains(c)),
         "AGE {age:?} is not a kubectl duration"
     );
 }
 
 fn in_service_range(ip: &str) -> bool {
     // 10.96.0.0/12 = 10.96.0.0 .. 10.111.255.255
-    ip.parse::<Ipv4Addr>().map(|a| u32::from(a) & 0xfff0_0000 == u32::from(Ipv4Addr::new(10, 96, 0, 0))).unwrap_or(false)
+    ip.parse::<Ipv4Addr>()
+        .map(|a| u32::from(a) & 0xfff0_0000 == u32::from(Ipv4Addr::new(10, 96, 0, 0)))
+        .unwrap_or(false)
 }
 
 /// A pod manifest named `name` with one nginx:1.7.9 container (like the seed's pod-nginx.yaml).
@@ -270,12 +273,18 @@ fn create_seed_services_and_get_services_columns() {
     assert_eq!(t.cell("redis-master", "EXTERNAL-IP"), "<none>", "{}", t.text);
     assert_eq!(t.cell("redis-master", "PORT(S)"), "6379/TCP", "{}", t.text);
     let redis_ip = t.cell("redis-master", "CLUSTER-IP");
-    assert!(in_service_range(redis_ip) && redis_ip != "10.96.0.1", "redis-master CLUSTER-IP {redis_ip} not a fresh 10.96.0.0/12 address");
+    assert!(
+        in_service_range(redis_ip) && redis_ip != "10.96.0.1",
+        "redis-master CLUSTER-IP {redis_ip} not a fresh 10.96.0.0/12 address"
+    );
 
     assert_eq!(t.cell("frontend", "TYPE"), "NodePort", "{}", t.text);
     assert_eq!(t.cell("frontend", "EXTERNAL-IP"), "<none>", "{}", t.text);
     let front_ip = t.cell("frontend", "CLUSTER-IP");
-    assert!(in_service_range(front_ip) && front_ip != "10.96.0.1", "frontend CLUSTER-IP {front_ip} not a fresh 10.96.0.0/12 address");
+    assert!(
+        in_service_range(front_ip) && front_ip != "10.96.0.1",
+        "frontend CLUSTER-IP {front_ip} not a fresh 10.96.0.0/12 address"
+    );
     assert_ne!(front_ip, redis_ip, "two services share a cluster IP");
     let ports = t.cell("frontend", "PORT(S)");
     let node_port: u16 = ports
@@ -310,7 +319,10 @@ fn create_seed_rc_and_get_rc_columns() {
     let long = kubectl_table(&c, &["get", "replicationcontrollers", "frontend"]);
     assert_eq!(long.cell("frontend", "DESIRED"), "3");
     let rc = get_json(&c, &["rc", "frontend"]);
-    assert_eq!(rc["spec"]["template"]["spec"]["containers"][0]["image"], "gcr.io/google_samples/gb-frontend:v3", "{rc:#}");
+    assert_eq!(
+        rc["spec"]["template"]["spec"]["containers"][0]["image"], "gcr.io/google_samples/gb-frontend:v3",
+        "{rc:#}"
+    );
     assert_eq!(rc["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"], "GET_HOST_FROM", "{rc:#}");
 }
 
@@ -328,7 +340,12 @@ fn create_seed_hpa_extensions_v1beta1_has_no_mapping() {
     );
     let none = c.kubectl(&["get", "hpa"]);
     assert!(none.status.success(), "get hpa: {}", stderr(&none));
-    assert!(stdout(&none).trim().is_empty() && stderr(&none).contains("No resources found"), "get hpa: {}{}", stdout(&none), stderr(&none));
+    assert!(
+        stdout(&none).trim().is_empty() && stderr(&none).contains("No resources found"),
+        "get hpa: {}{}",
+        stdout(&none),
+        stderr(&none)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,7 +381,9 @@ fn apply_twice_with_changed_image_then_unchanged() {
     assert_eq!(pod["metadata"]["uid"], first["metadata"]["uid"], "apply must patch, not recreate");
     assert_eq!(pod["metadata"]["labels"]["added-by"], "hand", "apply dropped a label it never managed: {pod:#}");
     let la: Value = serde_json::from_str(
-        pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().expect("last-applied after 2nd apply"),
+        pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .expect("last-applied after 2nd apply"),
     )
     .expect("last-applied is JSON");
     assert_eq!(la["spec"]["containers"][0]["image"], "nginx:1.9.1", "last-applied not updated: {la:#}");
@@ -373,7 +392,10 @@ fn apply_twice_with_changed_image_then_unchanged() {
     assert!(out.status.success(), "third apply: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "pod/nginx unchanged");
     let again = get_json(&c, &["pod", "nginx"]);
-    assert_eq!(again["metadata"]["resourceVersion"], pod["metadata"]["resourceVersion"], "an unchanged apply wrote the object");
+    assert_eq!(
+        again["metadata"]["resourceVersion"], pod["metadata"]["resourceVersion"],
+        "an unchanged apply wrote the object"
+    );
 }
 
 #[test]
@@ -409,7 +431,8 @@ fn get_watch_sees_added_modified_deleted_in_order() {
     create_seed(&c, "pod-nginx.yaml", "pod/nginx");
     let w = Background::spawn(&c, &["get", "pods", "--watch", "--output-watch-events"]);
     // The initial list arrives as ADDED: once nginx is printed the watch is established.
-    let ready = w.wait_for(Duration::from_secs(10), |o| o.lines().any(|l| l.split_whitespace().take(2).eq(["ADDED", "nginx"])));
+    let ready =
+        w.wait_for(Duration::from_secs(10), |o| o.lines().any(|l| l.split_whitespace().take(2).eq(["ADDED", "nginx"])));
     assert!(ready, "watch never printed the existing pod; stdout:\n{}\nstderr:\n{}", w.stdout(), w.stderr());
 
     let out = c.kubectl_stdin(&["create", "-f", "-"], Some(&pod_yaml("watched", "nginx:1.7.9")));
@@ -518,11 +541,17 @@ fn scale_rc_and_current_replicas_precondition() {
     let replicas = |c: &Control| get_json(c, &["rc", "frontend"])["spec"]["replicas"].as_i64();
     assert_eq!(replicas(&c), Some(3));
 
-    assert_eq!(c.kubectl_ok(&["scale", "rc", "frontend", "--replicas=5"]).trim(), "replicationcontroller/frontend scaled");
+    assert_eq!(
+        c.kubectl_ok(&["scale", "rc", "frontend", "--replicas=5"]).trim(),
+        "replicationcontroller/frontend scaled"
+    );
     assert_eq!(replicas(&c), Some(5));
     assert_eq!(kubectl_table(&c, &["get", "rc", "frontend"]).cell("frontend", "DESIRED"), "5");
 
-    assert_eq!(c.kubectl_ok(&["scale", "rc", "frontend", "--replicas=3"]).trim(), "replicationcontroller/frontend scaled");
+    assert_eq!(
+        c.kubectl_ok(&["scale", "rc", "frontend", "--replicas=3"]).trim(),
+        "replicationcontroller/frontend scaled"
+    );
     assert_eq!(replicas(&c), Some(3));
 
     // A matching precondition is honoured.
@@ -566,7 +595,11 @@ fn label_select_overwrite_and_remove() {
         assert!(out.status.success(), "get pods -l {sel}: {}", stderr(&out));
         let text = stdout(&out);
         if text.trim().is_empty() {
-            assert!(stderr(&out).contains("No resources found in default namespace."), "get pods -l {sel}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("No resources found in default namespace."),
+                "get pods -l {sel}: {}",
+                stderr(&out)
+            );
             return vec![];
         }
         Table::parse(&text).names().into_iter().map(String::from).collect()
@@ -578,7 +611,10 @@ fn label_select_overwrite_and_remove() {
     assert_eq!(selected(&c, "tier!=web"), ["redis"]);
 
     let err = c.kubectl_err(&["label", "pod", "nginx", "tier=db"]);
-    assert!(err.contains("'tier' already has a value (web), and --overwrite is false"), "label without --overwrite: {err}");
+    assert!(
+        err.contains("'tier' already has a value (web), and --overwrite is false"),
+        "label without --overwrite: {err}"
+    );
     assert_eq!(selected(&c, "tier=web"), ["nginx"]);
 
     assert_eq!(c.kubectl_ok(&["label", "pod", "nginx", "tier=db", "--overwrite"]).trim(), "pod/nginx labeled");
@@ -600,7 +636,11 @@ fn label_removal_leaves_no_empty_labels_map() {
     c.kubectl_ok(&["label", "pod", "nginx", "tier=web"]);
     c.kubectl_ok(&["label", "pod", "nginx", "tier-"]);
     let pod = get_json(&c, &["pod", "nginx"]);
-    assert!(pod["metadata"].get("labels").is_none(), "Kubernetes omits an empty labels map; got metadata {:#}", pod["metadata"]);
+    assert!(
+        pod["metadata"].get("labels").is_none(),
+        "Kubernetes omits an empty labels map; got metadata {:#}",
+        pod["metadata"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,7 +657,10 @@ fn check_pod_document(pod: &Value, how: &str) {
     let rv = md["resourceVersion"].as_str().unwrap_or_default();
     assert!(!rv.is_empty() && rv.chars().all(|c| c.is_ascii_digit()), "{how}: resourceVersion {rv:?}");
     let ts = md["creationTimestamp"].as_str().unwrap_or_default();
-    assert!(ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{how}: creationTimestamp {ts:?} is not RFC 3339 UTC seconds");
+    assert!(
+        ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{how}: creationTimestamp {ts:?} is not RFC 3339 UTC seconds"
+    );
     let spec = &pod["spec"];
     assert_eq!(spec["restartPolicy"], "Always", "{how}");
     assert_eq!(spec["dnsPolicy"], "ClusterFirst", "{how}");
@@ -650,10 +693,19 @@ fn get_pod_yaml_and_json_show_metadata_and_defaults() {
 
     // An untagged image defaults to Always.
     let redis = get_json(&c, &["pod", "redis"]);
-    assert_eq!(redis["spec"]["containers"][0]["imagePullPolicy"], "Always", "image `redis` (implicit :latest): {redis:#}");
+    assert_eq!(
+        redis["spec"]["containers"][0]["imagePullPolicy"], "Always",
+        "image `redis` (implicit :latest): {redis:#}"
+    );
 
     // jsonpath reads the same fields.
-    let jp = c.kubectl_ok(&["get", "pod", "nginx", "-o", "jsonpath={.spec.restartPolicy} {.spec.dnsPolicy} {.spec.containers[0].imagePullPolicy}"]);
+    let jp = c.kubectl_ok(&[
+        "get",
+        "pod",
+        "nginx",
+        "-o",
+        "jsonpath={.spec.restartPolicy} {.spec.dnsPolicy} {.spec.containers[0].imagePullPolicy}",
+    ]);
     assert_eq!(jp, "Always ClusterFirst IfNotPresent");
 }
 
@@ -701,9 +753,15 @@ fn cluster_info_names_control_plane() {
 fn version_reports_server_1_33() {
     let c = start();
     let out = c.kubectl_ok(&["version"]);
-    let server = out.lines().find_map(|l| l.strip_prefix("Server Version: ")).unwrap_or_else(|| panic!("no Server Version line:\n{out}"));
+    let server = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Server Version: "))
+        .unwrap_or_else(|| panic!("no Server Version line:\n{out}"));
     assert!(server.starts_with("v1.33"), "Server Version {server:?}");
-    assert!(out.lines().any(|l| l.starts_with("Client Version: v1.33")), "kubectl dispatched to another client minor:\n{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("Client Version: v1.33")),
+        "kubectl dispatched to another client minor:\n{out}"
+    );
     let v: Value = serde_json::from_str(&c.kubectl_ok(&["version", "-o", "json"])).expect("version -o json");
     assert_eq!(v["serverVersion"]["major"], "1", "{v:#}");
     assert_eq!(v["serverVersion"]["minor"], "33", "{v:#}");
@@ -733,7 +791,10 @@ fn as_written_rc_is_refused_naming_unknown_field() {
     let err = stderr(&out);
     assert!(!out.status.success(), "the mis-indented RC was accepted: {}", stdout(&out));
     assert!(err.contains("Error from server (BadRequest)"), "{err}");
-    assert!(err.contains(r#"unknown field "spec.template.spec.image""#), "error does not name the unknown field:\n{err}");
+    assert!(
+        err.contains(r#"unknown field "spec.template.spec.image""#),
+        "error does not name the unknown field:\n{err}"
+    );
     assert!(err.contains("strict decoding error"), "{err}");
     assert!(stdout(&out).trim().is_empty(), "nothing may be reported created: {}", stdout(&out));
 
@@ -772,9 +833,18 @@ fn invalid_pod_name_is_refused() {
 fn generators_and_autoscale_send_protobuf() {
     let c = start();
     assert!(c.kubectl_ok(&["create", "namespace", "team-a"]).contains("namespace/team-a created"));
-    assert!(c.kubectl_ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "team-a"]).contains("configmap/settings created"));
-    assert!(c.kubectl_ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]).contains("secret/creds created"));
-    assert!(c.kubectl_ok(&["create", "deployment", "web", "--image=nginx:1.7.9", "--replicas=2"]).contains("deployment.apps/web created"));
+    assert!(
+        c.kubectl_ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "team-a"])
+            .contains("configmap/settings created")
+    );
+    assert!(
+        c.kubectl_ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"])
+            .contains("secret/creds created")
+    );
+    assert!(
+        c.kubectl_ok(&["create", "deployment", "web", "--image=nginx:1.7.9", "--replicas=2"])
+            .contains("deployment.apps/web created")
+    );
     assert!(c.kubectl_ok(&["create", "service", "nodeport", "web", "--tcp=80:8080"]).contains("service/web created"));
 
     let cm = get_json(&c, &["configmap", "settings", "-n", "team-a"]);
@@ -800,7 +870,8 @@ fn generators_and_autoscale_send_protobuf() {
     assert_eq!(hpa["spec"]["maxReplicas"], 10);
     assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "ReplicationController");
     assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
-    let raw = c.kubectl_ok(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/frontend"]);
+    let raw =
+        c.kubectl_ok(&["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/frontend"]);
     let v1: Value = serde_json::from_str(&raw).expect("JSON");
     assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50, "autoscaling/v1 view of the same object");
 }

@@ -73,11 +73,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 fn setup() -> Result<()> {
     step("checking Debian packages");
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .filter(|(p, _)| !dpkg_installed(p))
-        .map(|(p, _)| *p)
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(p, _)| !dpkg_installed(p)).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         println!("    all present");
     } else {
@@ -87,15 +83,24 @@ fn setup() -> Result<()> {
         step("apt-get update");
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         step(&format!("apt-get install {}", missing.join(" ")));
-        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
     step("checking rust-src for the nightly toolchain (eBPF builds)");
     let has_nightly = succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
     if !has_nightly {
-        println!("    no nightly toolchain installed; eBPF programs cannot be built here (only the stable toolchain is available)");
+        println!(
+            "    no nightly toolchain installed; eBPF programs cannot be built here (only the stable toolchain is available)"
+        );
     } else {
-        let installed = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src")).unwrap_or(false);
+        let installed = Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", "nightly"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+            .unwrap_or(false);
         if installed {
             println!("    present");
         } else {
@@ -174,7 +179,11 @@ fn main() -> Result<()> {
             step("running the test suite");
             // Two cores: two test threads keep kubectl-driven suites from starving each other.
             let mut c = cargo();
-            c.args(["test", "--workspace", "--no-fail-fast"]).arg("--").args(["--test-threads", "2"]).args(args).env("SKIFF_BIN", &bin);
+            c.args(["test", "--workspace", "--no-fail-fast"])
+                .arg("--")
+                .args(["--test-threads", "2"])
+                .args(args)
+                .env("SKIFF_BIN", &bin);
             run(&mut c)
         }
         Task::Bench { area } => bench(&area),
@@ -196,7 +205,11 @@ fn bench(area: &str) -> Result<()> {
             c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-api", "--"]).env("SKIFF_BIN", &bin);
             run(&mut c)
         }
-        "scheduler" | "pods" | "dataplane" | "dns" | "footprint" => bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)"),
-        other => bail!("unknown benchmark area {other:?}; expected one of: api, scheduler, pods, dataplane, dns, footprint"),
+        "scheduler" | "pods" | "dataplane" | "dns" | "footprint" => {
+            bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
+        }
+        other => {
+            bail!("unknown benchmark area {other:?}; expected one of: api, scheduler, pods, dataplane, dns, footprint")
+        }
     }
 }

@@ -61,9 +61,7 @@ pub struct ResourceDoc {
     pub schema_name: fn() -> Cow<'static, str>,
 }
 
-fn subschema<K: schemars::JsonSchema>(
-    generator: &mut schemars::SchemaGenerator,
-) -> schemars::Schema {
+fn subschema<K: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     generator.subschema_for::<K>()
 }
 
@@ -100,11 +98,7 @@ impl ResourceDoc {
 }
 
 fn document_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 /// The published documents.
@@ -126,26 +120,18 @@ impl Documents {
 
     /// The document for `path` (without the `/openapi/v3/` prefix or the query string).
     pub fn get(&self, path: &str) -> Option<(&str, &Bytes)> {
-        self.by_path
-            .get(path.trim_matches('/'))
-            .map(|(h, b)| (h.as_str(), b))
+        self.by_path.get(path.trim_matches('/')).map(|(h, b)| (h.as_str(), b))
     }
 }
 
 /// Builds every document for `resources`. `patch_meta(group, kind, path)` gives the
 /// strategic-merge metadata for the field at `path` from the object root (list elements are
 /// transparent: `["spec", "containers", "ports"]`); see [`PatchMeta`].
-pub fn build(
-    resources: &[ResourceDoc],
-    patch_meta: &dyn Fn(&str, &str, &[&str]) -> Option<PatchMeta>,
-) -> Documents {
+pub fn build(resources: &[ResourceDoc], patch_meta: &dyn Fn(&str, &str, &[&str]) -> Option<PatchMeta>) -> Documents {
     // One (group, version, plural) is published once, whatever the caller passes.
     let mut unique: Vec<&ResourceDoc> = Vec::new();
     for r in resources {
-        if !unique
-            .iter()
-            .any(|u| (u.group, u.version, u.plural) == (r.group, r.version, r.plural))
-        {
+        if !unique.iter().any(|u| (u.group, u.version, u.plural) == (r.group, r.version, r.plural)) {
             unique.push(r);
         }
     }
@@ -170,11 +156,8 @@ pub fn build(
         }
     }
     for &(group, version) in &gvs {
-        let members: Vec<(&ResourceDoc, &(String, String))> = resources
-            .iter()
-            .zip(&catalog.names)
-            .filter(|(r, _)| r.group == group && r.version == version)
-            .collect();
+        let members: Vec<(&ResourceDoc, &(String, String))> =
+            resources.iter().zip(&catalog.names).filter(|(r, _)| r.group == group && r.version == version).collect();
         let gv = GroupVersion { group, version };
         let paths = paths::group_version_paths(&gv, &members, &catalog.known);
         by_path.insert(document_path(group, version), finish(paths, &catalog));
@@ -190,30 +173,15 @@ pub fn build(
         let paths = paths::group_paths(group, &catalog.known);
         by_path.insert(format!("apis/{group}"), finish(paths, &catalog));
     }
-    by_path.insert(
-        "api".into(),
-        finish(paths::core_versions_paths(&catalog.known), &catalog),
-    );
-    by_path.insert(
-        "apis".into(),
-        finish(paths::groups_paths(&catalog.known), &catalog),
-    );
-    by_path.insert(
-        "version".into(),
-        finish(paths::version_paths(&catalog.known), &catalog),
-    );
+    by_path.insert("api".into(), finish(paths::core_versions_paths(&catalog.known), &catalog));
+    by_path.insert("apis".into(), finish(paths::groups_paths(&catalog.known), &catalog));
+    by_path.insert("version".into(), finish(paths::version_paths(&catalog.known), &catalog));
 
     let mut index = Map::new();
     for (path, (hash, _)) in &by_path {
-        index.insert(
-            path.clone(),
-            json!({ "serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}") }),
-        );
+        index.insert(path.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}") }));
     }
-    Documents {
-        index: json!({ "paths": index }),
-        by_path,
-    }
+    Documents { index: json!({ "paths": index }), by_path }
 }
 
 /// Wraps `paths` into a document carrying exactly the components it references, serializes it

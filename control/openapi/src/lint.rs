@@ -41,9 +41,7 @@ const TYPES: &[&str] = &["object", "array", "string", "integer", "number", "bool
 /// Problems found in one document (empty = fine). Each entry names the JSON location.
 pub fn lint_openapi30(doc: &Value) -> Vec<String> {
     let mut errors = Vec::new();
-    let schemas = doc
-        .pointer("/components/schemas")
-        .and_then(Value::as_object);
+    let schemas = doc.pointer("/components/schemas").and_then(Value::as_object);
     match doc.get("openapi").and_then(Value::as_str) {
         Some(v) if v.starts_with("3.0") => {}
         other => errors.push(format!("/openapi: expected 3.0.x, got {other:?}")),
@@ -57,9 +55,7 @@ pub fn lint_openapi30(doc: &Value) -> Vec<String> {
         check.schema(schema, &format!("/components/schemas/{name}"));
         match schema.get("x-kubernetes-group-version-kind") {
             None | Some(Value::Array(_)) => {}
-            Some(_) => check.errors.push(format!(
-                "/components/schemas/{name}: GVK extension must be an array"
-            )),
+            Some(_) => check.errors.push(format!("/components/schemas/{name}: GVK extension must be an array")),
         }
     }
     match doc.get("paths").and_then(Value::as_object) {
@@ -93,15 +89,10 @@ impl Check<'_> {
     fn operation(&mut self, op: &Value, at: &str) {
         match op.get("x-kubernetes-group-version-kind") {
             None | Some(Value::Object(_)) => {}
-            Some(_) => self
-                .errors
-                .push(format!("{at}: operation GVK extension must be an object")),
+            Some(_) => self.errors.push(format!("{at}: operation GVK extension must be an object")),
         }
         self.parameters(op.get("parameters"), at);
-        if let Some(content) = op
-            .pointer("/requestBody/content")
-            .and_then(Value::as_object)
-        {
+        if let Some(content) = op.pointer("/requestBody/content").and_then(Value::as_object) {
             for (ty, media) in content {
                 self.media(media, &format!("{at}/requestBody/{ty}"));
             }
@@ -146,8 +137,7 @@ impl Check<'_> {
 
     fn schema(&mut self, schema: &Value, at: &str) {
         let Some(obj) = schema.as_object() else {
-            self.errors
-                .push(format!("{at}: schema is not an object ({schema})"));
+            self.errors.push(format!("{at}: schema is not an object ({schema})"));
             return;
         };
         if let Some(r) = obj.get("$ref") {
@@ -168,22 +158,12 @@ impl Check<'_> {
         match obj.get("type") {
             None => {}
             Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
-            Some(t) => self
-                .errors
-                .push(format!("{at}: type {t} is not OpenAPI 3.0")),
+            Some(t) => self.errors.push(format!("{at}: type {t} is not OpenAPI 3.0")),
         }
-        for k in [
-            "exclusiveMinimum",
-            "exclusiveMaximum",
-            "nullable",
-            "uniqueItems",
-            "readOnly",
-            "writeOnly",
-        ] {
+        for k in ["exclusiveMinimum", "exclusiveMaximum", "nullable", "uniqueItems", "readOnly", "writeOnly"] {
             if let Some(v) = obj.get(k) {
                 if !v.is_boolean() {
-                    self.errors
-                        .push(format!("{at}: `{k}` must be a boolean in OpenAPI 3.0"));
+                    self.errors.push(format!("{at}: `{k}` must be a boolean in OpenAPI 3.0"));
                 }
             }
         }
@@ -200,9 +180,7 @@ impl Check<'_> {
         match obj.get("items") {
             None => {}
             Some(items @ Value::Object(_)) => self.schema(items, &format!("{at}/items")),
-            Some(_) => self.errors.push(format!(
-                "{at}/items: must be a single schema in OpenAPI 3.0"
-            )),
+            Some(_) => self.errors.push(format!("{at}/items: must be a single schema in OpenAPI 3.0")),
         }
         match obj.get("additionalProperties") {
             None | Some(Value::Bool(_)) => {}

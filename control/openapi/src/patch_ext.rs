@@ -30,11 +30,7 @@ pub(crate) type PatchMetaFn<'f> = &'f dyn Fn(&str, &str, &[&str]) -> Option<Patc
 type Location = (String, Vec<String>);
 
 /// Annotates `defs` in place. `roots` are (group, kind, component name of the kind).
-pub(crate) fn annotate(
-    defs: &mut Map<String, Value>,
-    roots: &[(&str, &str, &str)],
-    patch_meta: PatchMetaFn<'_>,
-) {
+pub(crate) fn annotate(defs: &mut Map<String, Value>, roots: &[(&str, &str, &str)], patch_meta: PatchMetaFn<'_>) {
     let mut found: BTreeMap<Location, PatchMeta> = BTreeMap::new();
     for (group, kind, component) in roots {
         let mut w = Walker {
@@ -51,14 +47,8 @@ pub(crate) fn annotate(
     }
 
     for ((component, pointer), meta) in found {
-        let pointer: String = pointer
-            .iter()
-            .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
-            .collect();
-        let Some(Value::Object(property)) = defs
-            .get_mut(&component)
-            .and_then(|c| c.pointer_mut(&pointer))
-        else {
+        let pointer: String = pointer.iter().map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1"))).collect();
+        let Some(Value::Object(property)) = defs.get_mut(&component).and_then(|c| c.pointer_mut(&pointer)) else {
             continue;
         };
         if !meta.strategy.is_empty() {
@@ -111,10 +101,7 @@ impl<'a> Walker<'a, '_> {
             pointer.push("properties");
             pointer.push(field);
             if let Some(meta) = (self.patch_meta)(self.group, self.kind, &self.path) {
-                let key = (
-                    component.to_owned(),
-                    pointer.iter().map(|s| (*s).to_owned()).collect(),
-                );
+                let key = (component.to_owned(), pointer.iter().map(|s| (*s).to_owned()).collect());
                 self.found.entry(key).or_insert(meta);
             }
             self.value(prop, component, pointer);
@@ -133,11 +120,7 @@ impl<'a> Walker<'a, '_> {
             self.value(items, component, pointer);
             pointer.pop();
         }
-        if let Some(target) = schema
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(ref_name)
-        {
+        if let Some(target) = schema.get("$ref").and_then(Value::as_str).and_then(ref_name) {
             self.component(target);
         }
         if let Some(all_of) = schema.get("allOf").and_then(Value::as_array) {

@@ -35,14 +35,11 @@ const PROPAGATION_POLICY: &str = "Whether and how garbage collection will be per
 const RESOURCE_VERSION: &str = "resourceVersion sets a constraint on what resource versions a request may be served from. See https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions for details.\n\nDefaults to unset";
 const RESOURCE_VERSION_MATCH: &str = "resourceVersionMatch determines how resourceVersion is applied to list calls. It is highly recommended that resourceVersionMatch be set for list calls where resourceVersion is set See https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions for details.\n\nDefaults to unset";
 const SEND_INITIAL_EVENTS: &str = "`sendInitialEvents=true` may be set together with `watch=true`. In that case, the watch stream will begin with synthetic events to produce the current state of objects in the collection. Once all such events have been sent, a synthetic \"Bookmark\" event  will be sent. The bookmark will report the ResourceVersion (RV) corresponding to the set of objects, and be marked with `\"k8s.io/initial-events-end\": \"true\"` annotation. Afterwards, the watch stream will proceed as usual, sending watch events corresponding to changes (subsequent to the RV) to objects watched.\n\nWhen `sendInitialEvents` option is set, we require `resourceVersionMatch` option to also be set. The semantic of the watch request is as following: - `resourceVersionMatch` = NotOlderThan\n  is interpreted as \"data at least as new as the provided `resourceVersion`\"\n  and the bookmark event is send when the state is synced\n  to a `resourceVersion` at least as fresh as the one provided by the ListOptions.\n  If `resourceVersion` is unset, this is interpreted as \"consistent read\" and the\n  bookmark event is send when the state is synced at least to the moment\n  when request started being processed.\n- `resourceVersionMatch` set to any other value or unset\n  Invalid error is returned.\n\nDefaults to true if `resourceVersion=\"\"` or `resourceVersion=\"0\"` (for backward compatibility reasons) and to false otherwise.";
-const TIMEOUT_SECONDS: &str = "Timeout for the list/watch call. This limits the duration of the call, regardless of any activity or inactivity.";
+const TIMEOUT_SECONDS: &str =
+    "Timeout for the list/watch call. This limits the duration of the call, regardless of any activity or inactivity.";
 const WATCH: &str = "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications. Specify resourceVersion.";
 
-const OBJECT_TYPES: &[&str] = &[
-    "application/json",
-    "application/vnd.kubernetes.protobuf",
-    "application/yaml",
-];
+const OBJECT_TYPES: &[&str] = &["application/json", "application/vnd.kubernetes.protobuf", "application/yaml"];
 const STREAM_TYPES: &[&str] = &[
     "application/json",
     "application/json;stream=watch",
@@ -105,15 +102,7 @@ fn list_params() -> Vec<Value> {
 fn write_params(patch: bool) -> Vec<Value> {
     let mut p = vec![
         query("dryRun", DRY_RUN, "string"),
-        query(
-            "fieldManager",
-            if patch {
-                FIELD_MANAGER_PATCH
-            } else {
-                FIELD_MANAGER
-            },
-            "string",
-        ),
+        query("fieldManager", if patch { FIELD_MANAGER_PATCH } else { FIELD_MANAGER }, "string"),
         query("fieldValidation", FIELD_VALIDATION, "string"),
     ];
     if patch {
@@ -126,11 +115,7 @@ fn delete_params() -> Vec<Value> {
     vec![
         query("dryRun", DRY_RUN, "string"),
         query("gracePeriodSeconds", GRACE_PERIOD_SECONDS, "integer"),
-        query(
-            "ignoreStoreReadErrorWithClusterBreakingPotential",
-            IGNORE_STORE_READ_ERROR,
-            "boolean",
-        ),
+        query("ignoreStoreReadErrorWithClusterBreakingPotential", IGNORE_STORE_READ_ERROR, "boolean"),
         query("orphanDependents", ORPHAN_DEPENDENTS, "boolean"),
         query("propagationPolicy", PROPAGATION_POLICY, "string"),
     ]
@@ -139,9 +124,7 @@ fn delete_params() -> Vec<Value> {
 fn delete_collection_params() -> Vec<Value> {
     let mut p = delete_params();
     p.extend(
-        list_params()
-            .into_iter()
-            .filter(|v| !matches!(v["name"].as_str(), Some("allowWatchBookmarks" | "watch"))),
+        list_params().into_iter().filter(|v| !matches!(v["name"].as_str(), Some("allowWatchBookmarks" | "watch"))),
     );
     sorted(p)
 }
@@ -168,10 +151,7 @@ fn responses(codes: &[&str], schema: &str, types: &[&str]) -> Value {
             "202" => "Accepted",
             _ => "OK",
         };
-        m.insert(
-            (*code).into(),
-            json!({ "content": content(schema, types), "description": description }),
-        );
+        m.insert((*code).into(), json!({ "content": content(schema, types), "description": description }));
     }
     m.insert("401".into(), json!({ "description": "Unauthorized" }));
     Value::Object(m)
@@ -214,11 +194,7 @@ pub(crate) fn group_id(group: &str) -> String {
     if group.is_empty() {
         return "Core".into();
     }
-    group
-        .trim_end_matches(".k8s.io")
-        .split('.')
-        .map(capitalize)
-        .collect()
+    group.trim_end_matches(".k8s.io").split('.').map(capitalize).collect()
 }
 
 fn capitalize(s: &str) -> String {
@@ -354,10 +330,7 @@ fn resource_paths(
     let ns = if r.namespaced { "Namespaced" } else { "" };
 
     let (collection, collection_params) = if r.namespaced {
-        (
-            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
-            vec![namespace(), pretty()],
-        )
+        (format!("{prefix}/namespaces/{{namespace}}/{}", r.plural), vec![namespace(), pretty()])
     } else {
         (format!("{prefix}/{}", r.plural), vec![pretty()])
     };
@@ -365,58 +338,33 @@ fn resource_paths(
     let mut item_params = collection_params.clone();
     item_params.push(name(kind));
 
-    let op =
-        |description: String, verb: &str, suffix: &str, action: &'static str, gvk: &Value| Op {
-            description,
-            id: format!("{verb}{id}{ns}{kind}{suffix}"),
-            action,
-            gvk: gvk.clone(),
-            params: Vec::new(),
-            body: None,
-            responses: Value::Null,
-        };
+    let op = |description: String, verb: &str, suffix: &str, action: &'static str, gvk: &Value| Op {
+        description,
+        id: format!("{verb}{id}{ns}{kind}{suffix}"),
+        action,
+        gvk: gvk.clone(),
+        params: Vec::new(),
+        body: None,
+        responses: Value::Null,
+    };
 
     // Collection: list, create, deletecollection.
     if has("list") {
         let o = Op {
             params: list_params(),
             responses: responses(&["200"], list_schema, STREAM_TYPES),
-            ..op(
-                format!("list or watch objects of kind {kind}"),
-                "list",
-                "",
-                "list",
-                &gvk_v,
-            )
+            ..op(format!("list or watch objects of kind {kind}"), "list", "", "list", &gvk_v)
         };
-        add(
-            paths,
-            &collection,
-            &collection_params,
-            "get",
-            o.into_value(&tag),
-        );
+        add(paths, &collection, &collection_params, "get", o.into_value(&tag));
     }
     if has("create") {
         let o = Op {
             params: write_params(false),
             body: Some(body(kind_schema)),
             responses: responses(&["200", "201", "202"], kind_schema, OBJECT_TYPES),
-            ..op(
-                format!("create {}", with_article(kind)),
-                "create",
-                "",
-                "post",
-                &gvk_v,
-            )
+            ..op(format!("create {}", with_article(kind)), "create", "", "post", &gvk_v)
         };
-        add(
-            paths,
-            &collection,
-            &collection_params,
-            "post",
-            o.into_value(&tag),
-        );
+        add(paths, &collection, &collection_params, "post", o.into_value(&tag));
     }
     if has("deletecollection") {
         let o = Op {
@@ -424,34 +372,16 @@ fn resource_paths(
             params: delete_collection_params(),
             body: Some(delete_body(&known.delete_options)),
             responses: responses(&["200"], &known.status, OBJECT_TYPES),
-            ..op(
-                format!("delete collection of {kind}"),
-                "",
-                "",
-                "deletecollection",
-                &gvk_v,
-            )
+            ..op(format!("delete collection of {kind}"), "", "", "deletecollection", &gvk_v)
         };
-        add(
-            paths,
-            &collection,
-            &collection_params,
-            "delete",
-            o.into_value(&tag),
-        );
+        add(paths, &collection, &collection_params, "delete", o.into_value(&tag));
     }
 
     // Item: read, replace, patch, delete.
     if has("get") {
         let o = Op {
             responses: responses(&["200"], kind_schema, OBJECT_TYPES),
-            ..op(
-                format!("read the specified {kind}"),
-                "read",
-                "",
-                "get",
-                &gvk_v,
-            )
+            ..op(format!("read the specified {kind}"), "read", "", "get", &gvk_v)
         };
         add(paths, &item, &item_params, "get", o.into_value(&tag));
     }
@@ -460,13 +390,7 @@ fn resource_paths(
             params: write_params(false),
             body: Some(body(kind_schema)),
             responses: responses(&["200", "201"], kind_schema, OBJECT_TYPES),
-            ..op(
-                format!("replace the specified {kind}"),
-                "replace",
-                "",
-                "put",
-                &gvk_v,
-            )
+            ..op(format!("replace the specified {kind}"), "replace", "", "put", &gvk_v)
         };
         add(paths, &item, &item_params, "put", o.into_value(&tag));
     }
@@ -475,13 +399,7 @@ fn resource_paths(
             params: write_params(true),
             body: Some(patch_body(&known.patch)),
             responses: responses(&["200", "201"], kind_schema, OBJECT_TYPES),
-            ..op(
-                format!("partially update the specified {kind}"),
-                "patch",
-                "",
-                "patch",
-                &gvk_v,
-            )
+            ..op(format!("partially update the specified {kind}"), "patch", "", "patch", &gvk_v)
         };
         add(paths, &item, &item_params, "patch", o.into_value(&tag));
     }
@@ -490,13 +408,7 @@ fn resource_paths(
             params: delete_params(),
             body: Some(delete_body(&known.delete_options)),
             responses: responses(&["200", "202"], kind_schema, OBJECT_TYPES),
-            ..op(
-                format!("delete {}", with_article(kind)),
-                "delete",
-                "",
-                "delete",
-                &gvk_v,
-            )
+            ..op(format!("delete {}", with_article(kind)), "delete", "", "delete", &gvk_v)
         };
         add(paths, &item, &item_params, "delete", o.into_value(&tag));
     }
@@ -508,21 +420,9 @@ fn resource_paths(
         let o = Op {
             id: format!("list{id}{kind}ForAllNamespaces"),
             responses: responses(&["200"], list_schema, STREAM_TYPES),
-            ..op(
-                format!("list or watch objects of kind {kind}"),
-                "",
-                "",
-                "list",
-                &gvk_v,
-            )
+            ..op(format!("list or watch objects of kind {kind}"), "", "", "list", &gvk_v)
         };
-        add(
-            paths,
-            &format!("{prefix}/{}", r.plural),
-            &params,
-            "get",
-            o.into_value(&tag),
-        );
+        add(paths, &format!("{prefix}/{}", r.plural), &params, "get", o.into_value(&tag));
     }
 
     // The deprecated /watch/ paths a real server still publishes.
@@ -547,13 +447,7 @@ fn resource_paths(
             let mut p = params.clone();
             p.push(namespace());
             let coll = format!("{prefix}/watch/namespaces/{{namespace}}/{}", r.plural);
-            add(
-                paths,
-                &coll,
-                &p,
-                "get",
-                ws(&watch_list, format!("watch{id}{ns}{kind}List"), "watchlist"),
-            );
+            add(paths, &coll, &p, "get", ws(&watch_list, format!("watch{id}{ns}{kind}List"), "watchlist"));
             let mut pi = p.clone();
             pi.push(name(kind));
             add(
@@ -568,30 +462,14 @@ fn resource_paths(
                 &format!("{prefix}/watch/{}", r.plural),
                 &params,
                 "get",
-                ws(
-                    &watch_list,
-                    format!("watch{id}{kind}ListForAllNamespaces"),
-                    "watchlist",
-                ),
+                ws(&watch_list, format!("watch{id}{kind}ListForAllNamespaces"), "watchlist"),
             );
         } else {
             let coll = format!("{prefix}/watch/{}", r.plural);
-            add(
-                paths,
-                &coll,
-                &params,
-                "get",
-                ws(&watch_list, format!("watch{id}{kind}List"), "watchlist"),
-            );
+            add(paths, &coll, &params, "get", ws(&watch_list, format!("watch{id}{kind}List"), "watchlist"));
             let mut pi = params.clone();
             pi.push(name(kind));
-            add(
-                paths,
-                &format!("{coll}/{{name}}"),
-                &pi,
-                "get",
-                ws(&watch_one, format!("watch{id}{kind}"), "watch"),
-            );
+            add(paths, &format!("{coll}/{{name}}"), &pi, "get", ws(&watch_one, format!("watch{id}{kind}"), "watch"));
         }
     }
 
@@ -608,37 +486,21 @@ fn resource_paths(
             // Subresources that read and write the parent object (or a view of it).
             "status" | "ephemeralcontainers" | "resize" | "approval" | "scale" => {
                 let (schema, subject_gvk, subject) = if *sub == "scale" {
-                    (
-                        known.scale.as_str(),
-                        gvk("autoscaling", "v1", "Scale"),
-                        "Scale",
-                    )
+                    (known.scale.as_str(), gvk("autoscaling", "v1", "Scale"), "Scale")
                 } else {
                     (kind_schema, gvk_v.clone(), kind)
                 };
                 let params = sub_params(subject);
                 let get = Op {
                     responses: responses(&["200"], schema, OBJECT_TYPES),
-                    ..op(
-                        format!("read {sub} of the specified {kind}"),
-                        "read",
-                        &suffix,
-                        "get",
-                        &subject_gvk,
-                    )
+                    ..op(format!("read {sub} of the specified {kind}"), "read", &suffix, "get", &subject_gvk)
                 };
                 add(paths, &path, &params, "get", get.into_value(&tag));
                 let put = Op {
                     params: write_params(false),
                     body: Some(body(schema)),
                     responses: responses(&["200", "201"], schema, OBJECT_TYPES),
-                    ..op(
-                        format!("replace {sub} of the specified {kind}"),
-                        "replace",
-                        &suffix,
-                        "put",
-                        &subject_gvk,
-                    )
+                    ..op(format!("replace {sub} of the specified {kind}"), "replace", &suffix, "put", &subject_gvk)
                 };
                 add(paths, &path, &params, "put", put.into_value(&tag));
                 let patch = Op {
@@ -659,11 +521,7 @@ fn resource_paths(
             "binding" | "eviction" | "token" => {
                 let (schema, subject_gvk, subject) = match *sub {
                     "binding" => (known.binding.as_str(), gvk("", "v1", "Binding"), "Binding"),
-                    "eviction" => (
-                        known.eviction.as_str(),
-                        gvk("policy", "v1", "Eviction"),
-                        "Eviction",
-                    ),
+                    "eviction" => (known.eviction.as_str(), gvk("policy", "v1", "Eviction"), "Eviction"),
                     _ => (
                         known.token_request.as_str(),
                         gvk("authentication.k8s.io", "v1", "TokenRequest"),
@@ -674,21 +532,9 @@ fn resource_paths(
                     params: write_params(false),
                     body: Some(body(schema)),
                     responses: responses(&["200", "201", "202"], schema, OBJECT_TYPES),
-                    ..op(
-                        format!("create {sub} of {}", with_article(kind)),
-                        "create",
-                        &suffix,
-                        "post",
-                        &subject_gvk,
-                    )
+                    ..op(format!("create {sub} of {}", with_article(kind)), "create", &suffix, "post", &subject_gvk)
                 };
-                add(
-                    paths,
-                    &path,
-                    &sub_params(subject),
-                    "post",
-                    o.into_value(&tag),
-                );
+                add(paths, &path, &sub_params(subject), "post", o.into_value(&tag));
             }
             // Namespace finalization: PUT of the Namespace itself.
             "finalize" => {
@@ -696,13 +542,7 @@ fn resource_paths(
                     params: write_params(false),
                     body: Some(body(kind_schema)),
                     responses: responses(&["200", "201"], kind_schema, OBJECT_TYPES),
-                    ..op(
-                        format!("replace finalize of the specified {kind}"),
-                        "replace",
-                        &suffix,
-                        "put",
-                        &gvk_v,
-                    )
+                    ..op(format!("replace finalize of the specified {kind}"), "replace", &suffix, "put", &gvk_v)
                 };
                 add(paths, &path, &sub_params(kind), "put", o.into_value(&tag));
             }
@@ -783,24 +623,11 @@ mod tests {
         assert_eq!(group_id(""), "Core");
         assert_eq!(group_id("apps"), "Apps");
         assert_eq!(group_id("rbac.authorization.k8s.io"), "RbacAuthorization");
-        assert_eq!(
-            group_id("flowcontrol.apiserver.k8s.io"),
-            "FlowcontrolApiserver"
-        );
-        let gv = GroupVersion {
-            group: "rbac.authorization.k8s.io",
-            version: "v1",
-        };
+        assert_eq!(group_id("flowcontrol.apiserver.k8s.io"), "FlowcontrolApiserver");
+        let gv = GroupVersion { group: "rbac.authorization.k8s.io", version: "v1" };
         assert_eq!(gv.tag(), "rbacAuthorization_v1");
         assert_eq!(gv.id(), "RbacAuthorizationV1");
-        assert_eq!(
-            GroupVersion {
-                group: "",
-                version: "v1"
-            }
-            .tag(),
-            "core_v1"
-        );
+        assert_eq!(GroupVersion { group: "", version: "v1" }.tag(), "core_v1");
         assert_eq!(with_article("Pod"), "a Pod");
         assert_eq!(with_article("Ingress"), "an Ingress");
         assert_eq!(with_article("Endpoints"), "Endpoints");

@@ -73,11 +73,7 @@ fn register<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
 }
 
 fn name_of(schema: &Schema) -> Option<String> {
-    schema
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(ref_name)
-        .map(str::to_owned)
+    schema.get("$ref").and_then(Value::as_str).and_then(ref_name).map(str::to_owned)
 }
 
 impl Catalog {
@@ -137,24 +133,14 @@ impl Catalog {
         if let Some(Value::Object(s)) = defs.get_mut(&int_or_string) {
             s.remove("x-kubernetes-int-or-string");
             s.insert("format".into(), "int-or-string".into());
-            s.insert(
-                "oneOf".into(),
-                json!([{ "type": "integer" }, { "type": "string" }]),
-            );
+            s.insert("oneOf".into(), json!([{ "type": "integer" }, { "type": "string" }]));
         }
         if let Some(Value::Object(s)) = defs.get_mut(&quantity) {
             s.remove("x-kubernetes-int-or-string");
-            s.insert(
-                "oneOf".into(),
-                json!([{ "type": "string" }, { "type": "number" }]),
-            );
+            s.insert("oneOf".into(), json!([{ "type": "string" }, { "type": "number" }]));
         }
 
-        let mut catalog = Catalog {
-            defs,
-            names: Vec::new(),
-            known,
-        };
+        let mut catalog = Catalog { defs, names: Vec::new(), known };
         catalog.decorate(resources, kind_names);
         catalog
     }
@@ -186,35 +172,15 @@ impl Catalog {
                 let list = list_schema(&self.defs, &kind_name, r, &self.known.list_meta);
                 self.defs.insert(list_name.clone(), list);
             }
-            add_gvk(
-                &mut self.defs,
-                &list_name,
-                gvk(r.group, r.version, r.list_kind),
-            );
+            add_gvk(&mut self.defs, &list_name, gvk(r.group, r.version, r.list_kind));
             self.names.push((kind_name, list_name));
         }
 
         let known = self.known.clone();
-        add_gvk(
-            &mut self.defs,
-            &known.scale,
-            gvk_of::<autoscaling::v1::Scale>(),
-        );
-        add_gvk(
-            &mut self.defs,
-            &known.binding,
-            gvk_of::<core::v1::Binding>(),
-        );
-        add_gvk(
-            &mut self.defs,
-            &known.eviction,
-            gvk_of::<policy::v1::Eviction>(),
-        );
-        add_gvk(
-            &mut self.defs,
-            &known.token_request,
-            gvk_of::<authentication::v1::TokenRequest>(),
-        );
+        add_gvk(&mut self.defs, &known.scale, gvk_of::<autoscaling::v1::Scale>());
+        add_gvk(&mut self.defs, &known.binding, gvk_of::<core::v1::Binding>());
+        add_gvk(&mut self.defs, &known.eviction, gvk_of::<policy::v1::Eviction>());
+        add_gvk(&mut self.defs, &known.token_request, gvk_of::<authentication::v1::TokenRequest>());
         add_gvk(&mut self.defs, &known.status, gvk("", "v1", "Status"));
         // DeleteOptions and WatchEvent are registered in every group-version, and a real server
         // lists them all on the one shared definition.
@@ -225,11 +191,7 @@ impl Catalog {
             }
         }
         for (g, v) in gvs {
-            add_gvk(
-                &mut self.defs,
-                &known.delete_options,
-                gvk(g, v, "DeleteOptions"),
-            );
+            add_gvk(&mut self.defs, &known.delete_options, gvk(g, v, "DeleteOptions"));
             add_gvk(&mut self.defs, &known.watch_event, gvk(g, v, "WatchEvent"));
         }
     }
@@ -245,12 +207,7 @@ fn list_schema_name(kind_name: &str, kind: &str, list_kind: &str) -> String {
 
 /// A list kind's schema, shaped like the ones Kubernetes generates for `XxxList` Go types
 /// (k8s-openapi models lists with one generic `List<T>` that has no schema of its own).
-fn list_schema(
-    defs: &Map<String, Value>,
-    kind_name: &str,
-    r: &ResourceDoc,
-    list_meta: &str,
-) -> Value {
+fn list_schema(defs: &Map<String, Value>, kind_name: &str, r: &ResourceDoc, list_meta: &str) -> Value {
     // apiVersion/kind descriptions are the standard TypeMeta ones; reuse the kind's copies.
     let kind_props = defs.get(kind_name).and_then(|s| s.get("properties"));
     let prop = |name: &str, fallback: &str| {
@@ -292,9 +249,7 @@ fn add_gvk(defs: &mut Map<String, Value>, name: &str, entry: Value) {
     let Some(Value::Object(schema)) = defs.get_mut(name) else {
         return;
     };
-    let list = schema
-        .entry("x-kubernetes-group-version-kind")
-        .or_insert_with(|| Value::Array(Vec::new()));
+    let list = schema.entry("x-kubernetes-group-version-kind").or_insert_with(|| Value::Array(Vec::new()));
     if let Value::Array(list) = list {
         if !list.contains(&entry) {
             list.push(entry);

@@ -108,20 +108,13 @@ fn compress(state: &mut [u64; 8], block: &[u8]) {
     for i in 16..80 {
         let s0 = w[i - 15].rotate_right(1) ^ w[i - 15].rotate_right(8) ^ (w[i - 15] >> 7);
         let s1 = w[i - 2].rotate_right(19) ^ w[i - 2].rotate_right(61) ^ (w[i - 2] >> 6);
-        w[i] = w[i - 16]
-            .wrapping_add(s0)
-            .wrapping_add(w[i - 7])
-            .wrapping_add(s1);
+        w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
     }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
     for i in 0..80 {
         let s1 = e.rotate_right(14) ^ e.rotate_right(18) ^ e.rotate_right(41);
         let ch = (e & f) ^ (!e & g);
-        let t1 = h
-            .wrapping_add(s1)
-            .wrapping_add(ch)
-            .wrapping_add(K[i])
-            .wrapping_add(w[i]);
+        let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
         let s0 = a.rotate_right(28) ^ a.rotate_right(34) ^ a.rotate_right(39);
         let maj = (a & b) ^ (a & c) ^ (b & c);
         let t2 = s0.wrapping_add(maj);
@@ -202,9 +195,6 @@ mod tests {
         );
         // Exactly one block's worth of data and a length that forces a second padding block.
         assert_eq!(sha512_hex_upper(&[b'a'; 128]).len(), 128);
-        assert_ne!(
-            sha512_hex_upper(&[b'a'; 112]),
-            sha512_hex_upper(&[b'a'; 111])
-        );
+        assert_ne!(sha512_hex_upper(&[b'a'; 112]), sha512_hex_upper(&[b'a'; 111]));
     }
 }

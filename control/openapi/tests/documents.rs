@@ -3,29 +3,23 @@
 //! resolution). Expectations about shape are taken from Kubernetes'
 //! api/openapi-spec/v3/api__v1_openapi.json.
 
-use k8s_openapi::api::{
-    apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, storage,
-};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, storage};
 use serde_json::{Value, json};
 use skiff_openapi::{Documents, PatchMeta, ResourceDoc, build, lint_openapi30, sha512_hex_upper};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-const ALL: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+const ALL: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 fn resources() -> Vec<ResourceDoc> {
     let all = || ALL.to_vec();
     vec![
-        ResourceDoc::of::<core::v1::Pod>("pods", true, vec!["status", "binding", "eviction", "ephemeralcontainers", "log", "exec"], all()),
+        ResourceDoc::of::<core::v1::Pod>(
+            "pods",
+            true,
+            vec!["status", "binding", "eviction", "ephemeralcontainers", "log", "exec"],
+            all(),
+        ),
         ResourceDoc::of::<core::v1::Service>("services", true, vec!["status"], all()),
         ResourceDoc::of::<core::v1::ConfigMap>("configmaps", true, vec![], all()),
         ResourceDoc::of::<core::v1::Secret>("secrets", true, vec![], all()),
@@ -36,7 +30,12 @@ fn resources() -> Vec<ResourceDoc> {
         ResourceDoc::of::<core::v1::ServiceAccount>("serviceaccounts", true, vec!["token"], all()),
         ResourceDoc::of::<core::v1::PersistentVolume>("persistentvolumes", false, vec!["status"], all()),
         ResourceDoc::of::<core::v1::PersistentVolumeClaim>("persistentvolumeclaims", true, vec!["status"], all()),
-        ResourceDoc::of::<core::v1::ReplicationController>("replicationcontrollers", true, vec!["status", "scale"], all()),
+        ResourceDoc::of::<core::v1::ReplicationController>(
+            "replicationcontrollers",
+            true,
+            vec!["status", "scale"],
+            all(),
+        ),
         ResourceDoc::of::<core::v1::LimitRange>("limitranges", true, vec![], all()),
         ResourceDoc::of::<core::v1::ResourceQuota>("resourcequotas", true, vec!["status"], all()),
         ResourceDoc::of::<core::v1::ComponentStatus>("componentstatuses", false, vec![], vec!["get", "list"]),
@@ -47,8 +46,18 @@ fn resources() -> Vec<ResourceDoc> {
         ResourceDoc::of::<apps::v1::ControllerRevision>("controllerrevisions", true, vec![], all()),
         ResourceDoc::of::<batch::v1::Job>("jobs", true, vec!["status"], all()),
         ResourceDoc::of::<batch::v1::CronJob>("cronjobs", true, vec!["status"], all()),
-        ResourceDoc::of::<autoscaling::v2::HorizontalPodAutoscaler>("horizontalpodautoscalers", true, vec!["status"], all()),
-        ResourceDoc::of::<autoscaling::v1::HorizontalPodAutoscaler>("horizontalpodautoscalers", true, vec!["status"], all()),
+        ResourceDoc::of::<autoscaling::v2::HorizontalPodAutoscaler>(
+            "horizontalpodautoscalers",
+            true,
+            vec!["status"],
+            all(),
+        ),
+        ResourceDoc::of::<autoscaling::v1::HorizontalPodAutoscaler>(
+            "horizontalpodautoscalers",
+            true,
+            vec!["status"],
+            all(),
+        ),
         ResourceDoc::of::<discovery::v1::EndpointSlice>("endpointslices", true, vec![], all()),
         ResourceDoc::of::<coordination::v1::Lease>("leases", true, vec![], all()),
         ResourceDoc::of::<rbac::v1::Role>("roles", true, vec![], all()),
@@ -69,10 +78,7 @@ fn resources() -> Vec<ResourceDoc> {
 }
 
 const fn merge(key: &'static str) -> Option<PatchMeta> {
-    Some(PatchMeta {
-        strategy: "merge",
-        merge_key: Some(key),
-    })
+    Some(PatchMeta { strategy: "merge", merge_key: Some(key) })
 }
 
 /// A few of Kubernetes' real patch tags, addressed the way the patch crate will address them.
@@ -80,12 +86,7 @@ fn rules(_group: &str, kind: &str, path: &[&str]) -> Option<PatchMeta> {
     let pod_spec: Option<&[&str]> = match (kind, path) {
         ("Pod", ["spec", rest @ ..]) => Some(rest),
         (
-            "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "ReplicationController",
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "ReplicationController",
             ["spec", "template", "spec", rest @ ..],
         ) => Some(rest),
         ("CronJob", ["spec", "jobTemplate", "spec", "template", "spec", rest @ ..]) => Some(rest),
@@ -97,25 +98,16 @@ fn rules(_group: &str, kind: &str, path: &[&str]) -> Option<PatchMeta> {
             ["containers" | "initContainers", "ports"] => merge("containerPort"),
             ["containers" | "initContainers", "env"] => merge("name"),
             ["containers" | "initContainers", "volumeMounts"] => merge("mountPath"),
-            ["volumes"] => Some(PatchMeta {
-                strategy: "merge,retainKeys",
-                merge_key: Some("name"),
-            }),
+            ["volumes"] => Some(PatchMeta { strategy: "merge,retainKeys", merge_key: Some("name") }),
             ["imagePullSecrets"] => merge("name"),
             _ => None,
         };
     }
     match (kind, path) {
-        (_, [.., "metadata", "finalizers"]) => Some(PatchMeta {
-            strategy: "merge",
-            merge_key: None,
-        }),
+        (_, [.., "metadata", "finalizers"]) => Some(PatchMeta { strategy: "merge", merge_key: None }),
         (_, [.., "metadata", "ownerReferences"]) => merge("uid"),
         ("Service", ["spec", "ports"]) => merge("port"),
-        ("Deployment", ["spec", "strategy"]) => Some(PatchMeta {
-            strategy: "retainKeys",
-            merge_key: None,
-        }),
+        ("Deployment", ["spec", "strategy"]) => Some(PatchMeta { strategy: "retainKeys", merge_key: None }),
         _ => None,
     }
 }
@@ -137,9 +129,7 @@ fn doc(path: &str) -> Value {
 }
 
 fn schemas(doc: &Value) -> &serde_json::Map<String, Value> {
-    doc.pointer("/components/schemas")
-        .and_then(Value::as_object)
-        .expect("components.schemas")
+    doc.pointer("/components/schemas").and_then(Value::as_object).expect("components.schemas")
 }
 
 /// kubectl's `resolve`: take `allOf[0]`, then follow a `$ref` into components.
@@ -149,27 +139,18 @@ fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> &'a Value {
     }
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let name = r.strip_prefix("#/components/schemas/").expect("local ref");
-        return schemas(doc)
-            .get(name)
-            .unwrap_or_else(|| panic!("dangling ref {r}"));
+        return schemas(doc).get(name).unwrap_or_else(|| panic!("dangling ref {r}"));
     }
     schema
 }
 
 /// kubectl's `gvkMatchesArray` over components: the component(s) for a GVK.
-fn kind_schema<'a>(
-    doc: &'a Value,
-    group: &str,
-    version: &str,
-    kind: &str,
-) -> Vec<(&'a String, &'a Value)> {
+fn kind_schema<'a>(doc: &'a Value, group: &str, version: &str, kind: &str) -> Vec<(&'a String, &'a Value)> {
     let want = json!({ "group": group, "kind": kind, "version": version });
     schemas(doc)
         .iter()
         .filter(|(_, s)| {
-            s.get("x-kubernetes-group-version-kind")
-                .and_then(Value::as_array)
-                .is_some_and(|l| l.contains(&want))
+            s.get("x-kubernetes-group-version-kind").and_then(Value::as_array).is_some_and(|l| l.contains(&want))
         })
         .collect()
 }
@@ -216,19 +197,9 @@ fn index_lists_every_document_with_its_hash() {
     assert_eq!(index.len(), d.by_path.len());
     for (path, (hash, bytes)) in &d.by_path {
         assert_eq!(hash.len(), 128);
-        assert!(
-            hash.chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
-        );
-        assert_eq!(
-            &sha512_hex_upper(bytes),
-            hash,
-            "{path}: hash does not match the bytes"
-        );
-        assert_eq!(
-            index[path]["serverRelativeURL"],
-            json!(format!("/openapi/v3/{path}?hash={hash}")),
-        );
+        assert!(hash.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert_eq!(&sha512_hex_upper(bytes), hash, "{path}: hash does not match the bytes");
+        assert_eq!(index[path]["serverRelativeURL"], json!(format!("/openapi/v3/{path}?hash={hash}")),);
     }
     // The index serializes as kubectl reads it.
     let parsed: Value = serde_json::from_slice(&d.index_bytes()).expect("index JSON");
@@ -246,10 +217,7 @@ fn documents_are_openapi_30_only() {
     for path in d.by_path.keys() {
         let doc = doc(path);
         assert_eq!(doc["openapi"], "3.0.0");
-        assert_eq!(
-            doc["info"],
-            json!({ "title": "Kubernetes", "version": "v1.33.0" })
-        );
+        assert_eq!(doc["info"], json!({ "title": "Kubernetes", "version": "v1.33.0" }));
         let problems = lint_openapi30(&doc);
         assert!(problems.is_empty(), "{path}: {problems:#?}");
         // Belt and braces: no schemars artefacts anywhere in the text.
@@ -274,12 +242,7 @@ fn pod_operations_look_like_kubernetes() {
 
     let coll = &paths["/api/v1/namespaces/{namespace}/pods"];
     let names = |params: &Value| -> Vec<String> {
-        params
-            .as_array()
-            .expect("params")
-            .iter()
-            .map(|p| p["name"].as_str().unwrap_or("").to_string())
-            .collect()
+        params.as_array().expect("params").iter().map(|p| p["name"].as_str().unwrap_or("").to_string()).collect()
     };
     assert_eq!(names(&coll["parameters"]), ["namespace", "pretty"]);
 
@@ -289,26 +252,19 @@ fn pod_operations_look_like_kubernetes() {
     assert_eq!(post["operationId"], "createCoreV1NamespacedPod");
     assert_eq!(post["description"], "create a Pod");
     assert_eq!(post["tags"], json!(["core_v1"]));
-    assert_eq!(
-        names(&post["parameters"]),
-        ["dryRun", "fieldManager", "fieldValidation"]
-    );
+    assert_eq!(names(&post["parameters"]), ["dryRun", "fieldManager", "fieldValidation"]);
     let fv = post["parameters"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["name"] == "fieldValidation"))
         .expect("fieldValidation");
     assert_eq!(fv["in"], "query");
-    assert_eq!(
-        fv["schema"],
-        json!({ "type": "string", "uniqueItems": true })
+    assert_eq!(fv["schema"], json!({ "type": "string", "uniqueItems": true }));
+    assert!(
+        fv["description"]
+            .as_str()
+            .is_some_and(|d| { d.starts_with("fieldValidation instructs the server on how to handle objects") })
     );
-    assert!(fv["description"].as_str().is_some_and(|d| {
-        d.starts_with("fieldValidation instructs the server on how to handle objects")
-    }));
-    assert_eq!(
-        post["requestBody"]["content"]["*/*"]["schema"]["$ref"],
-        "#/components/schemas/io.k8s.api.core.v1.Pod"
-    );
+    assert_eq!(post["requestBody"]["content"]["*/*"]["schema"]["$ref"], "#/components/schemas/io.k8s.api.core.v1.Pod");
     assert_eq!(post["requestBody"]["required"], true);
     for code in ["200", "201", "202"] {
         assert_eq!(
@@ -316,10 +272,7 @@ fn pod_operations_look_like_kubernetes() {
             "#/components/schemas/io.k8s.api.core.v1.Pod"
         );
     }
-    assert_eq!(
-        post["responses"]["401"],
-        json!({ "description": "Unauthorized" })
-    );
+    assert_eq!(post["responses"]["401"], json!({ "description": "Unauthorized" }));
 
     let list = &coll["get"];
     assert_eq!(list["x-kubernetes-action"], "list");
@@ -363,13 +316,8 @@ fn pod_operations_look_like_kubernetes() {
     assert_eq!(patch["x-kubernetes-group-version-kind"], pod_gvk);
     assert_eq!(patch["x-kubernetes-action"], "patch");
     assert_eq!(patch["operationId"], "patchCoreV1NamespacedPod");
-    assert_eq!(
-        names(&patch["parameters"]),
-        ["dryRun", "fieldManager", "fieldValidation", "force"]
-    );
-    let content = patch["requestBody"]["content"]
-        .as_object()
-        .expect("patch content");
+    assert_eq!(names(&patch["parameters"]), ["dryRun", "fieldManager", "fieldValidation", "force"]);
+    let content = patch["requestBody"]["content"].as_object().expect("patch content");
     assert_eq!(
         content.keys().collect::<Vec<_>>(),
         [
@@ -380,10 +328,7 @@ fn pod_operations_look_like_kubernetes() {
         ]
     );
     for media in content.values() {
-        assert_eq!(
-            media["schema"]["$ref"],
-            "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
-        );
+        assert_eq!(media["schema"]["$ref"], "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch");
     }
     assert_eq!(item["put"]["operationId"], "replaceCoreV1NamespacedPod");
     assert_eq!(item["get"]["operationId"], "readCoreV1NamespacedPod");
@@ -400,89 +345,46 @@ fn pod_operations_look_like_kubernetes() {
     );
 
     let all_ns = &paths["/api/v1/pods"];
-    assert_eq!(
-        all_ns["get"]["operationId"],
-        "listCoreV1PodForAllNamespaces"
-    );
+    assert_eq!(all_ns["get"]["operationId"], "listCoreV1PodForAllNamespaces");
     assert!(names(&all_ns["parameters"]).contains(&"watch".to_string()));
 
     let status = &paths["/api/v1/namespaces/{namespace}/pods/{name}/status"];
-    assert_eq!(
-        status["patch"]["operationId"],
-        "patchCoreV1NamespacedPodStatus"
-    );
+    assert_eq!(status["patch"]["operationId"], "patchCoreV1NamespacedPodStatus");
     assert_eq!(status["patch"]["x-kubernetes-group-version-kind"], pod_gvk);
-    assert_eq!(
-        status["get"]["description"],
-        "read status of the specified Pod"
-    );
+    assert_eq!(status["get"]["description"], "read status of the specified Pod");
 
     let binding = &paths["/api/v1/namespaces/{namespace}/pods/{name}/binding"];
-    assert_eq!(
-        binding["post"]["operationId"],
-        "createCoreV1NamespacedPodBinding"
-    );
+    assert_eq!(binding["post"]["operationId"], "createCoreV1NamespacedPodBinding");
     assert_eq!(
         binding["post"]["x-kubernetes-group-version-kind"],
         json!({ "group": "", "kind": "Binding", "version": "v1" })
     );
-    assert_eq!(
-        binding["parameters"][0]["description"],
-        "name of the Binding"
-    );
+    assert_eq!(binding["parameters"][0]["description"], "name of the Binding");
     assert!(paths["/api/v1/namespaces/{namespace}/pods/{name}/eviction"]["post"].is_object());
     // Connect-style subresources are not published.
-    assert!(
-        paths
-            .get("/api/v1/namespaces/{namespace}/pods/{name}/exec")
-            .is_none()
-    );
+    assert!(paths.get("/api/v1/namespaces/{namespace}/pods/{name}/exec").is_none());
 
-    assert_eq!(
-        paths["/api/v1/watch/namespaces/{namespace}/pods"]["get"]["x-kubernetes-action"],
-        "watchlist"
-    );
+    assert_eq!(paths["/api/v1/watch/namespaces/{namespace}/pods"]["get"]["x-kubernetes-action"], "watchlist");
     assert_eq!(
         paths["/api/v1/watch/namespaces/{namespace}/pods/{name}"]["get"]["operationId"],
         "watchCoreV1NamespacedPod"
     );
-    assert_eq!(
-        paths["/api/v1/watch/pods"]["get"]["operationId"],
-        "watchCoreV1PodListForAllNamespaces"
-    );
-    assert_eq!(
-        paths["/api/v1/"]["get"]["operationId"],
-        "getCoreV1APIResources"
-    );
+    assert_eq!(paths["/api/v1/watch/pods"]["get"]["operationId"], "watchCoreV1PodListForAllNamespaces");
+    assert_eq!(paths["/api/v1/"]["get"]["operationId"], "getCoreV1APIResources");
 
     // Cluster-scoped and read-only kinds.
-    assert_eq!(
-        paths["/api/v1/nodes/{name}"]["get"]["operationId"],
-        "readCoreV1Node"
-    );
-    assert_eq!(
-        paths["/api/v1/namespaces/{name}/finalize"]["put"]["operationId"],
-        "replaceCoreV1NamespaceFinalize"
-    );
-    let cs = paths["/api/v1/componentstatuses"]
-        .as_object()
-        .expect("componentstatuses");
+    assert_eq!(paths["/api/v1/nodes/{name}"]["get"]["operationId"], "readCoreV1Node");
+    assert_eq!(paths["/api/v1/namespaces/{name}/finalize"]["put"]["operationId"], "replaceCoreV1NamespaceFinalize");
+    let cs = paths["/api/v1/componentstatuses"].as_object().expect("componentstatuses");
     assert!(cs.contains_key("get") && !cs.contains_key("post") && !cs.contains_key("delete"));
-    assert!(
-        paths["/api/v1/componentstatuses/{name}"]
-            .get("patch")
-            .is_none()
-    );
+    assert!(paths["/api/v1/componentstatuses/{name}"].get("patch").is_none());
 }
 
 #[test]
 fn scale_subresource_uses_autoscaling_scale() {
     let doc = doc("apis/apps/v1");
     let scale = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"];
-    assert_eq!(
-        scale["patch"]["operationId"],
-        "patchAppsV1NamespacedDeploymentScale"
-    );
+    assert_eq!(scale["patch"]["operationId"], "patchAppsV1NamespacedDeploymentScale");
     assert_eq!(
         scale["patch"]["x-kubernetes-group-version-kind"],
         json!({ "group": "autoscaling", "kind": "Scale", "version": "v1" })
@@ -497,10 +399,7 @@ fn scale_subresource_uses_autoscaling_scale() {
         s["x-kubernetes-group-version-kind"],
         json!([{ "group": "autoscaling", "kind": "Scale", "version": "v1" }])
     );
-    assert_eq!(
-        doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["post"]["tags"],
-        json!(["apps_v1"])
-    );
+    assert_eq!(doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["post"]["tags"], json!(["apps_v1"]));
     let rbac = crate::doc("apis/rbac.authorization.k8s.io/v1");
     assert_eq!(
         rbac["paths"]["/apis/rbac.authorization.k8s.io/v1/clusterroles"]["post"]["operationId"],
@@ -525,18 +424,8 @@ fn kubectl_sees_field_validation_for_every_patchable_kind() {
         assert!(!ops.is_empty(), "{} has no PATCH operation", r.kind);
         for op in ops {
             let params = op["parameters"].as_array().expect("params");
-            assert!(
-                params
-                    .iter()
-                    .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"),
-                "{}",
-                r.kind
-            );
-            assert!(
-                op["requestBody"]["content"]
-                    .get("application/strategic-merge-patch+json")
-                    .is_some()
-            );
+            assert!(params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"), "{}", r.kind);
+            assert!(op["requestBody"]["content"].get("application/strategic-merge-patch+json").is_some());
         }
     }
 }
@@ -559,26 +448,14 @@ fn every_kind_has_one_schema_with_its_gvk() {
         assert_eq!(lists.len(), 1, "{}", r.list_kind);
         let list = lists[0].1;
         assert_eq!(list["required"], json!(["items"]));
-        assert_eq!(
-            resolve(&doc, &list["properties"]["items"]["items"]),
-            found[0].1
-        );
+        assert_eq!(resolve(&doc, &list["properties"]["items"]["items"]), found[0].1);
         assert_eq!(
             list["properties"]["metadata"]["allOf"][0]["$ref"],
             "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"
         );
         // Kubernetes never marks metadata required.
-        let required = found[0]
-            .1
-            .get("required")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            !required.contains(&json!("metadata")),
-            "{} requires metadata",
-            r.kind
-        );
+        let required = found[0].1.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+        assert!(!required.contains(&json!("metadata")), "{} requires metadata", r.kind);
     }
     let core = doc("api/v1");
     assert_eq!(
@@ -591,10 +468,7 @@ fn every_kind_has_one_schema_with_its_gvk() {
     );
     let ios = &schemas(&core)["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
     assert_eq!(ios["format"], "int-or-string");
-    assert_eq!(
-        ios["oneOf"],
-        json!([{ "type": "integer" }, { "type": "string" }])
-    );
+    assert_eq!(ios["oneOf"], json!([{ "type": "integer" }, { "type": "string" }]));
     // Documents carry only what they reference.
     assert!(!schemas(&core).contains_key("io.k8s.api.apps.v1.Deployment"));
     assert!(schemas(&doc("apis/apps/v1")).contains_key("io.k8s.api.core.v1.PodSpec"));
@@ -605,19 +479,13 @@ fn pod_schema_resolves_down_to_container_image() {
     let doc = doc("api/v1");
     let pod = kind_schema(&doc, "", "v1", "Pod")[0].1;
     let spec = resolve(&doc, &pod["properties"]["spec"]);
-    assert!(
-        spec["properties"]["restartPolicy"].is_object(),
-        "spec is PodSpec"
-    );
+    assert!(spec["properties"]["restartPolicy"].is_object(), "spec is PodSpec");
     let containers = &spec["properties"]["containers"];
     assert_eq!(containers["type"], "array");
     let container = resolve(&doc, &containers["items"]);
     assert_eq!(container["properties"]["image"]["type"], "string");
     let meta = resolve(&doc, &pod["properties"]["metadata"]);
-    assert_eq!(
-        meta["properties"]["labels"]["additionalProperties"]["type"],
-        "string"
-    );
+    assert_eq!(meta["properties"]["labels"]["additionalProperties"]["type"], "string");
     // The field description survives next to the reference, kube-openapi style.
     assert!(
         pod["properties"]["spec"]["description"]
@@ -631,21 +499,11 @@ fn patch_extensions_land_on_the_declaring_component() {
     let doc = doc("apis/apps/v1");
     let s = schemas(&doc);
     let prop = |component: &str, field: &str| s[component]["properties"][field].clone();
-    let ext = |v: &Value| {
-        (
-            v.get("x-kubernetes-patch-strategy").cloned(),
-            v.get("x-kubernetes-patch-merge-key").cloned(),
-        )
-    };
+    let ext =
+        |v: &Value| (v.get("x-kubernetes-patch-strategy").cloned(), v.get("x-kubernetes-patch-merge-key").cloned());
 
-    assert_eq!(
-        ext(&prop("io.k8s.api.core.v1.PodSpec", "containers")),
-        (Some(json!("merge")), Some(json!("name")))
-    );
-    assert_eq!(
-        ext(&prop("io.k8s.api.core.v1.PodSpec", "initContainers")),
-        (Some(json!("merge")), Some(json!("name")))
-    );
+    assert_eq!(ext(&prop("io.k8s.api.core.v1.PodSpec", "containers")), (Some(json!("merge")), Some(json!("name"))));
+    assert_eq!(ext(&prop("io.k8s.api.core.v1.PodSpec", "initContainers")), (Some(json!("merge")), Some(json!("name"))));
     assert_eq!(
         ext(&prop("io.k8s.api.core.v1.PodSpec", "volumes")),
         (Some(json!("merge,retainKeys")), Some(json!("name")))
@@ -654,44 +512,23 @@ fn patch_extensions_land_on_the_declaring_component() {
         ext(&prop("io.k8s.api.core.v1.Container", "ports")),
         (Some(json!("merge")), Some(json!("containerPort")))
     );
+    assert_eq!(ext(&prop("io.k8s.api.core.v1.Container", "env")), (Some(json!("merge")), Some(json!("name"))));
     assert_eq!(
-        ext(&prop("io.k8s.api.core.v1.Container", "env")),
-        (Some(json!("merge")), Some(json!("name")))
-    );
-    assert_eq!(
-        ext(&prop(
-            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-            "finalizers"
-        )),
+        ext(&prop("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers")),
         (Some(json!("merge")), None)
     );
     assert_eq!(
-        ext(&prop(
-            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-            "ownerReferences"
-        )),
+        ext(&prop("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences")),
         (Some(json!("merge")), Some(json!("uid")))
     );
-    assert_eq!(
-        ext(&prop("io.k8s.api.apps.v1.DeploymentSpec", "strategy")),
-        (Some(json!("retainKeys")), None)
-    );
+    assert_eq!(ext(&prop("io.k8s.api.apps.v1.DeploymentSpec", "strategy")), (Some(json!("retainKeys")), None));
     // Not tagged: nothing added.
-    assert_eq!(
-        ext(&prop("io.k8s.api.core.v1.Container", "args")),
-        (None, None)
-    );
+    assert_eq!(ext(&prop("io.k8s.api.core.v1.Container", "args")), (None, None));
 
     let core = crate::doc("api/v1");
     let s = schemas(&core);
-    assert_eq!(
-        s["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"]["x-kubernetes-patch-merge-key"],
-        "port"
-    );
-    assert_eq!(
-        s["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-merge-key"],
-        "name"
-    );
+    assert_eq!(s["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"]["x-kubernetes-patch-merge-key"], "port");
+    assert_eq!(s["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
 }
 
 /// Emulates kubectl's `PatchMetaFromOpenAPIV3` over a whole manifest: every field it contains
@@ -699,13 +536,7 @@ fn patch_extensions_land_on_the_declaring_component() {
 /// /openapi/v2), and list merge keys come out as a real server's would.
 #[test]
 fn kubectl_strategic_merge_lookup_finds_every_field() {
-    fn walk(
-        doc: &Value,
-        schema: &Value,
-        value: &Value,
-        at: &str,
-        keys: &mut Vec<(String, String)>,
-    ) {
+    fn walk(doc: &Value, schema: &Value, value: &Value, at: &str, keys: &mut Vec<(String, String)>) {
         let Some(obj) = value.as_object() else { return };
         for (k, v) in obj {
             // traverse(): the key must be a declared property.
@@ -714,10 +545,7 @@ fn kubectl_strategic_merge_lookup_finds_every_field() {
                 panic!("unable to find api field \"{k}\" at {at}");
             };
             let here = format!("{at}.{k}");
-            if let Some(key) = prop
-                .get("x-kubernetes-patch-merge-key")
-                .and_then(Value::as_str)
-            {
+            if let Some(key) = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str) {
                 keys.push((here.clone(), key.to_string()));
             }
             match v {
@@ -768,21 +596,9 @@ fn kubectl_strategic_merge_lookup_finds_every_field() {
     let root = kind_schema(&doc, "apps", "v1", "Deployment")[0].1;
     let mut keys = Vec::new();
     walk(&doc, root, &deployment, "", &mut keys);
-    assert!(
-        keys.contains(&(".spec.template.spec.containers".into(), "name".into())),
-        "{keys:?}"
-    );
-    assert!(
-        keys.contains(&(
-            ".spec.template.spec.containers[].ports".into(),
-            "containerPort".into()
-        )),
-        "{keys:?}"
-    );
-    assert!(
-        keys.contains(&(".spec.template.spec.volumes".into(), "name".into())),
-        "{keys:?}"
-    );
+    assert!(keys.contains(&(".spec.template.spec.containers".into(), "name".into())), "{keys:?}");
+    assert!(keys.contains(&(".spec.template.spec.containers[].ports".into(), "containerPort".into())), "{keys:?}");
+    assert!(keys.contains(&(".spec.template.spec.volumes".into(), "name".into())), "{keys:?}");
 
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": { "name": "s" },
@@ -790,13 +606,7 @@ fn kubectl_strategic_merge_lookup_finds_every_field() {
     });
     let core = crate::doc("api/v1");
     let mut keys = Vec::new();
-    walk(
-        &core,
-        kind_schema(&core, "", "v1", "Service")[0].1,
-        &service,
-        "",
-        &mut keys,
-    );
+    walk(&core, kind_schema(&core, "", "v1", "Service")[0].1, &service, "", &mut keys);
     assert_eq!(keys, [(".spec.ports".to_string(), "port".to_string())]);
 }
 
@@ -831,26 +641,15 @@ fn shape_matches_a_real_kubernetes_document() {
             "x-kubernetes-group-version-kind"
         ]
     );
-    assert_eq!(
-        patch["description"],
-        "partially update the specified ResourceQuota"
-    );
+    assert_eq!(patch["description"], "partially update the specified ResourceQuota");
     assert_eq!(patch["parameters"][3], real_force);
     assert_eq!(
-        patch["responses"]
-            .as_object()
-            .map(|r| r.keys().cloned().collect::<Vec<_>>()),
+        patch["responses"].as_object().map(|r| r.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["200".into(), "201".into(), "401".into()])
     );
     assert_eq!(
-        patch["responses"]["201"]["content"]
-            .as_object()
-            .map(|c| c.keys().cloned().collect::<Vec<_>>()),
-        Some(vec![
-            "application/json".into(),
-            "application/vnd.kubernetes.protobuf".into(),
-            "application/yaml".into()
-        ])
+        patch["responses"]["201"]["content"].as_object().map(|c| c.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["application/json".into(), "application/vnd.kubernetes.protobuf".into(), "application/yaml".into()])
     );
     assert_eq!(patch["responses"]["201"]["description"], "Created");
     let delete = &item["delete"];
@@ -862,17 +661,12 @@ fn shape_matches_a_real_kubernetes_document() {
     let list = &doc["paths"]["/api/v1/namespaces/{namespace}/secrets"]["get"];
     assert_eq!(list["description"], "list or watch objects of kind Secret");
     assert_eq!(
-        list["responses"]["200"]["content"]
-            .as_object()
-            .map(|c| c.len()),
+        list["responses"]["200"]["content"].as_object().map(|c| c.len()),
         Some(5),
         "list responses carry the watch stream types"
     );
     // Top level, as a server publishes it.
-    assert_eq!(
-        doc["components"]["securitySchemes"]["BearerToken"]["type"],
-        "apiKey"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["BearerToken"]["type"], "apiKey");
     assert_eq!(doc["security"], json!([{ "BearerToken": [] }]));
     // Property references are allOf-wrapped with the description beside them.
     let rq = &schemas(&doc)["io.k8s.api.core.v1.ResourceQuota"];
@@ -886,23 +680,13 @@ fn shape_matches_a_real_kubernetes_document() {
 #[test]
 fn group_and_root_documents() {
     let apps = doc("apis/apps");
-    assert_eq!(
-        apps["paths"]["/apis/apps/"]["get"]["operationId"],
-        "getAppsAPIGroup"
-    );
+    assert_eq!(apps["paths"]["/apis/apps/"]["get"]["operationId"], "getAppsAPIGroup");
     assert!(schemas(&apps).contains_key("io.k8s.apimachinery.pkg.apis.meta.v1.APIGroup"));
-    assert_eq!(
-        doc("api")["paths"]["/api/"]["get"]["operationId"],
-        "getCoreAPIVersions"
-    );
-    assert_eq!(
-        doc("apis")["paths"]["/apis/"]["get"]["operationId"],
-        "getAPIVersions"
-    );
+    assert_eq!(doc("api")["paths"]["/api/"]["get"]["operationId"], "getCoreAPIVersions");
+    assert_eq!(doc("apis")["paths"]["/apis/"]["get"]["operationId"], "getAPIVersions");
     let version = doc("version");
     assert_eq!(
-        version["paths"]["/version/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
-            ["$ref"],
+        version["paths"]["/version/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/io.k8s.apimachinery.pkg.version.Info"
     );
 }

@@ -17,24 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
-const ALL: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+const ALL: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 fn rules(_group: &str, kind: &str, path: &[&str]) -> Option<PatchMeta> {
-    let m = |k| {
-        Some(PatchMeta {
-            strategy: "merge",
-            merge_key: Some(k),
-        })
-    };
+    let m = |k| Some(PatchMeta { strategy: "merge", merge_key: Some(k) });
     let spec = match (kind, path) {
         ("Pod", ["spec", rest @ ..]) => rest,
         ("Deployment", ["spec", "template", "spec", rest @ ..]) => rest,
@@ -63,8 +49,7 @@ impl Drop for Server {
 fn objects() -> Vec<(&'static str, Value)> {
     let with_last_applied = |mut v: Value| {
         let last = v.to_string();
-        v["metadata"]["annotations"] =
-            json!({ "kubectl.kubernetes.io/last-applied-configuration": last });
+        v["metadata"]["annotations"] = json!({ "kubectl.kubernetes.io/last-applied-configuration": last });
         v["metadata"]["resourceVersion"] = json!("5");
         v
     };
@@ -153,12 +138,7 @@ fn handle(mut stream: TcpStream, docs: &Documents, requests: &Mutex<Vec<String>>
         r.push(format!("{method} {target} CT={content_type} {body}"));
     }
 
-    let path = target
-        .split('?')
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_string();
+    let path = target.split('?').next().unwrap_or("").trim_end_matches('/').to_string();
     if path == "/openapi/v3" {
         return respond(&mut stream, 200, &docs.index_bytes());
     }
@@ -204,11 +184,7 @@ fn serve(docs: Documents) -> Option<Server> {
             }
         }
     });
-    Some(Server {
-        addr,
-        requests,
-        stop,
-    })
+    Some(Server { addr, requests, stop })
 }
 
 fn kubectl(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -222,11 +198,7 @@ fn kubectl(dir: &Path, args: &[&str]) -> (bool, String) {
     match out {
         Ok(o) => (
             o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
         ),
         Err(e) => (false, e.to_string()),
     }
@@ -245,12 +217,7 @@ fn real_kubectl_uses_the_documents() {
         return;
     }
     let resources = vec![
-        ResourceDoc::of::<k8s_openapi::api::core::v1::Pod>(
-            "pods",
-            true,
-            vec!["status"],
-            ALL.to_vec(),
-        ),
+        ResourceDoc::of::<k8s_openapi::api::core::v1::Pod>("pods", true, vec!["status"], ALL.to_vec()),
         ResourceDoc::of::<k8s_openapi::api::apps::v1::Deployment>(
             "deployments",
             true,
@@ -285,51 +252,23 @@ fn real_kubectl_uses_the_documents() {
     assert!(!out.contains("warning"), "apply pod warned: {out}");
     let (ok, out) = kubectl(&dir, &["apply", "-f", &file("dep.yaml")]);
     assert!(ok, "apply deployment: {out}");
-    let (ok, out) = kubectl(
-        &dir,
-        &["explain", "deployments.spec.template.spec.containers.ports"],
-    );
+    let (ok, out) = kubectl(&dir, &["explain", "deployments.spec.template.spec.containers.ports"]);
     assert!(ok && out.contains("containerPort"), "explain: {out}");
 
-    let log = server
-        .requests
-        .lock()
-        .map(|r| r.clone())
-        .unwrap_or_default();
-    let find = |prefix: &str| {
-        log.iter()
-            .find(|l| l.starts_with(prefix))
-            .cloned()
-            .unwrap_or_default()
-    };
-    assert!(
-        find("POST /api/v1/namespaces/default/pods?").contains("fieldValidation=Strict"),
-        "{log:#?}"
-    );
+    let log = server.requests.lock().map(|r| r.clone()).unwrap_or_default();
+    let find = |prefix: &str| log.iter().find(|l| l.starts_with(prefix)).cloned().unwrap_or_default();
+    assert!(find("POST /api/v1/namespaces/default/pods?").contains("fieldValidation=Strict"), "{log:#?}");
     let pod_patch = find("PATCH /api/v1/namespaces/default/pods/x?");
-    assert!(
-        pod_patch.contains("CT=application/strategic-merge-patch+json"),
-        "{pod_patch}"
-    );
+    assert!(pod_patch.contains("CT=application/strategic-merge-patch+json"), "{pod_patch}");
     assert!(pod_patch.contains("fieldValidation=Strict"), "{pod_patch}");
+    assert!(pod_patch.contains(r#""$setElementOrder/containers":[{"name":"c"}]"#), "{pod_patch}");
     assert!(
-        pod_patch.contains(r#""$setElementOrder/containers":[{"name":"c"}]"#),
-        "{pod_patch}"
-    );
-    assert!(
-        pod_patch
-            .contains(r#""$setElementOrder/ports":[{"containerPort":80},{"containerPort":443}]"#),
+        pod_patch.contains(r#""$setElementOrder/ports":[{"containerPort":80},{"containerPort":443}]"#),
         "{pod_patch}"
     );
     let dep_patch = find("PATCH /apis/apps/v1/namespaces/default/deployments/d?");
-    assert!(
-        dep_patch.contains(r#""$setElementOrder/env":[{"name":"B"},{"name":"A"}]"#),
-        "{dep_patch}"
-    );
-    assert!(
-        !log.iter().any(|l| l.contains("/openapi/v2")),
-        "kubectl fell back to /openapi/v2: {log:#?}"
-    );
+    assert!(dep_patch.contains(r#""$setElementOrder/env":[{"name":"B"},{"name":"A"}]"#), "{dep_patch}");
+    assert!(!log.iter().any(|l| l.contains("/openapi/v2")), "kubectl fell back to /openapi/v2: {log:#?}");
 
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -23,7 +23,9 @@ impl Profile {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let scores = scores
             .iter()
-            .map(|(n, w)| registry.score(n).map(|s| (s, *w)).ok_or_else(|| anyhow::anyhow!("unknown score plug-in {n:?}")))
+            .map(|(n, w)| {
+                registry.score(n).map(|s| (s, *w)).ok_or_else(|| anyhow::anyhow!("unknown score plug-in {n:?}"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Profile { filters, scores, percentage_of_nodes_to_score: pct.min(100) })
     }
@@ -92,7 +94,8 @@ pub struct Algorithm {
 
 impl Algorithm {
     pub fn new() -> Algorithm {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Algorithm { rng: seed | 1, ..Default::default() }
     }
 
@@ -250,7 +253,8 @@ mod tests {
 
     fn profile() -> Profile {
         let filters: Vec<String> = crate::plugins::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect();
-        let scores: Vec<(String, i64)> = crate::plugins::DEFAULT_SCORES.iter().map(|(s, w)| (s.to_string(), *w)).collect();
+        let scores: Vec<(String, i64)> =
+            crate::plugins::DEFAULT_SCORES.iter().map(|(s, w)| (s.to_string(), *w)).collect();
         Profile::new(&Registry::default(), &filters, &scores, 0).unwrap()
     }
 
@@ -258,8 +262,16 @@ mod tests {
     fn message_format_matches_kubernetes() {
         let mut cache = Cache::default();
         cache.upsert_node(node("a", "1", json!({})));
-        cache.upsert_node(node("b", "8", json!({"spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}})));
-        cache.upsert_node(node("c", "8", json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoExecute"}]}})));
+        cache.upsert_node(node(
+            "b",
+            "8",
+            json!({"spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}),
+        ));
+        cache.upsert_node(node(
+            "c",
+            "8",
+            json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoExecute"}]}}),
+        ));
         let mut alg = Algorithm::new();
         let err = alg.schedule(&profile(), &cache, &pod("p", "2", json!({}))).unwrap_err();
         assert_eq!(
@@ -280,8 +292,16 @@ mod tests {
         let mut cache = Cache::default();
         cache.upsert_node(node("ssd", "4", json!({"metadata": {"labels": {"disk": "ssd"}}})));
         cache.upsert_node(node("cordoned", "4", json!({"spec": {"unschedulable": true}})));
-        cache.upsert_node(node("notready", "4", json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})));
-        cache.upsert_node(node("gpu", "4", json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}})));
+        cache.upsert_node(node(
+            "notready",
+            "4",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        ));
+        cache.upsert_node(node(
+            "gpu",
+            "4",
+            json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}}),
+        ));
         let mut alg = Algorithm::new();
         // Only "ssd" takes an ordinary pod.
         for i in 0..5 {
@@ -317,18 +337,32 @@ mod tests {
         cache.assume(a, "ssd");
         let b = pod("hp-b", "100m", hp);
         let msg = alg.schedule(&p, &cache, &b).unwrap_err().message();
-        assert!(msg.starts_with("0/4 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, "), "{msg}");
-        assert!(msg.ends_with("1 No preemption victims found for incoming pod, 3 Preemption is not helpful for scheduling."), "{msg}");
+        assert!(
+            msg.starts_with("0/4 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, "),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with(
+                "1 No preemption victims found for incoming pod, 3 Preemption is not helpful for scheduling."
+            ),
+            "{msg}"
+        );
         // Pod count and memory.
         let mut small = Cache::default();
         small.upsert_node(node("tiny", "4", json!({"status": {"allocatable": {"pods": "1", "memory": "1Gi"}}})));
-        let big = pod("m", "100m", json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"memory": "2Gi"}}}]}}));
+        let big = pod(
+            "m",
+            "100m",
+            json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"memory": "2Gi"}}}]}}),
+        );
         assert_eq!(
             alg.schedule(&p, &small, &big).unwrap_err().message(),
             "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
         );
         small.assume(pod("x", "100m", json!({})), "tiny");
-        assert!(alg.schedule(&p, &small, &pod("y", "100m", json!({}))).unwrap_err().message().contains("1 Too many pods"));
+        assert!(
+            alg.schedule(&p, &small, &pod("y", "100m", json!({}))).unwrap_err().message().contains("1 Too many pods")
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +21,18 @@ const AGGREGATE_MAX: usize = 8192;
 
 #[derive(Debug)]
 pub enum Record {
-    Event { pod: Arc<Pod>, type_: &'static str, reason: &'static str, action: &'static str, message: String },
+    Event {
+        pod: Arc<Pod>,
+        type_: &'static str,
+        reason: &'static str,
+        action: &'static str,
+        message: String,
+    },
     /// `PodScheduled=False, reason Unschedulable` with this message.
-    Unschedulable { pod: Arc<Pod>, message: String },
+    Unschedulable {
+        pod: Arc<Pod>,
+        message: String,
+    },
 }
 
 /// Cheap to clone; drops records (with a log line) rather than block when the API is slow.
@@ -53,13 +62,7 @@ impl Recorder {
     }
 
     pub fn failed(&self, pod: Arc<Pod>, message: String) {
-        self.record(Record::Event {
-            pod,
-            type_: "Warning",
-            reason: "FailedScheduling",
-            action: "Scheduling",
-            message,
-        });
+        self.record(Record::Event { pod, type_: "Warning", reason: "FailedScheduling", action: "Scheduling", message });
     }
 }
 

@@ -81,7 +81,10 @@ impl Resources {
     }
 
     pub fn is_zero(&self) -> bool {
-        self.milli_cpu == 0 && self.memory == 0 && self.ephemeral_storage == 0 && self.scalars.iter().all(|(_, v)| *v == 0)
+        self.milli_cpu == 0
+            && self.memory == 0
+            && self.ephemeral_storage == 0
+            && self.scalars.iter().all(|(_, v)| *v == 0)
     }
 }
 
@@ -124,13 +127,8 @@ impl PodInfo {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let key = format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or(""));
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let owner_uid = pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| o.uid.clone());
+        let owner_uid =
+            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
         let (mut requests, mut nz_cpu, mut nz_mem) = (Resources::default(), 0i64, 0i64);
         let mut host_ports = Vec::new();
         if let Some(spec) = &pod.spec {
@@ -170,7 +168,8 @@ impl PodInfo {
                 nz_cpu += o.milli_cpu;
                 nz_mem += o.memory;
             }
-            let restartable = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            let restartable =
+                spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
             for c in spec.containers.iter().chain(restartable) {
                 for p in c.ports.iter().flatten() {
                     if let Some(hp) = p.host_port.filter(|p| *p > 0) {
@@ -302,7 +301,8 @@ impl NodeInfo {
                     || unschedulable != self.unschedulable
                     || readiness != self.readiness
                     || old.metadata.labels != node.metadata.labels
-                    || old.spec.as_ref().and_then(|s| s.taints.as_ref()) != node.spec.as_ref().and_then(|s| s.taints.as_ref())
+                    || old.spec.as_ref().and_then(|s| s.taints.as_ref())
+                        != node.spec.as_ref().and_then(|s| s.taints.as_ref())
             }
         };
         self.allocatable = allocatable;

@@ -228,7 +228,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            let (Some(v), Some(bound)) =
+                (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
             else {
                 return false;
             };
@@ -426,8 +427,13 @@ pub const DEFAULT_FILTERS: &[&str] =
     &["NodeReady", "NodeUnschedulable", "TaintToleration", "NodeAffinity", "NodePorts", "NodeResourcesFit"];
 
 /// Built-in scores and their default weights (Kubernetes' weights for the equivalents).
-pub const DEFAULT_SCORES: &[(&str, i64)] =
-    &[("LeastAllocated", 1), ("BalancedAllocation", 1), ("SelectorSpread", 2), ("NodeAffinity", 2), ("TaintToleration", 3)];
+pub const DEFAULT_SCORES: &[(&str, i64)] = &[
+    ("LeastAllocated", 1),
+    ("BalancedAllocation", 1),
+    ("SelectorSpread", 2),
+    ("NodeAffinity", 2),
+    ("TaintToleration", 3),
+];
 
 impl Default for Registry {
     fn default() -> Registry {

@@ -214,7 +214,10 @@ impl Queue {
                 .unschedulable
                 .iter()
                 .filter(|k| {
-                    self.entries.get(*k).and_then(|e| e.last_attempt).is_none_or(|t| now.duration_since(t) >= UNSCHEDULABLE_FLUSH)
+                    self.entries
+                        .get(*k)
+                        .and_then(|e| e.last_attempt)
+                        .is_none_or(|t| now.duration_since(t) >= UNSCHEDULABLE_FLUSH)
                 })
                 .cloned()
                 .collect();

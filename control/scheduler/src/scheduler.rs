@@ -4,7 +4,7 @@
 use crate::SchedulerConfig;
 use crate::algorithm::{Algorithm, Profile};
 use crate::cache::Cache;
-use crate::events::{Recorder, Record, has_unschedulable_condition};
+use crate::events::{Record, Recorder, has_unschedulable_condition};
 use crate::info::PodInfo;
 use crate::plugins::Registry;
 use crate::queue::Queue;
@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +55,12 @@ pub async fn run_with(client: Client, config: SchedulerConfig, registry: Registr
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     {
         let api = Api::<Node>::all(client.clone());
-        tasks.spawn(forward(watcher::watcher(api, watcher::Config::default()).default_backoff(), tx.clone(), Msg::Node, "nodes"));
+        tasks.spawn(forward(
+            watcher::watcher(api, watcher::Config::default()).default_backoff(),
+            tx.clone(),
+            Msg::Node,
+            "nodes",
+        ));
         let api = Api::<Pod>::all(client.clone());
         tasks.spawn(forward(watcher::watcher(api, watcher::Config::default()).default_backoff(), tx, Msg::Pod, "pods"));
     }
@@ -131,7 +136,12 @@ pub async fn run_with(client: Client, config: SchedulerConfig, registry: Registr
     }
 }
 
-async fn forward<K, S>(stream: S, tx: mpsc::Sender<Msg>, wrap: fn(Event<K>) -> Msg, what: &'static str) -> anyhow::Result<()>
+async fn forward<K, S>(
+    stream: S,
+    tx: mpsc::Sender<Msg>,
+    wrap: fn(Event<K>) -> Msg,
+    what: &'static str,
+) -> anyhow::Result<()>
 where
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
@@ -158,7 +168,12 @@ async fn bind(client: Client, recorder: Recorder, info: Arc<PodInfo>, node: Stri
             uid: Some(info.uid.clone()),
             ..Default::default()
         },
-        target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node.clone()), ..Default::default() },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..Default::default()
+        },
     };
     let result = api
         .create_subresource::<_, serde_json::Value>("binding", info.name(), &PostParams::default(), &binding)

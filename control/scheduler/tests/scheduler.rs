@@ -99,7 +99,13 @@ async fn bound_node(pods: &Api<Pod>, name: &str) -> anyhow::Result<Option<String
 
 async fn events_for(client: &Client, pod: &str) -> anyhow::Result<Vec<Event>> {
     let evs: Api<Event> = Api::namespaced(client.clone(), "default");
-    Ok(evs.list(&ListParams::default()).await?.items.into_iter().filter(|e| e.involved_object.name.as_deref() == Some(pod)).collect())
+    Ok(evs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+        .collect())
 }
 
 /// Waits for a `FailedScheduling` event on `pod` and returns its message.
@@ -125,14 +131,17 @@ async fn spreads_owner_reports_insufficient_cpu_and_retries_on_node_add() -> any
     }
     // The owner only needs to exist (a ConfigMap: no controller will adopt or delete the pods).
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let owner = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web-owner"}}))?).await?;
+    let owner = cms
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web-owner"}}))?)
+        .await?;
     let owner_ref = json!({"metadata": {"ownerReferences": [{
         "apiVersion": "v1", "kind": "ConfigMap", "name": "web-owner",
         "uid": owner.metadata.uid.clone().unwrap(), "controller": true
     }]}});
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for i in 0..6 {
-        pods.create(&PostParams::default(), &pod(&format!("web-{i}"), "spread-test", "100m", owner_ref.clone())).await?;
+        pods.create(&PostParams::default(), &pod(&format!("web-{i}"), "spread-test", "100m", owner_ref.clone()))
+            .await?;
     }
     let placement = wait_for("6 pods bound", Duration::from_secs(15), || async {
         let list = pods.list(&ListParams::default().labels("app=test")).await?;
@@ -167,7 +176,11 @@ async fn spreads_owner_reports_insufficient_cpu_and_retries_on_node_add() -> any
     let want = "0/3 nodes are available: 3 Insufficient cpu. \
                 preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
     assert_eq!(msg, want);
-    let ev = events_for(&client, "big").await?.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling")).unwrap();
+    let ev = events_for(&client, "big")
+        .await?
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .unwrap();
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert_eq!(ev.source.as_ref().and_then(|s| s.component.as_deref()), Some("spread-test"));
     let cond = wait_for("PodScheduled=False", Duration::from_secs(10), || async {
@@ -175,13 +188,19 @@ async fn spreads_owner_reports_insufficient_cpu_and_retries_on_node_add() -> any
         Ok(p.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled"))
     })
     .await;
-    assert_eq!((cond.status.as_str(), cond.reason.as_deref(), cond.message.as_deref()), ("False", Some("Unschedulable"), Some(want)));
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_deref(), cond.message.as_deref()),
+        ("False", Some("Unschedulable"), Some(want))
+    );
     assert_eq!(bound_node(&pods, "big").await?, None);
 
     // No hot loop: without cluster changes the pod is not retried (one event, count 1).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let failed: Vec<Event> =
-        events_for(&client, "big").await?.into_iter().filter(|e| e.reason.as_deref() == Some("FailedScheduling")).collect();
+    let failed: Vec<Event> = events_for(&client, "big")
+        .await?
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].count, Some(1));
 
@@ -203,7 +222,13 @@ async fn selectors_taints_cordon_and_host_ports() -> anyhow::Result<()> {
     let client = control.client().await?;
     let _s = start(&client, "filter-test");
     add_node(&client, "ssd", "4", json!({"metadata": {"labels": {"disk": "ssd"}}})).await?;
-    add_node(&client, "tainted", "4", json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}})).await?;
+    add_node(
+        &client,
+        "tainted",
+        "4",
+        json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
+    )
+    .await?;
     add_node(&client, "cordoned", "4", json!({"spec": {"unschedulable": true}})).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pp = PostParams::default();
@@ -215,9 +240,12 @@ async fn selectors_taints_cordon_and_host_ports() -> anyhow::Result<()> {
             {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["tainted"]}]}]}}}
     }});
     pods.create(&pp, &pod("tol", "filter-test", "100m", tolerating)).await?;
-    pods.create(&pp, &pod("nomatch", "filter-test", "100m", json!({"spec": {"nodeSelector": {"disk": "hdd"}}}))).await?;
+    pods.create(&pp, &pod("nomatch", "filter-test", "100m", json!({"spec": {"nodeSelector": {"disk": "hdd"}}})))
+        .await?;
     for (name, want) in [("sel", "ssd"), ("tol", "tainted")] {
-        let node = wait_for(&format!("{name} bound"), Duration::from_secs(15), || async { bound_node(&pods, name).await }).await;
+        let node =
+            wait_for(&format!("{name} bound"), Duration::from_secs(15), || async { bound_node(&pods, name).await })
+                .await;
         assert_eq!(node, want, "{name}");
     }
     let msg = failed_scheduling(&client, "nomatch", "nodes are available").await;
@@ -262,7 +290,9 @@ async fn burst_does_not_overcommit_and_deletion_frees_room() -> anyhow::Result<(
     // All 30 pods exist before the scheduler starts, so they arrive as one burst.
     let creates = (0..30).map(|i| {
         let pods = pods.clone();
-        async move { pods.create(&PostParams::default(), &pod(&format!("burst-{i}"), "burst-test", "100m", json!({}))).await }
+        async move {
+            pods.create(&PostParams::default(), &pod(&format!("burst-{i}"), "burst-test", "100m", json!({}))).await
+        }
     });
     for r in join_all(creates).await {
         r?;
@@ -298,8 +328,18 @@ async fn burst_does_not_overcommit_and_deletion_frees_room() -> anyhow::Result<(
     );
 
     // Deleting a bound pod frees room: exactly one pending pod takes it.
-    let victim = pods.list(&ListParams::default().labels("app=test")).await?.items.into_iter().find(|p| node_of(p).is_some()).unwrap();
-    pods.delete(victim.metadata.name.as_deref().unwrap(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    let victim = pods
+        .list(&ListParams::default().labels("app=test"))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| node_of(p).is_some())
+        .unwrap();
+    pods.delete(
+        victim.metadata.name.as_deref().unwrap(),
+        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+    )
+    .await?;
     wait_for("a pending pod bound after the deletion", Duration::from_secs(20), || async {
         let m = count_bound().await?;
         Ok((m.values().copied().collect::<Vec<_>>() == vec![10, 10]).then_some(()))

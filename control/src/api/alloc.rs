@@ -19,7 +19,8 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(cidr: &str) -> anyhow::Result<Self> {
-        let (ip, len) = cidr.split_once('/').ok_or_else(|| anyhow::anyhow!("service CIDR {cidr} must look like 10.96.0.0/12"))?;
+        let (ip, len) =
+            cidr.split_once('/').ok_or_else(|| anyhow::anyhow!("service CIDR {cidr} must look like 10.96.0.0/12"))?;
         let ip: Ipv4Addr = ip.parse()?;
         let len: u8 = len.parse()?;
         anyhow::ensure!((8..=30).contains(&len), "service CIDR prefix length must be between 8 and 30");
@@ -47,7 +48,8 @@ impl Allocator {
     pub fn assign(&self, svc: &mut Value, old: Option<&Value>, existing: &[std::sync::Arc<Value>]) -> Vec<Cause> {
         let mut causes = Vec::new();
         let me = (svc["metadata"]["namespace"].clone(), svc["metadata"]["name"].clone());
-        let others = existing.iter().filter(|o| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone()) != me);
+        let others =
+            existing.iter().filter(|o| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone()) != me);
         let mut used_ips = HashSet::new();
         let mut used_ports = HashSet::new();
         for o in others {
@@ -77,7 +79,11 @@ impl Allocator {
                     let keeping = old.is_some_and(|o| o["spec"]["clusterIP"].as_str() == Some(&ip));
                     if !keeping {
                         match ip.parse::<Ipv4Addr>() {
-                            Err(_) => causes.push(Cause::invalid("spec.clusterIPs[0]", &json!(ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")),
+                            Err(_) => causes.push(Cause::invalid(
+                                "spec.clusterIPs[0]",
+                                &json!(ip),
+                                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                            )),
                             Ok(addr) => {
                                 let (lo, hi) = self.range();
                                 let n = u32::from(addr);
@@ -88,7 +94,11 @@ impl Allocator {
                                         format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr_string()),
                                     ));
                                 } else if used_ips.contains(&ip) {
-                                    causes.push(Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is already allocated")));
+                                    causes.push(Cause::invalid(
+                                        "spec.clusterIPs",
+                                        &json!([ip]),
+                                        format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                                    ));
                                 }
                             }
                         }
@@ -100,14 +110,26 @@ impl Allocator {
                         spec["clusterIP"] = json!(ip.to_string());
                         spec["clusterIPs"] = json!([ip.to_string()]);
                     }
-                    None => causes.push(Cause::invalid("spec.clusterIPs", &Value::Null, "failed to allocate a serviceIP: range is full")),
+                    None => causes.push(Cause::invalid(
+                        "spec.clusterIPs",
+                        &Value::Null,
+                        "failed to allocate a serviceIP: range is full",
+                    )),
                 },
             }
         }
 
         let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
         let old_node_ports: HashSet<i64> = old
-            .map(|o| o["spec"]["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().filter_map(|p| p["nodePort"].as_i64()).collect())
+            .map(|o| {
+                o["spec"]["ports"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|p| p["nodePort"].as_i64())
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             let mut mine = HashSet::new();
@@ -123,10 +145,16 @@ impl Allocator {
                                 causes.push(Cause::invalid(
                                     format!("spec.ports[{i}].nodePort"),
                                     &json!(np),
-                                    format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                                    format!(
+                                        "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                                    ),
                                 ));
                             } else if used_ports.contains(&np) {
-                                causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(np), "provided port is already allocated"));
+                                causes.push(Cause::invalid(
+                                    format!("spec.ports[{i}].nodePort"),
+                                    &json!(np),
+                                    "provided port is already allocated",
+                                ));
                             }
                         }
                         mine.insert(np);
@@ -138,7 +166,11 @@ impl Allocator {
                                 p["nodePort"] = json!(np);
                                 mine.insert(np);
                             }
-                            None => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), &Value::Null, "range is full")),
+                            None => causes.push(Cause::invalid(
+                                format!("spec.ports[{i}].nodePort"),
+                                &Value::Null,
+                                "range is full",
+                            )),
                         }
                     }
                 }
@@ -220,12 +252,18 @@ mod tests {
         let mut s = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
         assert!(a.assign(&mut s, None, &[]).is_empty());
         let ip: Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
-        assert!(u32::from(ip) > u32::from(Ipv4Addr::new(10, 96, 0, 16)) && u32::from(ip) < u32::from(Ipv4Addr::new(10, 111, 255, 255)));
+        assert!(
+            u32::from(ip) > u32::from(Ipv4Addr::new(10, 96, 0, 16))
+                && u32::from(ip) < u32::from(Ipv4Addr::new(10, 111, 255, 255))
+        );
         let np = s["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
         assert!((30000..=32767).contains(&np));
 
         let existing = vec![Arc::new(s.clone())];
-        let mut b = svc("b", json!({"type": "NodePort", "clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "nodePort": np}]}));
+        let mut b = svc(
+            "b",
+            json!({"type": "NodePort", "clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "nodePort": np}]}),
+        );
         let causes = a.assign(&mut b, None, &existing);
         assert_eq!(causes.len(), 2, "{causes:?}");
         assert!(causes[0].message.contains("provided IP is already allocated"));
@@ -239,7 +277,10 @@ mod tests {
     #[test]
     fn replace_without_allocated_values_keeps_them() {
         let a = Allocator::new("10.96.0.0/12").unwrap();
-        let old = svc("a", json!({"type": "NodePort", "clusterIP": "10.96.5.5", "clusterIPs": ["10.96.5.5"], "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}));
+        let old = svc(
+            "a",
+            json!({"type": "NodePort", "clusterIP": "10.96.5.5", "clusterIPs": ["10.96.5.5"], "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}),
+        );
         let mut new = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
         keep_allocated(&mut new, &old);
         assert!(a.assign(&mut new, Some(&old), &[]).is_empty());

@@ -35,7 +35,8 @@ fn group_doc(group: &str, versions: &[&str]) -> Value {
 
 /// `/apis` (legacy): `APIGroupList`.
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = registry::group_versions().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, vs)).collect();
+    let groups: Vec<Value> =
+        registry::group_versions().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -84,7 +85,9 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv(group, version), "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv(group, version), "resources": resources}),
+    )
 }
 
 /// Aggregated discovery for `/api` (core only) or `/apis` (every named group).
@@ -117,9 +120,17 @@ pub fn aggregated(core: bool) -> Value {
                             .iter()
                             .map(|s| {
                                 let (rk, verbs) = match s {
-                                    Subresource::Status => (json!({"group": k.group, "version": k.version, "kind": k.kind}), vec!["get", "patch", "update"]),
-                                    Subresource::Scale => (json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}), vec!["get", "patch", "update"]),
-                                    Subresource::Binding => (json!({"group": "", "version": "v1", "kind": "Binding"}), vec!["create"]),
+                                    Subresource::Status => (
+                                        json!({"group": k.group, "version": k.version, "kind": k.kind}),
+                                        vec!["get", "patch", "update"],
+                                    ),
+                                    Subresource::Scale => (
+                                        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+                                        vec!["get", "patch", "update"],
+                                    ),
+                                    Subresource::Binding => {
+                                        (json!({"group": "", "version": "v1", "kind": "Binding"}), vec!["create"])
+                                    }
                                 };
                                 json!({"subresource": s.name(), "responseKind": rk, "verbs": verbs})
                             })

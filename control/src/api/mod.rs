@@ -62,7 +62,10 @@ fn ok(v: &Value) -> Response {
 
 /// Paths anyone may read, as Kubernetes' `system:public-info-viewer` role allows.
 fn public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz") || path.starts_with("/livez/") || path.starts_with("/readyz/") || path.starts_with("/healthz/")
+    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+        || path.starts_with("/healthz/")
 }
 
 fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
@@ -84,7 +87,11 @@ async fn dispatch(state: &Shared, req: Request<Body>) -> ApiResult<Response> {
     let query = Query::parse(req.uri().query().unwrap_or(""));
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let method = req.method().clone();
-    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(|s| urlencoding::decode(s).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())).collect();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| urlencoding::decode(s).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string()))
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
 
     if method == Method::GET {
@@ -94,21 +101,37 @@ async fn dispatch(state: &Shared, req: Request<Body>) -> ApiResult<Response> {
             ["readyz"] => return Ok(state.health.readyz(query.get("verbose").is_some()).await),
             ["api"] => {
                 return Ok(if discovery::wants_aggregated(&accept) {
-                    (StatusCode::OK, [("content-type", discovery::AGGREGATED_CT)], discovery::aggregated(true).to_string()).into_response()
+                    (
+                        StatusCode::OK,
+                        [("content-type", discovery::AGGREGATED_CT)],
+                        discovery::aggregated(true).to_string(),
+                    )
+                        .into_response()
                 } else {
                     ok(&discovery::api_versions(&state.server_address))
                 });
             }
             ["apis"] => {
                 return Ok(if discovery::wants_aggregated(&accept) {
-                    (StatusCode::OK, [("content-type", discovery::AGGREGATED_CT)], discovery::aggregated(false).to_string()).into_response()
+                    (
+                        StatusCode::OK,
+                        [("content-type", discovery::AGGREGATED_CT)],
+                        discovery::aggregated(false).to_string(),
+                    )
+                        .into_response()
                 } else {
                     ok(&discovery::api_group_list())
                 });
             }
-            ["api", "v1"] => return discovery::api_resource_list("", "v1").map(|d| ok(&d)).ok_or_else(|| not_found_path(&path)),
+            ["api", "v1"] => {
+                return discovery::api_resource_list("", "v1").map(|d| ok(&d)).ok_or_else(|| not_found_path(&path));
+            }
             ["apis", group] => return discovery::api_group(group).map(|d| ok(&d)).ok_or_else(|| not_found_path(&path)),
-            ["apis", group, version] => return discovery::api_resource_list(group, version).map(|d| ok(&d)).ok_or_else(|| not_found_path(&path)),
+            ["apis", group, version] => {
+                return discovery::api_resource_list(group, version)
+                    .map(|d| ok(&d))
+                    .ok_or_else(|| not_found_path(&path));
+            }
             ["openapi", "v3"] => return Ok(ok(&state.openapi.index)),
             // kubectl falls back to the v2 document for kinds it finds no v3 schema for (e.g. a
             // group-version Skiff does not serve). An empty Swagger 2.0 document lets it go on to
@@ -116,15 +139,24 @@ async fn dispatch(state: &Shared, req: Request<Body>) -> ApiResult<Response> {
             ["openapi", "v2"] => {
                 return Ok(if accept.contains("protobuf") {
                     // gnostic openapi_v2.Document { swagger: "2.0" }
-                    (StatusCode::OK, [("content-type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")], Bytes::from_static(b"\x0a\x032.0")).into_response()
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")],
+                        Bytes::from_static(b"\x0a\x032.0"),
+                    )
+                        .into_response()
                 } else {
-                    ok(&json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}))
+                    ok(
+                        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
+                    )
                 });
             }
             ["openapi", "v3", rest @ ..] => {
                 let key = rest.join("/");
                 return match state.openapi.by_path.get(&key) {
-                    Some((_, bytes)) => Ok((StatusCode::OK, [("content-type", "application/json")], bytes.clone()).into_response()),
+                    Some((_, bytes)) => {
+                        Ok((StatusCode::OK, [("content-type", "application/json")], bytes.clone()).into_response())
+                    }
                     None => Err(not_found_path(&path)),
                 };
             }
@@ -162,7 +194,9 @@ async fn read_body(req: Request<Body>) -> ApiResult<Bytes> {
 
 fn not_found_path(path: &str) -> ApiError {
     let mut e = ApiError::new(404, "NotFound", "the server could not find the requested resource");
-    e.details = Some(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": format!("404 page not found: {path}")}]}));
+    e.details = Some(
+        json!({"causes": [{"reason": "UnexpectedServerResponse", "message": format!("404 page not found: {path}")}]}),
+    );
     e
 }
 
@@ -177,11 +211,18 @@ pub struct Target {
 fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let find = |plural: &str| registry::find(group, version, plural);
     let t = |kind, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-        Some(Target { kind, namespace: ns.map(str::to_string), name: name.map(str::to_string), subresource: sub.map(str::to_string) })
+        Some(Target {
+            kind,
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+            subresource: sub.map(str::to_string),
+        })
     };
     match rest {
         // /namespaces/{name}/status|finalize: the namespace's own subresources.
-        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => t(find("namespaces")?, None, Some(name), Some(sub)),
+        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => {
+            t(find("namespaces")?, None, Some(name), Some(sub))
+        }
         ["namespaces", ns, plural] => {
             let k = find(plural)?;
             k.namespaced.then_some(())?;
@@ -234,7 +275,6 @@ pub fn version() -> Value {
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
-
 
 pub fn negotiate_output_is_table(accept: &str) -> bool {
     negotiate::output(accept) == negotiate::Output::Table

@@ -12,7 +12,9 @@ impl Query {
         let mut m = HashMap::new();
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string());
+            let dec = |s: &str| {
+                urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())
+            };
             m.insert(dec(k), dec(v));
         }
         Query(m)
@@ -27,14 +29,18 @@ impl Query {
     pub fn int(&self, k: &str) -> ApiResult<Option<i64>> {
         match self.get(k) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid value {v:?} for query parameter {k}: not an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("invalid value {v:?} for query parameter {k}: not an integer"))
+            }),
         }
     }
     pub fn dry_run(&self) -> ApiResult<bool> {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("unsupported dry run option: {other:?} (supported: All)"))),
+            Some(other) => {
+                Err(ApiError::bad_request(format!("unsupported dry run option: {other:?} (supported: All)")))
+            }
         }
     }
 }
@@ -54,7 +60,9 @@ impl FieldValidation {
             None | Some("") | Some("Warn") => Ok(Self::Warn),
             Some("Ignore") => Ok(Self::Ignore),
             Some("Strict") => Ok(Self::Strict),
-            Some(other) => Err(ApiError::bad_request(format!("fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
+            ))),
         }
     }
 }
@@ -66,7 +74,8 @@ pub fn decode_object(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         "" | "application/json" | "*/*" => decode_json(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
         // kubectl's `create <generator>` and `autoscale` send built-in kinds as protobuf.
-        skiff_protobuf::CONTENT_TYPE => skiff_protobuf::decode(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the protobuf request body: {e}"))),
+        skiff_protobuf::CONTENT_TYPE => skiff_protobuf::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("couldn't decode the protobuf request body: {e}"))),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -79,11 +88,13 @@ pub fn decode_json(body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
 }
 
 pub fn decode_yaml(body: &[u8]) -> ApiResult<Value> {
-    let v: Value = serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
+    let v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
     Ok(v)
 }
 
@@ -119,7 +130,12 @@ mod tests {
 
     #[test]
     fn table_accept_is_recognised() {
-        assert_eq!(output("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"), Output::Table);
+        assert_eq!(
+            output(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+            ),
+            Output::Table
+        );
         assert_eq!(output("application/json, */*"), Output::Json);
     }
 }

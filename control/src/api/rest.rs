@@ -19,10 +19,21 @@ use std::time::Duration;
 /// Retries of read-modify-write loops on a storage conflict (Kubernetes' GuaranteedUpdate).
 const MAX_RETRIES: usize = 16;
 
-pub async fn serve(state: &Shared, method: Method, t: Target, q: Query, headers: &HeaderMap, accept: &str, body: Bytes) -> ApiResult<Response> {
+pub async fn serve(
+    state: &Shared,
+    method: Method,
+    t: Target,
+    q: Query,
+    headers: &HeaderMap,
+    accept: &str,
+    body: Bytes,
+) -> ApiResult<Response> {
     let kind = t.kind;
     if kind.read_only && method != Method::GET {
-        return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({} is read-only)", kind.plural)));
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} is read-only)",
+            kind.plural
+        )));
     }
     if kind.plural == "componentstatuses" {
         return super::super::health::component_statuses(state, t.name.as_deref(), accept).await;
@@ -31,7 +42,9 @@ pub async fn serve(state: &Shared, method: Method, t: Target, q: Query, headers:
     let manager = field_manager(&q, headers)?;
     let manager = manager.as_str();
     match (t.name.as_deref(), t.subresource.as_deref(), method.clone()) {
-        (None, None, Method::GET) if q.flag("watch") => super::watch::watch(state, kind, t.namespace.as_deref(), &q, accept).await,
+        (None, None, Method::GET) if q.flag("watch") => {
+            super::watch::watch(state, kind, t.namespace.as_deref(), &q, accept).await
+        }
         (None, None, Method::GET) => list(state, kind, t.namespace.as_deref(), &q, accept).await,
         (None, None, Method::POST) => create(state, kind, t.namespace.as_deref(), &q, &ct, &body, manager).await,
         (None, None, Method::DELETE) => delete_collection(state, kind, t.namespace.as_deref(), &q, &body).await,
@@ -39,14 +52,28 @@ pub async fn serve(state: &Shared, method: Method, t: Target, q: Query, headers:
             let obj = get(state, kind, t.namespace.as_deref(), name, &q).await?;
             Ok(respond_object(kind, &obj, accept, StatusCode::OK))
         }
-        (Some(name), sub @ (None | Some("status")), Method::PUT) => update(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await,
-        (Some(name), sub @ (None | Some("status")), Method::PATCH) => patch(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await,
+        (Some(name), sub @ (None | Some("status")), Method::PUT) => {
+            update(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await
+        }
+        (Some(name), sub @ (None | Some("status")), Method::PATCH) => {
+            patch(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await
+        }
         (Some(name), None, Method::DELETE) => delete(state, kind, t.namespace.as_deref(), name, &q, &body).await,
-        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => scale(state, kind, t.namespace.as_deref(), name, m, &q, &ct, &body, manager).await,
-        (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => bind(state, kind, t.namespace.as_deref(), name, &body).await,
-        (Some(name), Some("finalize"), Method::PUT) if kind.plural == "namespaces" => finalize_namespace(state, name, &ct, &body).await,
-        (_, Some(sub), _) if !["status", "scale", "binding", "finalize"].contains(&sub) => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
-        _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
+        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => {
+            scale(state, kind, t.namespace.as_deref(), name, m, &q, &ct, &body, manager).await
+        }
+        (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => {
+            bind(state, kind, t.namespace.as_deref(), name, &body).await
+        }
+        (Some(name), Some("finalize"), Method::PUT) if kind.plural == "namespaces" => {
+            finalize_namespace(state, name, &ct, &body).await
+        }
+        (_, Some(sub), _) if !["status", "scale", "binding", "finalize"].contains(&sub) => {
+            Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))),
     }
 }
 
@@ -62,10 +89,24 @@ fn field_manager(q: &Query, headers: &HeaderMap) -> ApiResult<String> {
         }
     };
     if m.chars().count() > 128 {
-        return Err(ApiError::invalid("", "", "", vec![Cause { reason: "FieldValueTooLong", field: "fieldManager".into(), message: "Too long: may not be more than 128 bytes".into() }]));
+        return Err(ApiError::invalid(
+            "",
+            "",
+            "",
+            vec![Cause {
+                reason: "FieldValueTooLong",
+                field: "fieldManager".into(),
+                message: "Too long: may not be more than 128 bytes".into(),
+            }],
+        ));
     }
     if m.chars().any(|c| c.is_control()) {
-        return Err(ApiError::invalid("", "", "", vec![Cause::invalid("fieldManager", &json!(m), "must contain only printable characters")]));
+        return Err(ApiError::invalid(
+            "",
+            "",
+            "",
+            vec![Cause::invalid("fieldManager", &json!(m), "must contain only printable characters")],
+        ));
     }
     Ok(m)
 }
@@ -112,7 +153,9 @@ fn encode(obj: &Value) -> Vec<u8> {
 
 fn omit_empty_metadata(obj: &mut Value) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.retain(|_, f| !(f.is_null() || f.as_object().is_some_and(|m| m.is_empty()) || f.as_array().is_some_and(|a| a.is_empty())));
+        meta.retain(|_, f| {
+            !(f.is_null() || f.as_object().is_some_and(|m| m.is_empty()) || f.as_array().is_some_and(|a| a.is_empty()))
+        });
     }
 }
 
@@ -128,7 +171,12 @@ fn respond_object(kind: &Kind, obj: &Value, accept: &str, code: StatusCode) -> R
     let v = present(kind, obj);
     if output(accept) == Output::Table {
         let now = chrono::Utc::now();
-        let t = skiff_apimachinery::table::table(kind.plural, std::slice::from_ref(&v), now, skiff_apimachinery::table::IncludeObject::Metadata);
+        let t = skiff_apimachinery::table::table(
+            kind.plural,
+            std::slice::from_ref(&v),
+            now,
+            skiff_apimachinery::table::IncludeObject::Metadata,
+        );
         return json_response(code, &t);
     }
     json_response(code, &v)
@@ -139,7 +187,8 @@ fn key_of(kind: &Kind, ns: Option<&str>, name: &str) -> String {
 }
 
 fn kv_object(kv: &KeyValue) -> ApiResult<Value> {
-    crate::cache::decode(kv, kv.mod_revision).ok_or_else(|| ApiError::internal(format!("stored object {} is not valid JSON", kv.key)))
+    crate::cache::decode(kv, kv.mod_revision)
+        .ok_or_else(|| ApiError::internal(format!("stored object {} is not valid JSON", kv.key)))
 }
 
 async fn load(state: &Shared, kind: &Kind, ns: Option<&str>, name: &str) -> ApiResult<Option<(Value, i64)>> {
@@ -167,8 +216,10 @@ pub struct Selectors {
 
 impl Selectors {
     pub fn from_query(kind: &Kind, q: &Query) -> ApiResult<Self> {
-        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or("")).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or("")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         fields.validate_for(kind.plural).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(Selectors { labels, fields })
     }
@@ -180,13 +231,19 @@ impl Selectors {
 /// A `continue` token: where the next page starts, at which revision.
 fn encode_continue(rev: i64, last_key: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key}).to_string())
 }
 
 fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     use base64::Engine;
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     match (v["rv"].as_i64(), v["start"].as_str()) {
         (Some(rv), Some(start)) if rv > 0 => Ok((rv, start.to_string())),
@@ -198,27 +255,36 @@ async fn list(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, 
     let sel = Selectors::from_query(kind, q)?;
     let prefix = kind.storage_prefix(ns);
     let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
-    let (candidates, rev): (Vec<(String, Obj)>, i64) = if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+    let (candidates, rev): (Vec<(String, Obj)>, i64) = if let Some(token) = q.get("continue").filter(|c| !c.is_empty())
+    {
         let (rev, start) = decode_continue(token)?;
         // Later pages read storage at the first page's revision: a consistent snapshot.
         let (kvs, rev) = match state.store.list(&prefix, Some(rev)).await {
             Err(StoreError::Compacted { .. }) => {
-                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+                return Err(ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                ));
             }
             other => other?,
         };
-        let items = kvs.iter().filter(|kv| kv.key.as_str() > start.as_str()).filter_map(|kv| Some((kv.key.clone(), Obj::new(kv_object(kv).ok()?)))).collect();
+        let items = kvs
+            .iter()
+            .filter(|kv| kv.key.as_str() > start.as_str())
+            .filter_map(|kv| Some((kv.key.clone(), Obj::new(kv_object(kv).ok()?))))
+            .collect();
         (items, rev)
     } else {
         match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
             (Some(rv), Some("Exact")) => {
-                let rv: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                let rv: i64 =
+                    rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 let (kvs, rev) = state.store.list(&prefix, Some(rv)).await?;
                 (kvs.iter().filter_map(|kv| Some((kv.key.clone(), Obj::new(kv_object(kv).ok()?)))).collect(), rev)
             }
             (Some("0"), _) => state.cache.list(kind.storage, &prefix),
             (Some(rv), _) if !rv.is_empty() => {
-                let rv: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                let rv: i64 =
+                    rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 wait_for_cache(state, rv).await?;
                 state.cache.list(kind.storage, &prefix)
             }
@@ -286,7 +352,8 @@ async fn wait_for_cache(state: &Shared, rev: i64) -> ApiResult<()> {
     if state.cache.wait_for(rev, Duration::from_secs(3)).await {
         Ok(())
     } else {
-        let mut e = ApiError::timeout(format!("Too large resource version: {rev}, current: {}", state.cache.revision()));
+        let mut e =
+            ApiError::timeout(format!("Too large resource version: {rev}, current: {}", state.cache.revision()));
         e.retry_after = Some(1);
         Err(e)
     }
@@ -296,27 +363,45 @@ async fn wait_for_cache(state: &Shared, rev: i64) -> ApiResult<()> {
 
 /// Decodes a request object, type-checks it against the kind's schema and applies
 /// `fieldValidation`. Returns the object and warnings for the `Warning` header.
-fn accept_input(kind: &Kind, raw: Value, duplicates: Vec<String>, fv: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
+fn accept_input(
+    kind: &Kind,
+    raw: Value,
+    duplicates: Vec<String>,
+    fv: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
     if !raw.is_object() {
-        return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: the request body must be a JSON object", kind.kind, kind.version, kind.kind)));
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: the request body must be a JSON object",
+            kind.kind, kind.version, kind.kind
+        )));
     }
     if let Some(av) = raw.get("apiVersion").and_then(Value::as_str) {
         if av != kind.api_version() {
-            return Err(ApiError::bad_request(format!("the API version in the data ({av}) does not match the expected API version ({})", kind.api_version())));
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                kind.api_version()
+            )));
         }
     }
     if let Some(k) = raw.get("kind").and_then(Value::as_str) {
         if k != kind.kind {
-            return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", kind.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                kind.kind
+            )));
         }
     }
     let typed = (kind.round_trip)(&raw).map_err(|e| {
-        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", kind.kind, kind.version, kind.kind))
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            kind.kind, kind.version, kind.kind
+        ))
     })?;
     let mut problems: Vec<String> = Vec::new();
     if fv != FieldValidation::Ignore {
         problems.extend(duplicates.into_iter().map(|f| format!("duplicate field \"{f}\"")));
-        problems.extend(crate::strict::unknown_fields(&raw, &typed).into_iter().map(|f| format!("unknown field \"{f}\"")));
+        problems
+            .extend(crate::strict::unknown_fields(&raw, &typed).into_iter().map(|f| format!("unknown field \"{f}\"")));
     }
     if fv == FieldValidation::Strict && !problems.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -338,7 +423,8 @@ fn decode_checked(ct: &str, body: &[u8]) -> ApiResult<(Value, Vec<String>)> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request("the request body is empty"));
         }
-        return crate::strict::parse_checked(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")));
+        return crate::strict::parse_checked(body)
+            .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")));
     }
     Ok((decode_object(ct, body)?, Vec::new()))
 }
@@ -366,7 +452,15 @@ fn generate_name(prefix: &str) -> String {
 
 // ---------- writes ----------
 
-async fn create(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
+async fn create(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    q: &Query,
+    ct: &str,
+    body: &[u8],
+    manager: &str,
+) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
     let (raw, dups) = decode_checked(ct, body)?;
     let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
@@ -376,7 +470,14 @@ async fn create(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query
 
 /// The create path shared by POST, PUT-creates and apply-creates. `manager` records field
 /// ownership as an `Update` (None: the caller already recorded it, as apply does).
-pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, mut obj: Value, dry_run: bool, manager: Option<&str>) -> ApiResult<Value> {
+pub async fn create_object(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+    manager: Option<&str>,
+) -> ApiResult<Value> {
     let meta = obj.as_object_mut().and_then(|m| {
         m.entry("metadata").or_insert_with(|| json!({}));
         m.get_mut("metadata")?.as_object_mut()
@@ -386,7 +487,9 @@ pub async fn create_object(state: &Shared, kind: &'static Kind, ns: Option<&str>
         let url_ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required to create this resource"))?;
         match meta.get("namespace").and_then(Value::as_str) {
             Some(n) if !n.is_empty() && n != url_ns => {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             _ => {
                 meta.insert("namespace".into(), json!(url_ns));
@@ -462,7 +565,8 @@ async fn all_services(state: &Shared) -> ApiResult<Vec<Arc<Value>>> {
 }
 
 async fn ensure_namespace_accepts(state: &Shared, ns: &str, kind: &Kind) -> ApiResult<()> {
-    let nsk = crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
+    let nsk =
+        crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
     // The cache answers for namespaces that exist (Kubernetes' lifecycle admission reads an
     // informer too); storage is asked only when the cache has not seen the namespace yet.
     let cached = state.cache.get(nsk.storage, &key_of(nsk, None, ns)).map(|o| (*o.value).clone());
@@ -565,7 +669,16 @@ fn prepare_update(kind: &Kind, mut new: Value, old: &Value, part: Part, manager:
 
 /// Writes `new` over the stored object at revision `expected`. Deletes instead when the last
 /// finalizer of a deleting object went away.
-async fn write_update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, mut new: Value, old: &Value, expected: i64, dry_run: bool) -> Result<Value, WriteError> {
+async fn write_update(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    mut new: Value,
+    old: &Value,
+    expected: i64,
+    dry_run: bool,
+) -> Result<Value, WriteError> {
     let key = key_of(kind, ns, name);
     let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
     if kind.plural == "services" {
@@ -626,17 +739,31 @@ fn pod_needs_kubelet(pod: &Value) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
+async fn update(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    q: &Query,
+    ct: &str,
+    body: &[u8],
+    manager: &str,
+) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
     let (raw, dups) = decode_checked(ct, body)?;
     let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
     let body_name = obj["metadata"]["name"].as_str().unwrap_or("");
     if body_name != name {
-        return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
     }
     if let (Some(url_ns), Some(obj_ns)) = (ns, obj["metadata"]["namespace"].as_str()) {
         if !obj_ns.is_empty() && obj_ns != url_ns {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
     }
     let requested_rv: Option<i64> = match obj["metadata"]["resourceVersion"].as_str() {
@@ -661,7 +788,12 @@ async fn update(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &st
             Some(r) if r != rev => return Err(ApiError::modified(kind.group, kind.plural, name)),
             Some(r) => r,
             None if !kind.strategy.allow_unconditional_update() => {
-                return Err(ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("metadata.resourceVersion", &json!(0), "must be specified for an update")]));
+                return Err(ApiError::invalid(
+                    kind.group,
+                    kind.kind,
+                    name,
+                    vec![Cause::invalid("metadata.resourceVersion", &json!(0), "must be specified for an update")],
+                ));
             }
             None => rev,
         };
@@ -690,7 +822,13 @@ fn patch_type(ct: &str) -> ApiResult<PatchType> {
         "application/merge-patch+json" => Ok(PatchType::Merge),
         "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
         "application/apply-patch+yaml" => Ok(PatchType::Apply),
-        other => Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"))),
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+            ),
+        )),
     }
 }
 
@@ -698,7 +836,14 @@ fn patch_error(e: skiff_patch::PatchError) -> ApiError {
     ApiError::new(e.status_code(), e.reason(), e.message().to_string())
 }
 
-fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manager: &str, force: bool) -> ApiResult<Value> {
+fn apply_patch(
+    pt: PatchType,
+    current: &Value,
+    patch: &Value,
+    kind: &Kind,
+    manager: &str,
+    force: bool,
+) -> ApiResult<Value> {
     let gk = skiff_patch::GroupKind { group: kind.group.to_string(), kind: kind.kind.to_string() };
     let r = match pt {
         PatchType::Json => skiff_patch::json_patch(current, patch),
@@ -710,11 +855,26 @@ fn apply_patch(pt: PatchType, current: &Value, patch: &Value, kind: &Kind, manag
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
+async fn patch(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    q: &Query,
+    ct: &str,
+    body: &[u8],
+    manager: &str,
+) -> ApiResult<Response> {
     let pt = patch_type(ct)?;
     let force = q.get("force").is_some_and(|_| q.flag("force"));
     if force && pt != PatchType::Apply {
-        return Err(ApiError::invalid("", "", "", vec![Cause::invalid("force", &json!(true), "may not be specified for non-apply patch")]));
+        return Err(ApiError::invalid(
+            "",
+            "",
+            "",
+            vec![Cause::invalid("force", &json!(true), "may not be specified for non-apply patch")],
+        ));
     }
     let fv = FieldValidation::from_query(q)?;
     let patch_doc = if pt == PatchType::Apply { super::negotiate::decode_yaml(body)? } else { decode_json(body)? };
@@ -732,7 +892,10 @@ async fn patch(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
                 let applied = skiff_patch::apply(None, &patch_doc, manager, &gk, force).map_err(patch_error)?;
                 let (obj, warnings) = accept_input(kind, applied, Vec::new(), fv)?;
                 if obj["metadata"]["name"].as_str().unwrap_or(name) != name {
-                    return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj["metadata"]["name"])));
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        obj["metadata"]["name"]
+                    )));
                 }
                 let mut obj = obj;
                 obj["metadata"]["name"] = json!(name);
@@ -784,10 +947,20 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
         Some(g) => Some(g),
         None => b["gracePeriodSeconds"].as_i64(),
     };
-    let propagation = q.get("propagationPolicy").map(str::to_string).or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
+    let propagation =
+        q.get("propagationPolicy").map(str::to_string).or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
     if let Some(p) = &propagation {
         if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
-            return Err(ApiError::invalid("", "DeleteOptions", "", vec![Cause::not_supported("propagationPolicy", &json!(p), &["Foreground", "Background", "Orphan", "nil"])]));
+            return Err(ApiError::invalid(
+                "",
+                "DeleteOptions",
+                "",
+                vec![Cause::not_supported(
+                    "propagationPolicy",
+                    &json!(p),
+                    &["Foreground", "Background", "Orphan", "nil"],
+                )],
+            ));
         }
     }
     let dry_run = q.dry_run()? || b["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All"));
@@ -800,12 +973,21 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     })
 }
 
-async fn delete(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, q: &Query, body: &[u8]) -> ApiResult<Response> {
+async fn delete(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Response> {
     let opts = delete_options(q, body)?;
     let obj = delete_object(state, kind, ns, name, &opts).await?;
     // An object still present (graceful deletion, finalizers) is returned; one that is gone is
     // returned only by the kinds Kubernetes registers that way, the others answer a Status.
-    let still_present = !obj["metadata"]["deletionTimestamp"].is_null() && !opts.dry_run && load(state, kind, ns, name).await?.is_some();
+    let still_present = !obj["metadata"]["deletionTimestamp"].is_null()
+        && !opts.dry_run
+        && load(state, kind, ns, name).await?.is_some();
     if still_present || kind.strategy.return_deleted_object() {
         return Ok(respond_object(kind, &obj, "", StatusCode::OK));
     }
@@ -813,10 +995,19 @@ async fn delete(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &st
     if !kind.group.is_empty() {
         details["group"] = json!(kind.group);
     }
-    Ok(json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+    ))
 }
 
-async fn delete_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
+async fn delete_object(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<Value> {
     let key = key_of(kind, ns, name);
     for _ in 0..MAX_RETRIES {
         let Some((old, rev)) = load(state, kind, ns, name).await? else {
@@ -825,18 +1016,33 @@ async fn delete_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, na
         if let Some(uid) = &opts.uid {
             let actual = old["metadata"]["uid"].as_str().unwrap_or("");
             if uid != actual {
-                return Err(ApiError::conflict(kind.group, kind.plural, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+                ));
             }
         }
         if let Some(want) = &opts.rv {
             if *want != rev.to_string() {
-                return Err(ApiError::conflict(kind.group, kind.plural, name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                    ),
+                ));
             }
         }
         let mut new = old.clone();
         let mut graceful = false;
         if kind.plural == "pods" && pod_needs_kubelet(&old) {
-            let grace = opts.grace.unwrap_or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0);
+            let grace = opts
+                .grace
+                .unwrap_or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30))
+                .max(0);
             let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
             if grace > 0 && current.is_none_or(|c| grace < c) {
                 let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
@@ -907,7 +1113,13 @@ async fn delete_object(state: &Shared, kind: &'static Kind, ns: Option<&str>, na
     Err(ApiError::modified(kind.group, kind.plural, name))
 }
 
-async fn delete_collection(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, body: &[u8]) -> ApiResult<Response> {
+async fn delete_collection(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Response> {
     let opts = delete_options(q, body)?;
     let sel = Selectors::from_query(kind, q)?;
     let current = state.store.current_revision().await?;
@@ -932,12 +1144,19 @@ async fn delete_collection(state: &Shared, kind: &'static Kind, ns: Option<&str>
 fn selector_string(kind: &Kind, obj: &Value) -> String {
     let sel = &obj["spec"]["selector"];
     if kind.plural == "replicationcontrollers" {
-        return sel.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).unwrap_or_default();
+        return sel
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
     }
-    let mut parts: Vec<String> = sel["matchLabels"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect()).unwrap_or_default();
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
     for e in sel["matchExpressions"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let key = e["key"].as_str().unwrap_or("");
-        let values: Vec<&str> = e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let values: Vec<&str> =
+            e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         match e["operator"].as_str().unwrap_or("") {
             "In" => parts.push(format!("{key} in ({})", values.join(","))),
             "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
@@ -961,7 +1180,17 @@ fn scale_of(kind: &Kind, obj: &Value) -> Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str, method: Method, q: &Query, ct: &str, body: &[u8], manager: &str) -> ApiResult<Response> {
+async fn scale(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    method: Method,
+    q: &Query,
+    ct: &str,
+    body: &[u8],
+    manager: &str,
+) -> ApiResult<Response> {
     if method == Method::GET {
         let obj = get(state, kind, ns, name, q).await?;
         return Ok(json_response(StatusCode::OK, &scale_of(kind, &obj)));
@@ -976,13 +1205,20 @@ async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
             Method::PUT => decode_object(ct, body)?,
             Method::PATCH => {
                 let pt = patch_type(ct)?;
-                let doc = if pt == PatchType::Apply { super::negotiate::decode_yaml(body)? } else { decode_json(body)? };
+                let doc =
+                    if pt == PatchType::Apply { super::negotiate::decode_yaml(body)? } else { decode_json(body)? };
                 let gk = skiff_patch::GroupKind { group: "autoscaling".into(), kind: "Scale".into() };
                 let r = match pt {
                     PatchType::Json => skiff_patch::json_patch(&current, &doc),
                     PatchType::Merge => skiff_patch::merge_patch(&current, &doc),
                     PatchType::Strategic => skiff_patch::strategic_merge_patch(&current, &doc, &gk),
-                    PatchType::Apply => skiff_patch::apply(Some(&current), &doc, manager, &gk, q.flag("force") && q.get("force").is_some()),
+                    PatchType::Apply => skiff_patch::apply(
+                        Some(&current),
+                        &doc,
+                        manager,
+                        &gk,
+                        q.flag("force") && q.get("force").is_some(),
+                    ),
                 };
                 r.map_err(patch_error)?
             }
@@ -990,7 +1226,12 @@ async fn scale(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str
         };
         let replicas = &requested["spec"]["replicas"];
         let Some(r) = replicas.as_i64().filter(|r| *r >= 0) else {
-            return Err(ApiError::invalid("autoscaling", "Scale", name, vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+            ));
         };
         if let Some(want) = requested["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
             if want != rev.to_string() {
@@ -1021,17 +1262,29 @@ async fn bind(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str,
             return Err(ApiError::not_found(kind.group, kind.plural, name));
         };
         if !old["metadata"]["deletionTimestamp"].is_null() {
-            return Err(ApiError::conflict(kind.group, kind.plural, name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
         if let Some(current) = old["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict(kind.group, kind.plural, name, &format!("pod {name} is already assigned to node \"{current}\"")));
+            return Err(ApiError::conflict(
+                kind.group,
+                kind.plural,
+                name,
+                &format!("pod {name} is already assigned to node \"{current}\""),
+            ));
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
         let conds = new["status"].as_object_mut().map(|s| s.entry("conditions").or_insert_with(|| json!([])));
         if let Some(Value::Array(c)) = conds {
             c.retain(|x| x["type"] != "PodScheduled");
-            c.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
+            c.push(
+                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}),
+            );
         }
         match state.store.update(&key_of(kind, ns, name), encode(&new), rev).await {
             Ok(_) => {
@@ -1047,7 +1300,8 @@ async fn bind(state: &Shared, kind: &'static Kind, ns: Option<&str>, name: &str,
 
 /// `namespaces/<name>/finalize`: how the namespace controller removes `spec.finalizers`.
 async fn finalize_namespace(state: &Shared, name: &str, ct: &str, body: &[u8]) -> ApiResult<Response> {
-    let kind = crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
+    let kind =
+        crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
     let req = decode_object(ct, body)?;
     for _ in 0..MAX_RETRIES {
         let Some((old, rev)) = load(state, kind, None, name).await? else {
@@ -1066,5 +1320,3 @@ async fn finalize_namespace(state: &Shared, name: &str, ct: &str, body: &[u8]) -
     }
     Err(ApiError::modified("", "namespaces", name))
 }
-
-

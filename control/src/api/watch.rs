@@ -24,13 +24,20 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(15);
 /// Kubernetes ends watches after a random 30–60 minutes; clients re-watch from their last RV.
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
-pub async fn watch(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Query, accept: &str) -> ApiResult<Response> {
+pub async fn watch(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    q: &Query,
+    accept: &str,
+) -> ApiResult<Response> {
     let sel = Selectors::from_query(kind, q)?;
     let prefix = kind.storage_prefix(ns);
     let rv = q.get("resourceVersion").unwrap_or("").to_string();
     let send_initial = q.flag("sendInitialEvents") && q.get("sendInitialEvents").is_some();
     let bookmarks = q.flag("allowWatchBookmarks") && q.get("allowWatchBookmarks").is_some();
-    let timeout = q.int("timeoutSeconds")?.map(|s| Duration::from_secs(s.max(0) as u64)).unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    let timeout =
+        q.int("timeoutSeconds")?.map(|s| Duration::from_secs(s.max(0) as u64)).unwrap_or(MAX_WATCH).min(MAX_WATCH);
     let table = output(accept) == Output::Table;
 
     let (initial, mut rx, start_rev): (Vec<Obj>, _, i64) = if rv.is_empty() || rv == "0" || send_initial {
@@ -45,29 +52,58 @@ pub async fn watch(state: &Shared, kind: &'static Kind, ns: Option<&str>, q: &Qu
     } else {
         let after: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
         if after > state.cache.revision() && !state.cache.wait_for(after, Duration::from_secs(3)).await {
-            let mut e = ApiError::timeout(format!("Too large resource version: {after}, current: {}", state.cache.revision()));
+            let mut e =
+                ApiError::timeout(format!("Too large resource version: {after}, current: {}", state.cache.revision()));
             e.retry_after = Some(1);
             return Err(e);
         }
         match state.cache.watch_from(kind.storage, after) {
             None => {
                 // Too old: answer as Kubernetes does, with a 410 inside the watch stream.
-                let status = ApiError::gone(format!("too old resource version: {after} ({})", state.cache.revision())).to_status();
+                let status = ApiError::gone(format!("too old resource version: {after} ({})", state.cache.revision()))
+                    .to_status();
                 let line = json!({"type": "ERROR", "object": status}).to_string() + "\n";
                 return Ok((StatusCode::OK, [("content-type", "application/json")], line).into_response());
             }
             Some((backlog, rx, rev)) => {
                 let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
                 let prefix2 = prefix.clone();
-                let backlog: Vec<Arc<CacheEvent>> = backlog.into_iter().filter(|e| e.key.starts_with(&prefix2)).collect();
-                tokio::spawn(pump(kind, sel, prefix, rx, backlog, Vec::new(), false, bookmarks, timeout, rev, table, tx));
+                let backlog: Vec<Arc<CacheEvent>> =
+                    backlog.into_iter().filter(|e| e.key.starts_with(&prefix2)).collect();
+                tokio::spawn(pump(
+                    kind,
+                    sel,
+                    prefix,
+                    rx,
+                    backlog,
+                    Vec::new(),
+                    false,
+                    bookmarks,
+                    timeout,
+                    rev,
+                    table,
+                    tx,
+                ));
                 return Ok(stream_response(out, table));
             }
         }
     };
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(256);
     let _ = &mut rx;
-    tokio::spawn(pump(kind, sel, prefix, rx, Vec::new(), initial, send_initial, bookmarks, timeout, start_rev, table, tx));
+    tokio::spawn(pump(
+        kind,
+        sel,
+        prefix,
+        rx,
+        Vec::new(),
+        initial,
+        send_initial,
+        bookmarks,
+        timeout,
+        start_rev,
+        table,
+        tx,
+    ));
     Ok(stream_response(out, table))
 }
 
@@ -101,7 +137,12 @@ impl Encoder {
 
     fn line(&mut self, ty: &str, obj: &Value) -> Bytes {
         let object = if self.table && ty != "BOOKMARK" && ty != "ERROR" {
-            let mut t = skiff_apimachinery::table::table(self.kind.plural, std::slice::from_ref(obj), chrono::Utc::now(), skiff_apimachinery::table::IncludeObject::Metadata);
+            let mut t = skiff_apimachinery::table::table(
+                self.kind.plural,
+                std::slice::from_ref(obj),
+                chrono::Utc::now(),
+                skiff_apimachinery::table::IncludeObject::Metadata,
+            );
             // Column definitions travel with the first event only, as Kubernetes sends them.
             if self.columns_sent {
                 t["columnDefinitions"] = json!([]);

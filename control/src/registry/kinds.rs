@@ -4,7 +4,10 @@ use super::defaults;
 use super::validation::*;
 use super::{Convert, DefaultStrategy, Kind, NameRule, Strategy, Subresource, WithStatus, round_trip};
 use crate::status::Cause;
-use k8s_openapi::api::{apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+use k8s_openapi::api::{
+    apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch, coordination::v1 as coord,
+    core::v1 as core, discovery::v1 as disc,
+};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 
@@ -196,7 +199,11 @@ impl Strategy for ServiceStrategy {
             causes.extend(validate_protocol(&p["protocol"], &format!("{f}.protocol")));
             if let Some(tp) = p["targetPort"].as_i64() {
                 if !(1..=65535).contains(&tp) {
-                    causes.push(Cause::invalid(format!("{f}.targetPort"), &p["targetPort"], "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid(
+                        format!("{f}.targetPort"),
+                        &p["targetPort"],
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
             if !p["nodePort"].is_null() && ty != "NodePort" && ty != "LoadBalancer" {
@@ -289,7 +296,14 @@ impl Strategy for WorkloadStrategy {
         let mut causes = validate_replicas(spec);
         let sel = &spec["selector"];
         let require_selector = self.1;
-        let empty = sel.is_null() || sel.as_object().is_some_and(|m| m.values().all(|v| v.is_null() || v.as_object().is_some_and(|x| x.is_empty()) || v.as_array().is_some_and(|x| x.is_empty())));
+        let empty = sel.is_null()
+            || sel.as_object().is_some_and(|m| {
+                m.values().all(|v| {
+                    v.is_null()
+                        || v.as_object().is_some_and(|x| x.is_empty())
+                        || v.as_array().is_some_and(|x| x.is_empty())
+                })
+            });
         if require_selector && empty {
             causes.push(Cause::required("spec.selector"));
         }
@@ -362,7 +376,8 @@ impl Convert for HpaV1 {
             spec.remove("behavior");
             let cpu = metrics.as_ref().and_then(|m| {
                 m.as_array()?.iter().find_map(|x| {
-                    (x["type"] == "Resource" && x["resource"]["name"] == "cpu").then(|| x["resource"]["target"]["averageUtilization"].clone())
+                    (x["type"] == "Resource" && x["resource"]["name"] == "cpu")
+                        .then(|| x["resource"]["target"]["averageUtilization"].clone())
                 })
             });
             if let Some(cpu) = cpu.filter(|c| !c.is_null()) {
@@ -373,7 +388,10 @@ impl Convert for HpaV1 {
             let current = status.remove("currentMetrics");
             status.remove("conditions");
             let cpu = current.as_ref().and_then(|m| {
-                m.as_array()?.iter().find_map(|x| (x["type"] == "Resource" && x["resource"]["name"] == "cpu").then(|| x["resource"]["current"]["averageUtilization"].clone()))
+                m.as_array()?.iter().find_map(|x| {
+                    (x["type"] == "Resource" && x["resource"]["name"] == "cpu")
+                        .then(|| x["resource"]["current"]["averageUtilization"].clone())
+                })
             });
             if let Some(cpu) = cpu.filter(|c| !c.is_null()) {
                 status.insert("currentCPUUtilizationPercentage".into(), cpu);

@@ -12,7 +12,7 @@ mod kinds;
 mod validation;
 
 pub use kinds::kinds;
-pub use validation::{validate_object_meta, NameRule};
+pub use validation::{NameRule, validate_object_meta};
 
 use crate::status::Cause;
 use serde_json::Value;
@@ -175,7 +175,8 @@ pub fn group_versions() -> Vec<(&'static str, Vec<&'static str>)> {
 
 fn version_priority(v: &str) -> (u32, u32) {
     // v2 > v1 > v1beta1: GA versions rank above pre-release ones.
-    let num: u32 = v.trim_start_matches('v').chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0);
+    let num: u32 =
+        v.trim_start_matches('v').chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0);
     let ga = if v.contains("alpha") || v.contains("beta") { 0 } else { 1 };
     (ga, num)
 }

@@ -127,7 +127,10 @@ pub fn validate_pod_spec(spec: &Value, field: &str) -> Vec<Cause> {
         causes.push(Cause::required(format!("{field}.containers")));
     }
     let mut names = std::collections::HashSet::new();
-    for (list, items) in [("initContainers", spec["initContainers"].as_array().map(Vec::as_slice).unwrap_or(&[])), ("containers", containers)] {
+    for (list, items) in [
+        ("initContainers", spec["initContainers"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+        ("containers", containers),
+    ] {
         for (i, c) in items.iter().enumerate() {
             let f = format!("{field}.{list}[{i}]");
             let name = c["name"].as_str().unwrap_or("");
@@ -144,7 +147,11 @@ pub fn validate_pod_spec(spec: &Value, field: &str) -> Vec<Cause> {
             }
             if let Some(pp) = c["imagePullPolicy"].as_str() {
                 if !["Always", "IfNotPresent", "Never"].contains(&pp) {
-                    causes.push(Cause::not_supported(format!("{f}.imagePullPolicy"), &json!(pp), &["Always", "IfNotPresent", "Never"]));
+                    causes.push(Cause::not_supported(
+                        format!("{f}.imagePullPolicy"),
+                        &json!(pp),
+                        &["Always", "IfNotPresent", "Never"],
+                    ));
                 }
             }
             for (j, p) in c["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
@@ -167,7 +174,9 @@ pub fn validate_pod_spec(spec: &Value, field: &str) -> Vec<Cause> {
             causes.push(Cause::duplicate(f, &json!(name)));
         }
     }
-    for (list, items) in [("initContainers", spec["initContainers"].as_array()), ("containers", spec["containers"].as_array())] {
+    for (list, items) in
+        [("initContainers", spec["initContainers"].as_array()), ("containers", spec["containers"].as_array())]
+    {
         for (i, c) in items.map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
             for (j, m) in c["volumeMounts"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
                 let name = m["name"].as_str().unwrap_or("");
@@ -186,7 +195,11 @@ pub fn validate_pod_spec(spec: &Value, field: &str) -> Vec<Cause> {
     }
     if let Some(rp) = spec["restartPolicy"].as_str() {
         if !["Always", "OnFailure", "Never"].contains(&rp) {
-            causes.push(Cause::not_supported(format!("{field}.restartPolicy"), &json!(rp), &["Always", "OnFailure", "Never"]));
+            causes.push(Cause::not_supported(
+                format!("{field}.restartPolicy"),
+                &json!(rp),
+                &["Always", "OnFailure", "Never"],
+            ));
         }
     }
     if let Some(dp) = spec["dnsPolicy"].as_str() {

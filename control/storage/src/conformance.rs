@@ -26,37 +26,17 @@ type Check = fn(Arc<dyn Store>, String) -> futures::future::BoxFuture<'static, a
 
 /// Every check, in the order [`run_all`] runs them (compaction last: it affects the whole store).
 pub const CHECKS: &[(&str, Check)] = &[
-    ("revisions_strictly_increase", |s, p| {
-        Box::pin(revisions_strictly_increase(s, p))
-    }),
-    ("create_twice_is_already_exists", |s, p| {
-        Box::pin(create_twice_is_already_exists(s, p))
-    }),
-    ("update_is_compare_and_swap", |s, p| {
-        Box::pin(update_is_compare_and_swap(s, p))
-    }),
-    ("delete_is_compare_and_swap", |s, p| {
-        Box::pin(delete_is_compare_and_swap(s, p))
-    }),
-    ("list_is_sorted_and_prefix_exact", |s, p| {
-        Box::pin(list_is_sorted_and_prefix_exact(s, p))
-    }),
+    ("revisions_strictly_increase", |s, p| Box::pin(revisions_strictly_increase(s, p))),
+    ("create_twice_is_already_exists", |s, p| Box::pin(create_twice_is_already_exists(s, p))),
+    ("update_is_compare_and_swap", |s, p| Box::pin(update_is_compare_and_swap(s, p))),
+    ("delete_is_compare_and_swap", |s, p| Box::pin(delete_is_compare_and_swap(s, p))),
+    ("list_is_sorted_and_prefix_exact", |s, p| Box::pin(list_is_sorted_and_prefix_exact(s, p))),
     ("list_at_past_revision", |s, p| Box::pin(list_at_past_revision(s, p))),
-    ("watch_replays_then_streams_live", |s, p| {
-        Box::pin(watch_replays_then_streams_live(s, p))
-    }),
-    ("watch_from_now_sees_only_new_events", |s, p| {
-        Box::pin(watch_from_now_sees_only_new_events(s, p))
-    }),
-    ("slow_watcher_misses_nothing", |s, p| {
-        Box::pin(slow_watcher_misses_nothing(s, p))
-    }),
-    ("concurrent_creates_get_distinct_revisions", |s, p| {
-        Box::pin(concurrent_creates_get_distinct_revisions(s, p))
-    }),
-    ("concurrent_cas_has_one_winner", |s, p| {
-        Box::pin(concurrent_cas_has_one_winner(s, p))
-    }),
+    ("watch_replays_then_streams_live", |s, p| Box::pin(watch_replays_then_streams_live(s, p))),
+    ("watch_from_now_sees_only_new_events", |s, p| Box::pin(watch_from_now_sees_only_new_events(s, p))),
+    ("slow_watcher_misses_nothing", |s, p| Box::pin(slow_watcher_misses_nothing(s, p))),
+    ("concurrent_creates_get_distinct_revisions", |s, p| Box::pin(concurrent_creates_get_distinct_revisions(s, p))),
+    ("concurrent_cas_has_one_winner", |s, p| Box::pin(concurrent_cas_has_one_winner(s, p))),
     ("compaction", |s, p| Box::pin(compaction(s, p))),
 ];
 
@@ -71,20 +51,12 @@ pub async fn run_all(store: Arc<dyn Store>) -> anyhow::Result<()> {
     for (name, check) in CHECKS {
         let started = Instant::now();
         let result = check(store.clone(), prefix_for(name)).await;
-        eprintln!(
-            "conformance {name}: {} in {:?}",
-            if result.is_ok() { "ok" } else { "FAILED" },
-            started.elapsed()
-        );
+        eprintln!("conformance {name}: {} in {:?}", if result.is_ok() { "ok" } else { "FAILED" }, started.elapsed());
         if let Err(e) = result {
             failures.push(format!("{name}: {e:#}"));
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} check(s) failed:\n{}", failures.len(), failures.join("\n"))
-    }
+    if failures.is_empty() { Ok(()) } else { bail!("{} check(s) failed:\n{}", failures.len(), failures.join("\n")) }
 }
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,10 +97,7 @@ pub async fn revisions_strictly_increase(store: Arc<dyn Store>, p: String) -> an
     let start = store.current_revision().await?;
     let a = format!("{p}a");
     let r1 = store.create(&a, b"1".to_vec()).await?;
-    ensure!(
-        r1 > start,
-        "create revision {r1} not above the starting revision {start}"
-    );
+    ensure!(r1 > start, "create revision {r1} not above the starting revision {start}");
     let r2 = store.update(&a, b"2".to_vec(), r1).await?;
     ensure!(r2 > r1, "update revision {r2} not above {r1}");
     let r3 = store.create(&format!("{p}b"), b"x".to_vec()).await?;
@@ -137,10 +106,7 @@ pub async fn revisions_strictly_increase(store: Arc<dyn Store>, p: String) -> an
     ensure!(r4 > r3, "delete revision {r4} not above {r3}");
     let r5 = store.create(&a, b"again".to_vec()).await?;
     ensure!(r5 > r4, "re-create revision {r5} not above {r4}");
-    ensure!(
-        store.current_revision().await? >= r5,
-        "current_revision below the last write"
-    );
+    ensure!(store.current_revision().await? >= r5, "current_revision below the last write");
 
     let kv = store.get(&a).await?.context("re-created key missing")?;
     ensure!(
@@ -149,14 +115,8 @@ pub async fn revisions_strictly_increase(store: Arc<dyn Store>, p: String) -> an
     );
     let r6 = store.update(&a, b"later".to_vec(), r5).await?;
     let kv = store.get(&a).await?.context("updated key missing")?;
-    ensure!(
-        kv.create_revision == r5 && kv.mod_revision == r6,
-        "update must keep create_revision: {kv:?}"
-    );
-    ensure!(
-        store.get(&format!("{p}missing")).await?.is_none(),
-        "get of a missing key returned a value"
-    );
+    ensure!(kv.create_revision == r5 && kv.mod_revision == r6, "update must keep create_revision: {kv:?}");
+    ensure!(store.get(&format!("{p}missing")).await?.is_none(), "get of a missing key returned a value");
     Ok(())
 }
 
@@ -170,10 +130,7 @@ pub async fn create_twice_is_already_exists(store: Arc<dyn Store>, p: String) ->
         other => bail!("second create: expected AlreadyExists, got {other:?}"),
     }
     let kv = store.get(&k).await?.context("key vanished")?;
-    ensure!(
-        kv.value == b"first" && kv.mod_revision == r,
-        "failed create changed the key: {kv:?}"
-    );
+    ensure!(kv.value == b"first" && kv.mod_revision == r, "failed create changed the key: {kv:?}");
     ensure!(store.current_revision().await? >= r, "revision went backwards");
     Ok(())
 }
@@ -183,15 +140,9 @@ pub async fn update_is_compare_and_swap(store: Arc<dyn Store>, p: String) -> any
     let r1 = store.create(&k, b"v1".to_vec()).await?;
     let r2 = store.update(&k, b"v2".to_vec(), r1).await?;
     match store.update(&k, b"stale".to_vec(), r1).await {
-        Err(StoreError::Conflict {
-            key,
-            current: Some(cur),
-        }) => {
+        Err(StoreError::Conflict { key, current: Some(cur) }) => {
             ensure!(key == k, "Conflict names {key}");
-            ensure!(
-                cur.value == b"v2" && cur.mod_revision == r2,
-                "Conflict must carry the current value: {cur:?}"
-            );
+            ensure!(cur.value == b"v2" && cur.mod_revision == r2, "Conflict must carry the current value: {cur:?}");
         }
         other => bail!("stale update: expected Conflict with current value, got {other:?}"),
     }
@@ -204,10 +155,7 @@ pub async fn update_is_compare_and_swap(store: Arc<dyn Store>, p: String) -> any
         Err(StoreError::NotFound(_)) => {}
         other => bail!("update of a missing key with expected 0: expected NotFound, got {other:?}"),
     }
-    ensure!(
-        store.get(&format!("{p}missing")).await?.is_none(),
-        "failed update created a key"
-    );
+    ensure!(store.get(&format!("{p}missing")).await?.is_none(), "failed update created a key");
     let kv = store.get(&k).await?.context("key vanished")?;
     ensure!(kv.value == b"v2", "stale update changed the value: {kv:?}");
     Ok(())
@@ -219,10 +167,7 @@ pub async fn delete_is_compare_and_swap(store: Arc<dyn Store>, p: String) -> any
     let r2 = store.update(&k, b"v2".to_vec(), r1).await?;
     match store.delete(&k, Some(r1)).await {
         Err(StoreError::Conflict { current: Some(cur), .. }) => {
-            ensure!(
-                cur.value == b"v2" && cur.mod_revision == r2,
-                "Conflict must carry the current value: {cur:?}"
-            );
+            ensure!(cur.value == b"v2" && cur.mod_revision == r2, "Conflict must carry the current value: {cur:?}");
         }
         other => bail!("stale delete: expected Conflict, got {other:?}"),
     }
@@ -242,10 +187,7 @@ pub async fn delete_is_compare_and_swap(store: Arc<dyn Store>, p: String) -> any
     let k2 = format!("{p}k2");
     let r = store.create(&k2, b"x".to_vec()).await?;
     let (_, deleted) = store.delete(&k2, None).await?;
-    ensure!(
-        deleted.mod_revision == r && deleted.value == b"x",
-        "unconditional delete returned {deleted:?}"
-    );
+    ensure!(deleted.mod_revision == r && deleted.value == b"x", "unconditional delete returned {deleted:?}");
     Ok(())
 }
 
@@ -266,26 +208,13 @@ pub async fn list_is_sorted_and_prefix_exact(store: Arc<dyn Store>, p: String) -
         last = store.create(&format!("{p}{n}"), n.as_bytes().to_vec()).await?;
     }
     let (items, rev) = store.list(&format!("{p}pods/default/"), None).await?;
-    let want: Vec<String> = [
-        "pods/default/a",
-        "pods/default/b",
-        "pods/default/b/sub",
-        "pods/default/c",
-    ]
-    .iter()
-    .map(|n| format!("{p}{n}"))
-    .collect();
-    ensure!(
-        keys(&items) == want,
-        "list {p}pods/default/ returned {:?}",
-        keys(&items)
-    );
+    let want: Vec<String> = ["pods/default/a", "pods/default/b", "pods/default/b/sub", "pods/default/c"]
+        .iter()
+        .map(|n| format!("{p}{n}"))
+        .collect();
+    ensure!(keys(&items) == want, "list {p}pods/default/ returned {:?}", keys(&items));
     for kv in &items {
-        ensure!(
-            Some(kv.value.as_slice()) == kv.key.as_bytes().get(p.len()..),
-            "wrong value for {}: {kv:?}",
-            kv.key
-        );
+        ensure!(Some(kv.value.as_slice()) == kv.key.as_bytes().get(p.len()..), "wrong value for {}: {kv:?}", kv.key);
     }
     ensure!(rev >= last, "list revision {rev} is before the last write {last}");
 
@@ -305,10 +234,7 @@ pub async fn list_is_sorted_and_prefix_exact(store: Arc<dyn Store>, p: String) -
     ensure!(items.is_empty(), "list of an empty prefix returned {:?}", keys(&items));
     // The empty prefix lists everything (at least this check's keys).
     let (items, _) = store.list("", None).await?;
-    ensure!(
-        items.iter().filter(|kv| kv.key.starts_with(&p)).count() == names.len(),
-        "list of \"\" misses keys"
-    );
+    ensure!(items.iter().filter(|kv| kv.key.starts_with(&p)).count() == names.len(), "list of \"\" misses keys");
     Ok(())
 }
 
@@ -344,26 +270,16 @@ pub async fn list_at_past_revision(store: Arc<dyn Store>, p: String) -> anyhow::
         (r5, vec![s("a", "a3", r5), s("b", "b1", r3)]),
     ];
     for (at, want) in cases {
-        let (items, rev) = store
-            .list(&prefix, Some(at))
-            .await
-            .with_context(|| format!("list at {at}"))?;
+        let (items, rev) = store.list(&prefix, Some(at)).await.with_context(|| format!("list at {at}"))?;
         ensure!(rev == at, "list at {at} reports revision {rev}");
         let got = view(items);
         ensure!(got == want, "list at {at}: got {got:?}, want {want:?}");
     }
     let (items, _) = store.list(&prefix, Some(r3)).await?;
     let a_at_r3 = items.iter().find(|kv| kv.key == a).context("a missing at r3")?;
-    ensure!(
-        a_at_r3.create_revision == r1,
-        "past state must keep the create revision: {a_at_r3:?}"
-    );
+    ensure!(a_at_r3.create_revision == r1, "past state must keep the create revision: {a_at_r3:?}");
     let (items, _) = store.list(&p, Some(r3)).await?;
-    ensure!(
-        items.len() == 4,
-        "list of the whole check prefix at {r3}: {:?}",
-        keys(&items)
-    );
+    ensure!(items.len() == 4, "list of the whole check prefix at {r3}: {:?}", keys(&items));
 
     let current = store.current_revision().await?;
     match store.list(&prefix, Some(current + 1000)).await {
@@ -385,10 +301,7 @@ pub async fn watch_replays_then_streams_live(store: Arc<dyn Store>, p: String) -
     // Replay.
     let e = next_event(&mut w).await?;
     expect_event(&e, EventKind::Put, &a, b"a1", r1)?;
-    ensure!(
-        e.prev.is_none() && e.kv.create_revision == r1,
-        "create event must have no prev: {e:?}"
-    );
+    ensure!(e.prev.is_none() && e.kv.create_revision == r1, "create event must have no prev: {e:?}");
     let e = next_event(&mut w).await?;
     expect_event(&e, EventKind::Put, &a, b"a2", r2)?;
     let prev = e.prev.as_ref().context("update event without prev")?;
@@ -402,17 +315,11 @@ pub async fn watch_replays_then_streams_live(store: Arc<dyn Store>, p: String) -
     let (r5, _) = store.delete(&a, Some(r2)).await?;
     let e = next_event(&mut w).await?;
     expect_event(&e, EventKind::Put, &b, b"b2", r4)?;
-    ensure!(
-        e.prev.as_ref().is_some_and(|p| p.value == b"b1"),
-        "live update prev: {e:?}"
-    );
+    ensure!(e.prev.as_ref().is_some_and(|p| p.value == b"b1"), "live update prev: {e:?}");
     let e = next_event(&mut w).await?;
     expect_event(&e, EventKind::Delete, &a, b"a2", r5)?;
     let prev = e.prev.as_ref().context("delete event without prev")?;
-    ensure!(
-        prev.value == b"a2" && prev.mod_revision == r2 && prev.create_revision == r1,
-        "delete prev: {prev:?}"
-    );
+    ensure!(prev.value == b"a2" && prev.mod_revision == r2 && prev.create_revision == r1, "delete prev: {prev:?}");
     expect_quiet(&mut w).await?;
 
     // A second watch from the middle of the history sees the same tail.
@@ -510,31 +417,13 @@ pub async fn concurrent_creates_get_distinct_revisions(store: Arc<dyn Store>, p:
         all.extend(t.await??);
     }
     let distinct: HashSet<Revision> = all.iter().map(|(_, r)| *r).collect();
-    ensure!(
-        distinct.len() == TASKS * EACH,
-        "only {} distinct revisions for {} creates",
-        distinct.len(),
-        TASKS * EACH
-    );
-    ensure!(
-        all.iter().all(|(_, r)| *r > start),
-        "a revision is not above the starting revision"
-    );
+    ensure!(distinct.len() == TASKS * EACH, "only {} distinct revisions for {} creates", distinct.len(), TASKS * EACH);
+    ensure!(all.iter().all(|(_, r)| *r > start), "a revision is not above the starting revision");
     let (items, _) = store.list(&p, None).await?;
-    ensure!(
-        items.len() == TASKS * EACH,
-        "list shows {} of {} keys",
-        items.len(),
-        TASKS * EACH
-    );
+    ensure!(items.len() == TASKS * EACH, "list shows {} of {} keys", items.len(), TASKS * EACH);
     for kv in &items {
         let want = all.iter().find(|(k, _)| *k == kv.key).map(|(_, r)| *r);
-        ensure!(
-            want == Some(kv.mod_revision),
-            "{} has revision {}, create returned {want:?}",
-            kv.key,
-            kv.mod_revision
-        );
+        ensure!(want == Some(kv.mod_revision), "{} has revision {}, create returned {want:?}", kv.key, kv.mod_revision);
     }
     let mut last = start;
     for _ in 0..TASKS * EACH {
@@ -554,9 +443,7 @@ pub async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>, p: String) -> 
     for t in 0..16 {
         let store = store.clone();
         let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            store.update(&k, format!("t{t}").into_bytes(), r0).await
-        }));
+        tasks.push(tokio::spawn(async move { store.update(&k, format!("t{t}").into_bytes(), r0).await }));
     }
     let mut winners = Vec::new();
     let mut losers = Vec::new();
@@ -567,17 +454,10 @@ pub async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>, p: String) -> 
             Err(e) => bail!("unexpected error: {e}"),
         }
     }
-    ensure!(
-        winners.len() == 1,
-        "{} updates won the same compare-and-swap",
-        winners.len()
-    );
+    ensure!(winners.len() == 1, "{} updates won the same compare-and-swap", winners.len());
     let now = store.get(&k).await?.context("key vanished")?;
     ensure!(now.mod_revision == winners[0], "stored revision is not the winner's");
-    ensure!(
-        losers.iter().all(|c| *c == now),
-        "a loser saw something other than the winner's value"
-    );
+    ensure!(losers.iter().all(|c| *c == now), "a loser saw something other than the winner's value");
     Ok(())
 }
 
@@ -588,10 +468,7 @@ pub async fn compaction(store: Arc<dyn Store>, p: String) -> anyhow::Result<()> 
     let r2 = store.update(&k, b"2".to_vec(), r1).await?;
     let r3 = store.update(&k, b"3".to_vec(), r2).await?;
     store.compact(r2).await?;
-    ensure!(
-        store.compacted_revision().await? == r2,
-        "compacted_revision is not {r2}"
-    );
+    ensure!(store.compacted_revision().await? == r2, "compacted_revision is not {r2}");
 
     match store.list(&p, Some(r1)).await {
         Err(StoreError::Compacted { requested, compacted }) => {
@@ -602,14 +479,8 @@ pub async fn compaction(store: Arc<dyn Store>, p: String) -> anyhow::Result<()> 
         }
         other => bail!("list below the compacted revision: expected Compacted, got {other:?}"),
     }
-    let (items, _) = store
-        .list(&p, Some(r2))
-        .await
-        .context("list at the compacted revision")?;
-    ensure!(
-        items.len() == 1 && items[0].value == b"2",
-        "list at the compacted revision: {items:?}"
-    );
+    let (items, _) = store.list(&p, Some(r2)).await.context("list at the compacted revision")?;
+    ensure!(items.len() == 1 && items[0].value == b"2", "list at the compacted revision: {items:?}");
     match store.watch(&p, r1).await {
         Err(StoreError::Compacted { compacted, .. }) => {
             ensure!(compacted == r2, "watch Compacted reports {compacted}")
@@ -623,34 +494,19 @@ pub async fn compaction(store: Arc<dyn Store>, p: String) -> anyhow::Result<()> 
     expect_event(&next_event(&mut w).await?, EventKind::Put, &k, b"4", r4)?;
 
     // Compacting to an older revision is a no-op; to the future, an error.
-    store
-        .compact(r1)
-        .await
-        .context("compacting below the compacted revision must be a no-op")?;
-    ensure!(
-        store.compacted_revision().await? == r2,
-        "an older compaction moved the compacted revision"
-    );
+    store.compact(r1).await.context("compacting below the compacted revision must be a no-op")?;
+    ensure!(store.compacted_revision().await? == r2, "an older compaction moved the compacted revision");
     let current = store.current_revision().await?;
     match store.compact(current + 100).await {
         Err(StoreError::FutureRevision { .. }) => {}
         other => bail!("compaction in the future: expected FutureRevision, got {other:?}"),
     }
     store.compact(current).await?;
-    ensure!(
-        store.compacted_revision().await? == current,
-        "compacted_revision after compacting to current"
-    );
+    ensure!(store.compacted_revision().await? == current, "compacted_revision after compacting to current");
     let (items, _) = store.list(&p, Some(current)).await?;
-    ensure!(
-        items.len() == 1 && items[0].value == b"4",
-        "state at the compacted revision: {items:?}"
-    );
+    ensure!(items.len() == 1 && items[0].value == b"4", "state at the compacted revision: {items:?}");
     let (items, _) = store.list(&p, None).await?;
-    ensure!(
-        items.len() == 1 && items[0].value == b"4",
-        "latest state after compaction: {items:?}"
-    );
+    ensure!(items.len() == 1 && items[0].value == b"4", "latest state after compaction: {items:?}");
     Ok(())
 }
 
@@ -705,12 +561,7 @@ impl EtcdProcess {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut etcd = Self {
-            child,
-            endpoint: client,
-            log,
-            _dir: dir,
-        };
+        let mut etcd = Self { child, endpoint: client, log, _dir: dir };
         etcd.wait_ready().await?;
         Ok(etcd)
     }
@@ -736,11 +587,7 @@ impl EtcdProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "etcd did not answer on {} within 30s:\n{}",
-                    self.endpoint,
-                    self.log_tail()
-                );
+                bail!("etcd did not answer on {} within 30s:\n{}", self.endpoint, self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -780,9 +627,6 @@ mod tests {
     #[test]
     fn missing_etcd_binary_is_a_clear_error() {
         let err = super::check_binary(std::path::Path::new("/nonexistent/etcd")).unwrap_err();
-        assert!(
-            err.to_string().contains("etcd binary not found at /nonexistent/etcd"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("etcd binary not found at /nonexistent/etcd"), "{err}");
     }
 }

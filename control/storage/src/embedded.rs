@@ -81,9 +81,7 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Backend(anyhow!(
-        "embedded store: writer thread is gone (store closed or failed)"
-    ))
+    StoreError::Backend(anyhow!("embedded store: writer thread is gone (store closed or failed)"))
 }
 
 /// A watcher-facing batch: every event of one commit, contiguous revisions, in order.
@@ -99,22 +97,10 @@ struct Shared {
 }
 
 enum Op {
-    Create {
-        key: String,
-        value: Vec<u8>,
-    },
-    Update {
-        key: String,
-        value: Vec<u8>,
-        expected: Revision,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
-    Compact {
-        revision: Revision,
-    },
+    Create { key: String, value: Vec<u8> },
+    Update { key: String, value: Vec<u8>, expected: Revision },
+    Delete { key: String, expected: Option<Revision> },
+    Compact { revision: Revision },
 }
 
 enum Outcome {
@@ -147,11 +133,7 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(backend)?;
         let (revision, compacted) = init_tables(&db)?;
-        let shared = Arc::new(Shared {
-            db,
-            revision: AtomicI64::new(revision),
-            compacted: AtomicI64::new(compacted),
-        });
+        let shared = Arc::new(Shared { db, revision: AtomicI64::new(revision), compacted: AtomicI64::new(compacted) });
         let (requests, queue) = mpsc::channel();
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let writer = {
@@ -162,12 +144,7 @@ impl EmbeddedStore {
                 .spawn(move || writer_loop(&shared, &queue, &events))
                 .map_err(|e| StoreError::Backend(anyhow!("spawning the writer thread: {e}")))?
         };
-        Ok(Self {
-            shared,
-            requests: Some(requests),
-            events,
-            writer: Some(writer),
-        })
+        Ok(Self { shared, requests: Some(requests), events, writer: Some(writer) })
     }
 
     async fn submit(&self, op: Op) -> Result<Outcome> {
@@ -289,12 +266,7 @@ fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue> {
     let mut r = Reader(raw);
     let create = r.i64().ok_or_else(|| corrupt("kv"))?;
     let modified = r.i64().ok_or_else(|| corrupt("kv"))?;
-    Ok(KeyValue {
-        key: key.to_owned(),
-        value: r.0.to_vec(),
-        create_revision: create,
-        mod_revision: modified,
-    })
+    Ok(KeyValue { key: key.to_owned(), value: r.0.to_vec(), create_revision: create, mod_revision: modified })
 }
 
 const KIND_PUT: u8 = 1;
@@ -342,40 +314,22 @@ fn decode_record(revision: Revision, raw: &[u8]) -> Result<Event> {
             let create_revision = r.i64().ok_or_else(bad)?;
             let mod_revision = r.i64().ok_or_else(bad)?;
             let value = r.bytes().ok_or_else(bad)?.to_vec();
-            Some(KeyValue {
-                key: key.clone(),
-                value,
-                create_revision,
-                mod_revision,
-            })
+            Some(KeyValue { key: key.clone(), value, create_revision, mod_revision })
         }
         _ => return Err(bad()),
     };
     match kind {
         KIND_PUT => Ok(Event {
             kind: EventKind::Put,
-            kv: KeyValue {
-                key,
-                value,
-                create_revision: create,
-                mod_revision: revision,
-            },
+            kv: KeyValue { key, value, create_revision: create, mod_revision: revision },
             prev,
         }),
         KIND_DELETE => {
             // A delete event carries the deleted value, as the trait documents.
             let p = prev.as_ref().ok_or_else(bad)?;
-            let kv = KeyValue {
-                key,
-                value: p.value.clone(),
-                create_revision: p.create_revision,
-                mod_revision: revision,
-            };
-            Ok(Event {
-                kind: EventKind::Delete,
-                kv,
-                prev,
-            })
+            let kv =
+                KeyValue { key, value: p.value.clone(), create_revision: p.create_revision, mod_revision: revision };
+            Ok(Event { kind: EventKind::Delete, kv, prev })
         }
         _ => Err(bad()),
     }
@@ -454,24 +408,14 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<Applied> {
                         Err(StoreError::AlreadyExists(key))
                     } else {
                         let rev = revision + 1;
-                        kv.insert(key.as_str(), encode_kv(rev, rev, &value).as_slice())
-                            .map_err(backend)?;
+                        kv.insert(key.as_str(), encode_kv(rev, rev, &value).as_slice()).map_err(backend)?;
                         history
                             .insert(rev, encode_record(KIND_PUT, &key, rev, &value, None).as_slice())
                             .map_err(backend)?;
                         revision = rev;
                         dirty = true;
-                        let kv = KeyValue {
-                            key,
-                            value,
-                            create_revision: rev,
-                            mod_revision: rev,
-                        };
-                        events.push(Event {
-                            kind: EventKind::Put,
-                            kv,
-                            prev: None,
-                        });
+                        let kv = KeyValue { key, value, create_revision: rev, mod_revision: rev };
+                        events.push(Event { kind: EventKind::Put, kv, prev: None });
                         Ok(Outcome::Written(rev))
                     }
                 }
@@ -482,34 +426,20 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<Applied> {
                     };
                     match current {
                         None => Err(StoreError::NotFound(key)),
-                        Some(cur) if cur.mod_revision != expected => Err(StoreError::Conflict {
-                            key,
-                            current: Some(cur),
-                        }),
+                        Some(cur) if cur.mod_revision != expected => {
+                            Err(StoreError::Conflict { key, current: Some(cur) })
+                        }
                         Some(cur) => {
                             let rev = revision + 1;
                             let create = cur.create_revision;
-                            kv.insert(key.as_str(), encode_kv(create, rev, &value).as_slice())
-                                .map_err(backend)?;
+                            kv.insert(key.as_str(), encode_kv(create, rev, &value).as_slice()).map_err(backend)?;
                             history
-                                .insert(
-                                    rev,
-                                    encode_record(KIND_PUT, &key, create, &value, Some(&cur)).as_slice(),
-                                )
+                                .insert(rev, encode_record(KIND_PUT, &key, create, &value, Some(&cur)).as_slice())
                                 .map_err(backend)?;
                             revision = rev;
                             dirty = true;
-                            let kv = KeyValue {
-                                key,
-                                value,
-                                create_revision: create,
-                                mod_revision: rev,
-                            };
-                            events.push(Event {
-                                kind: EventKind::Put,
-                                kv,
-                                prev: Some(cur),
-                            });
+                            let kv = KeyValue { key, value, create_revision: create, mod_revision: rev };
+                            events.push(Event { kind: EventKind::Put, kv, prev: Some(cur) });
                             Ok(Outcome::Written(rev))
                         }
                     }
@@ -521,10 +451,9 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<Applied> {
                     };
                     match current {
                         None => Err(StoreError::NotFound(key)),
-                        Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => Err(StoreError::Conflict {
-                            key,
-                            current: Some(cur),
-                        }),
+                        Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => {
+                            Err(StoreError::Conflict { key, current: Some(cur) })
+                        }
                         Some(cur) => {
                             let rev = revision + 1;
                             kv.remove(key.as_str()).map_err(backend)?;
@@ -542,21 +471,14 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<Applied> {
                                 create_revision: cur.create_revision,
                                 mod_revision: rev,
                             };
-                            events.push(Event {
-                                kind: EventKind::Delete,
-                                kv,
-                                prev: Some(cur.clone()),
-                            });
+                            events.push(Event { kind: EventKind::Delete, kv, prev: Some(cur.clone()) });
                             Ok(Outcome::Deleted(rev, cur))
                         }
                     }
                 }
                 Op::Compact { revision: target } => {
                     if target > revision {
-                        Err(StoreError::FutureRevision {
-                            requested: target,
-                            current: revision,
-                        })
+                        Err(StoreError::FutureRevision { requested: target, current: revision })
                     } else if target <= compacted {
                         Ok(Outcome::Compacted)
                     } else {
@@ -581,12 +503,7 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<Applied> {
         // Only failed compare-and-swaps: nothing to make durable, skip the fsync.
         txn.abort().map_err(backend)?;
     }
-    Ok(Applied {
-        outcomes,
-        events,
-        revision,
-        compacted,
-    })
+    Ok(Applied { outcomes, events, revision, compacted })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -620,10 +537,7 @@ fn list_blocking(db: &Database, prefix: &str, at: Option<Revision>) -> Result<(V
         return Err(StoreError::FutureRevision { requested: at, current });
     }
     if at < compacted {
-        return Err(StoreError::Compacted {
-            requested: at,
-            compacted,
-        });
+        return Err(StoreError::Compacted { requested: at, compacted });
     }
     let kv = txn.open_table(KV).map_err(backend)?;
     let mut items = BTreeMap::new();
@@ -669,21 +583,14 @@ fn replay_blocking(db: &Database, prefix: &str, after: Revision) -> Result<Repla
     let txn = db.begin_read().map_err(backend)?;
     let (current, compacted) = read_meta(&txn)?;
     if after < compacted {
-        return Err(StoreError::Compacted {
-            requested: after,
-            compacted,
-        });
+        return Err(StoreError::Compacted { requested: after, compacted });
     }
     let history = txn.open_table(HISTORY).map_err(backend)?;
     let mut events = Vec::new();
     let mut scanned_to = after.max(0);
     for (scanned, entry) in history.range(after.saturating_add(1)..).map_err(backend)?.enumerate() {
         if scanned == REPLAY_PAGE {
-            return Ok(Replay {
-                events,
-                scanned_to,
-                complete: false,
-            });
+            return Ok(Replay { events, scanned_to, complete: false });
         }
         let (rev, raw) = entry.map_err(backend)?;
         let (rev, raw) = (rev.value(), raw.value());
@@ -692,11 +599,7 @@ fn replay_blocking(db: &Database, prefix: &str, after: Revision) -> Result<Repla
             events.push(decode_record(rev, raw)?);
         }
     }
-    Ok(Replay {
-        events,
-        scanned_to: scanned_to.max(current),
-        complete: true,
-    })
+    Ok(Replay { events, scanned_to: scanned_to.max(current), complete: true })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,48 +697,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
-        match self
-            .submit(Op::Create {
-                key: key.to_owned(),
-                value,
-            })
-            .await?
-        {
+        match self.submit(Op::Create { key: key.to_owned(), value }).await? {
             Outcome::Written(rev) => Ok(rev),
-            _ => Err(StoreError::Backend(anyhow!(
-                "embedded store: unexpected outcome for create"
-            ))),
+            _ => Err(StoreError::Backend(anyhow!("embedded store: unexpected outcome for create"))),
         }
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
-        match self
-            .submit(Op::Update {
-                key: key.to_owned(),
-                value,
-                expected,
-            })
-            .await?
-        {
+        match self.submit(Op::Update { key: key.to_owned(), value, expected }).await? {
             Outcome::Written(rev) => Ok(rev),
-            _ => Err(StoreError::Backend(anyhow!(
-                "embedded store: unexpected outcome for update"
-            ))),
+            _ => Err(StoreError::Backend(anyhow!("embedded store: unexpected outcome for update"))),
         }
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
-        match self
-            .submit(Op::Delete {
-                key: key.to_owned(),
-                expected,
-            })
-            .await?
-        {
+        match self.submit(Op::Delete { key: key.to_owned(), expected }).await? {
             Outcome::Deleted(rev, kv) => Ok((rev, kv)),
-            _ => Err(StoreError::Backend(anyhow!(
-                "embedded store: unexpected outcome for delete"
-            ))),
+            _ => Err(StoreError::Backend(anyhow!("embedded store: unexpected outcome for delete"))),
         }
     }
 
@@ -859,9 +737,7 @@ impl Store for EmbeddedStore {
     async fn compact(&self, revision: Revision) -> Result<()> {
         match self.submit(Op::Compact { revision }).await? {
             Outcome::Compacted => Ok(()),
-            _ => Err(StoreError::Backend(anyhow!(
-                "embedded store: unexpected outcome for compact"
-            ))),
+            _ => Err(StoreError::Backend(anyhow!("embedded store: unexpected outcome for compact"))),
         }
     }
 
@@ -876,25 +752,12 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let prev = KeyValue {
-            key: "k".into(),
-            value: b"old".to_vec(),
-            create_revision: 3,
-            mod_revision: 5,
-        };
+        let prev = KeyValue { key: "k".into(), value: b"old".to_vec(), create_revision: 3, mod_revision: 5 };
         let raw = encode_record(KIND_PUT, "k", 3, b"new", Some(&prev));
         assert_eq!(record_key(&raw), Some("k"));
         let e = decode_record(7, &raw).unwrap();
         assert_eq!(e.kind, EventKind::Put);
-        assert_eq!(
-            e.kv,
-            KeyValue {
-                key: "k".into(),
-                value: b"new".to_vec(),
-                create_revision: 3,
-                mod_revision: 7
-            }
-        );
+        assert_eq!(e.kv, KeyValue { key: "k".into(), value: b"new".to_vec(), create_revision: 3, mod_revision: 7 });
         assert_eq!(e.prev, Some(prev.clone()));
 
         let raw = encode_record(KIND_DELETE, "k", 3, &[], Some(&prev));
@@ -906,12 +769,7 @@ mod tests {
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
-        let prev = KeyValue {
-            key: "key".into(),
-            value: b"old".to_vec(),
-            create_revision: 3,
-            mod_revision: 5,
-        };
+        let prev = KeyValue { key: "key".into(), value: b"old".to_vec(), create_revision: 3, mod_revision: 5 };
         let raw = encode_record(KIND_DELETE, "key", 3, b"", Some(&prev));
         for len in 0..raw.len() {
             assert!(decode_record(1, &raw[..len]).is_err(), "truncated to {len}");

@@ -82,9 +82,7 @@ fn no_header() -> StoreError {
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
-    let key = kv
-        .key_str()
-        .map_err(|e| StoreError::Backend(anyhow!("etcd: key is not UTF-8: {e}")))?;
+    let key = kv.key_str().map_err(|e| StoreError::Backend(anyhow!("etcd: key is not UTF-8: {e}")))?;
     Ok(KeyValue {
         key: key.to_owned(),
         value: kv.value().to_vec(),
@@ -243,10 +241,7 @@ impl Store for EtcdStore {
         }
         match else_get(&resp)? {
             None => Err(StoreError::NotFound(key.to_owned())),
-            Some(current) => Err(StoreError::Conflict {
-                key: key.to_owned(),
-                current: Some(current),
-            }),
+            Some(current) => Err(StoreError::Conflict { key: key.to_owned(), current: Some(current) }),
         }
     }
 
@@ -263,10 +258,7 @@ impl Store for EtcdStore {
         if !resp.succeeded() {
             return match else_get(&resp)? {
                 None => Err(StoreError::NotFound(key.to_owned())),
-                Some(current) => Err(StoreError::Conflict {
-                    key: key.to_owned(),
-                    current: Some(current),
-                }),
+                Some(current) => Err(StoreError::Conflict { key: key.to_owned(), current: Some(current) }),
             };
         }
         let revision = resp.header().ok_or_else(no_header)?.revision();
@@ -287,10 +279,8 @@ impl Store for EtcdStore {
             return Err(self.compacted_error(after).await);
         }
         let (key, end) = prefix_range(prefix);
-        let opts = WatchOptions::new()
-            .with_range(end)
-            .with_start_revision(after.saturating_add(1).max(1))
-            .with_prev_key();
+        let opts =
+            WatchOptions::new().with_range(end).with_start_revision(after.saturating_add(1).max(1)).with_prev_key();
         let stream = self.watch.clone().watch(key, Some(opts)).await.map_err(backend)?;
         let state = EtcdWatch {
             stream,
@@ -379,10 +369,7 @@ impl EtcdWatch {
             if resp.compact_revision() != 0 {
                 let compacted = resp.compact_revision();
                 self.compacted.fetch_max(compacted, Ordering::SeqCst);
-                self.terminal = Some(StoreError::Compacted {
-                    requested: self.last,
-                    compacted,
-                });
+                self.terminal = Some(StoreError::Compacted { requested: self.last, compacted });
                 continue;
             }
             for ev in resp.events() {
@@ -404,16 +391,10 @@ impl EtcdWatch {
 }
 
 fn convert_event(ev: &etcd_client::Event) -> Result<Event> {
-    let kv = ev
-        .kv()
-        .ok_or_else(|| StoreError::Backend(anyhow!("etcd: watch event without kv")))?;
+    let kv = ev.kv().ok_or_else(|| StoreError::Backend(anyhow!("etcd: watch event without kv")))?;
     let prev = ev.prev_kv().map(convert).transpose()?;
     match ev.event_type() {
-        EventType::Put => Ok(Event {
-            kind: EventKind::Put,
-            kv: convert(kv)?,
-            prev,
-        }),
+        EventType::Put => Ok(Event { kind: EventKind::Put, kv: convert(kv)?, prev }),
         EventType::Delete => {
             // etcd's delete event has an empty value and create_revision 0; the contract wants the
             // deleted value, which `prev_kv` carries (absent only if already compacted away).
@@ -422,11 +403,7 @@ fn convert_event(ev: &etcd_client::Event) -> Result<Event> {
                 deleted.value = p.value.clone();
                 deleted.create_revision = p.create_revision;
             }
-            Ok(Event {
-                kind: EventKind::Delete,
-                kv: deleted,
-                prev,
-            })
+            Ok(Event { kind: EventKind::Delete, kv: deleted, prev })
         }
     }
 }
@@ -437,10 +414,7 @@ mod tests {
 
     #[test]
     fn prefix_ranges() {
-        assert_eq!(
-            prefix_range("/registry/pods/"),
-            (b"/registry/pods/".to_vec(), b"/registry/pods0".to_vec())
-        );
+        assert_eq!(prefix_range("/registry/pods/"), (b"/registry/pods/".to_vec(), b"/registry/pods0".to_vec()));
         assert_eq!(prefix_range("a"), (b"a".to_vec(), b"b".to_vec()));
         assert_eq!(prefix_range(""), (vec![0], vec![0]));
         // The last char's UTF-8 bytes end in a byte below 0xff, which is the one incremented.

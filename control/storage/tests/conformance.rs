@@ -17,13 +17,8 @@ fn embedded() -> (tempfile::TempDir, Arc<dyn Store>) {
 
 async fn run_embedded(name: &str) {
     let (_dir, store) = embedded();
-    let (_, check) = conformance::CHECKS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .expect("check exists");
-    check(store, conformance::prefix_for(name))
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let (_, check) = conformance::CHECKS.iter().find(|(n, _)| *n == name).expect("check exists");
+    check(store, conformance::prefix_for(name)).await.unwrap_or_else(|e| panic!("{name}: {e:#}"));
 }
 
 macro_rules! embedded_checks {
@@ -72,9 +67,7 @@ async fn embedded_all_checks_on_one_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_all_checks() {
-    let etcd = EtcdProcess::start()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run the etcd conformance suite: {e:#}"));
+    let etcd = EtcdProcess::start().await.unwrap_or_else(|e| panic!("cannot run the etcd conformance suite: {e:#}"));
     let store = EtcdStore::connect(&etcd.endpoints()).await.expect("connect to etcd");
     let result = conformance::run_all(Arc::new(store)).await;
     if let Err(e) = result {

@@ -17,9 +17,7 @@ fn open(path: &Path) -> Arc<EmbeddedStore> {
 async fn next(
     stream: &mut futures::stream::BoxStream<'static, skiff_storage::Result<skiff_storage::Event>>,
 ) -> Option<skiff_storage::Result<skiff_storage::Event>> {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("watch item within 10s")
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch item within 10s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +52,7 @@ async fn reopen_keeps_data_revisions_history_and_compaction() {
     assert_eq!(store.get("/k/a").await.unwrap().unwrap().value, b"a2");
     assert!(store.get("/k/b").await.unwrap().is_none());
     let (items, _) = store.list("/k/", Some(r3)).await.unwrap();
-    assert_eq!(
-        items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
-        ["/k/a", "/k/b"]
-    );
+    assert_eq!(items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/k/a", "/k/b"]);
     assert!(
         matches!(store.list("/k/", Some(r1)).await, Err(StoreError::Compacted { requested, compacted }) if requested == r1 && compacted == r2)
     );
@@ -66,10 +61,7 @@ async fn reopen_keeps_data_revisions_history_and_compaction() {
     let e = next(&mut w).await.unwrap().unwrap();
     assert_eq!((&e.kind, e.revision()), (&EventKind::Put, r3));
     let e = next(&mut w).await.unwrap().unwrap();
-    assert_eq!(
-        (&e.kind, e.revision(), e.kv.value.as_slice()),
-        (&EventKind::Delete, r4, &b"b1"[..])
-    );
+    assert_eq!((&e.kind, e.revision(), e.kv.value.as_slice()), (&EventKind::Delete, r4, &b"b1"[..]));
     // Revisions continue where they stopped.
     assert_eq!(store.create("/k/c", vec![]).await.unwrap(), r4 + 1);
     assert_eq!(next(&mut w).await.unwrap().unwrap().revision(), r4 + 1);
@@ -98,11 +90,7 @@ async fn lagging_watcher_falls_back_to_history() {
     // Sequential writes: one commit (one broadcast message) each, well past the buffer (256).
     const N: i64 = 2600;
     for i in 0..N {
-        let key = if i % 2 == 0 {
-            format!("/lag/{i:05}")
-        } else {
-            format!("/other/{i:05}")
-        };
+        let key = if i % 2 == 0 { format!("/lag/{i:05}") } else { format!("/other/{i:05}") };
         store.create(&key, vec![b'v'; 16]).await.unwrap();
     }
     let mut expected = 1;
@@ -130,10 +118,7 @@ async fn lagging_watcher_after_compaction_gets_compacted() {
     let current = store.current_revision().await.unwrap();
     store.compact(current).await.unwrap();
     match next(&mut w).await {
-        Some(Err(StoreError::Compacted {
-            requested: 0,
-            compacted,
-        })) => assert_eq!(compacted, current),
+        Some(Err(StoreError::Compacted { requested: 0, compacted })) => assert_eq!(compacted, current),
         other => panic!("expected Compacted, got {other:?}"),
     }
     assert!(next(&mut w).await.is_none());
@@ -171,18 +156,12 @@ async fn file_size_is_bounded_under_churn() {
         store.compact(current).await.unwrap();
         sizes.push(std::fs::metadata(&path).unwrap().len());
     }
-    assert_eq!(
-        store.current_revision().await.unwrap(),
-        (ROUNDS * WRITERS * CYCLES * 4) as i64
-    );
+    assert_eq!(store.current_revision().await.unwrap(), (ROUNDS * WRITERS * CYCLES * 4) as i64);
     let quarter = ROUNDS / 4;
     let (early, last) = (sizes[quarter - 1], sizes[ROUNDS - 1]);
     eprintln!("file sizes per round: {sizes:?}");
     // Unbounded growth would make the last size about 4x the first quarter's.
-    assert!(
-        last <= early + early / 4,
-        "file grew from {early} after the first quarter to {last}: {sizes:?}"
-    );
+    assert!(last <= early + early / 4, "file grew from {early} after the first quarter to {last}: {sizes:?}");
 }
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_KILL9_CHILD";
@@ -194,11 +173,7 @@ fn kill9_child_writer() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let store = open(Path::new(&path));
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -255,29 +230,18 @@ fn acknowledged_writes_survive_sigkill() {
             acked.push(rest.to_owned());
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let store = open(&path);
         let current = store.current_revision().await.unwrap();
         for entry in &acked {
             let (key, rev) = entry.split_once(' ').unwrap();
             let rev: i64 = rev.parse().unwrap();
-            let kv = store
-                .get(key)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("acknowledged {key} lost after kill -9"));
+            let kv = store.get(key).await.unwrap().unwrap_or_else(|| panic!("acknowledged {key} lost after kill -9"));
             assert_eq!((kv.mod_revision, kv.value.as_slice()), (rev, key.as_bytes()));
             assert!(current >= rev);
         }
-        eprintln!(
-            "{} acknowledged writes survived; store at revision {current}",
-            acked.len()
-        );
+        eprintln!("{} acknowledged writes survived; store at revision {current}", acked.len());
         // The store is fully usable after recovery.
         assert_eq!(store.create("/after-crash", vec![]).await.unwrap(), current + 1);
     });

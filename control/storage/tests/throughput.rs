@@ -91,8 +91,5 @@ async fn embedded_creates_vs_raw_etcd_puts() {
          EtcdStore create {via_trait:.0}/s, EmbeddedStore create {emb:.0}/s (ratio to raw etcd {:.2})",
         emb / raw
     );
-    assert!(
-        emb >= 0.5 * raw,
-        "embedded creates {emb:.0}/s are below half of raw etcd puts {raw:.0}/s"
-    );
+    assert!(emb >= 0.5 * raw, "embedded creates {emb:.0}/s are below half of raw etcd puts {raw:.0}/s");
 }

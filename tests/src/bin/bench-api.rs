@@ -79,7 +79,11 @@ where
         .await?;
     let total = start.elapsed();
     lat.sort();
-    Ok(Sample { ops_per_s: n as f64 / total.as_secs_f64(), p50_ms: percentile(&lat, 0.5), p99_ms: percentile(&lat, 0.99) })
+    Ok(Sample {
+        ops_per_s: n as f64 / total.as_secs_f64(),
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+    })
 }
 
 #[derive(Default)]
@@ -212,7 +216,12 @@ async fn api_round(control: &skiff_tests::Control, round: &mut Round) -> Result<
     }
     let mut s = samples.lock().expect("lock").clone();
     s.sort();
-    anyhow::ensure!(s.len() == WATCHERS * WATCH_EVENTS, "watchers saw {} of {} events", s.len(), WATCHERS * WATCH_EVENTS);
+    anyhow::ensure!(
+        s.len() == WATCHERS * WATCH_EVENTS,
+        "watchers saw {} of {} events",
+        s.len(),
+        WATCHERS * WATCH_EVENTS
+    );
     round.watch_p50_ms = percentile(&s, 0.5);
     round.watch_p99_ms = percentile(&s, 0.99);
     Ok(())
@@ -242,7 +251,10 @@ async fn main() -> Result<()> {
             let control = tokio::task::block_in_place(|| skiff_tests::Control::start_api_only(&[]))?;
             api_round(&control, &mut round).await?;
         }
-        eprintln!("  embedded: api create {:.0}/s vs raw write {:.0}/s", round.api_create.ops_per_s, round.raw_write.ops_per_s);
+        eprintln!(
+            "  embedded: api create {:.0}/s vs raw write {:.0}/s",
+            round.api_create.ops_per_s, round.raw_write.ops_per_s
+        );
         embedded_rounds.push(round);
 
         let mut round = Round::default();
@@ -251,13 +263,20 @@ async fn main() -> Result<()> {
             // A key prefix per round is not available to the server, so each round gets its own etcd.
             let etcd_api = skiff_storage::conformance::EtcdProcess::start().await?;
             let url = etcd_api.endpoints().join(",");
-            let control = tokio::task::block_in_place(|| skiff_tests::Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &url]))?;
+            let control = tokio::task::block_in_place(|| {
+                skiff_tests::Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &url])
+            })?;
             api_round(&control, &mut round).await?;
         }
-        eprintln!("  etcd: api create {:.0}/s vs raw put {:.0}/s", round.api_create.ops_per_s, round.raw_write.ops_per_s);
+        eprintln!(
+            "  etcd: api create {:.0}/s vs raw put {:.0}/s",
+            round.api_create.ops_per_s, round.raw_write.ops_per_s
+        );
         etcd_rounds.push(round);
     }
-    println!("| backend | API create/s | raw write/s | ratio | create p50/p99 ms | API get/s | raw read/s | ratio | get p50/p99 ms | list 10k pods ms | watch p50/p99 ms (100 watchers) |");
+    println!(
+        "| backend | API create/s | raw write/s | ratio | create p50/p99 ms | API get/s | raw read/s | ratio | get p50/p99 ms | list 10k pods ms | watch p50/p99 ms (100 watchers) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, rounds) in [("embedded (redb)", &embedded_rounds), ("etcd 3.4", &etcd_rounds)] {
         let m = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());

@@ -19,6 +19,19 @@ use std::time::Duration;
 /// Retries of read-modify-write loops on a storage conflict (Kubernetes' GuaranteedUpdate).
 const MAX_RETRIES: usize = 16;
 
+/// What a write addresses and carries, shared by create, update, patch and scale.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    state: &'a Shared,
+    kind: &'static Kind,
+    ns: Option<&'a str>,
+    q: &'a Query,
+    ct: &'a str,
+    body: &'a [u8],
+    /// The field manager the write is recorded under.
+    manager: &'a str,
+}
+
 pub async fn serve(
     state: &Shared,
     method: Method,
@@ -40,28 +53,22 @@ pub async fn serve(
     }
     let ct = header(headers, "content-type").to_string();
     let manager = field_manager(&q, headers)?;
-    let manager = manager.as_str();
+    let w = Write { state, kind, ns: t.namespace.as_deref(), q: &q, ct: &ct, body: &body, manager: &manager };
     match (t.name.as_deref(), t.subresource.as_deref(), method.clone()) {
         (None, None, Method::GET) if q.flag("watch") => {
             super::watch::watch(state, kind, t.namespace.as_deref(), &q, accept).await
         }
         (None, None, Method::GET) => list(state, kind, t.namespace.as_deref(), &q, accept).await,
-        (None, None, Method::POST) => create(state, kind, t.namespace.as_deref(), &q, &ct, &body, manager).await,
+        (None, None, Method::POST) => create(&w).await,
         (None, None, Method::DELETE) => delete_collection(state, kind, t.namespace.as_deref(), &q, &body).await,
         (Some(name), None | Some("status"), Method::GET) => {
             let obj = get(state, kind, t.namespace.as_deref(), name, &q).await?;
             Ok(respond_object(kind, &obj, accept, StatusCode::OK))
         }
-        (Some(name), sub @ (None | Some("status")), Method::PUT) => {
-            update(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await
-        }
-        (Some(name), sub @ (None | Some("status")), Method::PATCH) => {
-            patch(state, kind, t.namespace.as_deref(), name, sub, &q, &ct, &body, manager).await
-        }
+        (Some(name), sub @ (None | Some("status")), Method::PUT) => update(&w, name, sub).await,
+        (Some(name), sub @ (None | Some("status")), Method::PATCH) => patch(&w, name, sub).await,
         (Some(name), None, Method::DELETE) => delete(state, kind, t.namespace.as_deref(), name, &q, &body).await,
-        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => {
-            scale(state, kind, t.namespace.as_deref(), name, m, &q, &ct, &body, manager).await
-        }
+        (Some(name), Some("scale"), m) if kind.has(crate::registry::Subresource::Scale) => scale(&w, name, m).await,
         (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => {
             bind(state, kind, t.namespace.as_deref(), name, &body).await
         }
@@ -452,15 +459,8 @@ fn generate_name(prefix: &str) -> String {
 
 // ---------- writes ----------
 
-async fn create(
-    state: &Shared,
-    kind: &'static Kind,
-    ns: Option<&str>,
-    q: &Query,
-    ct: &str,
-    body: &[u8],
-    manager: &str,
-) -> ApiResult<Response> {
+async fn create(w: &Write<'_>) -> ApiResult<Response> {
+    let Write { state, kind, ns, q, ct, body, manager } = *w;
     let fv = FieldValidation::from_query(q)?;
     let (raw, dups) = decode_checked(ct, body)?;
     let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
@@ -738,18 +738,8 @@ fn pod_needs_kubelet(pod: &Value) -> bool {
     bound && phase != "Succeeded" && phase != "Failed"
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn update(
-    state: &Shared,
-    kind: &'static Kind,
-    ns: Option<&str>,
-    name: &str,
-    sub: Option<&str>,
-    q: &Query,
-    ct: &str,
-    body: &[u8],
-    manager: &str,
-) -> ApiResult<Response> {
+async fn update(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Response> {
+    let Write { state, kind, ns, q, ct, body, manager } = *w;
     let fv = FieldValidation::from_query(q)?;
     let (raw, dups) = decode_checked(ct, body)?;
     let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
@@ -854,18 +844,8 @@ fn apply_patch(
     r.map_err(patch_error)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn patch(
-    state: &Shared,
-    kind: &'static Kind,
-    ns: Option<&str>,
-    name: &str,
-    sub: Option<&str>,
-    q: &Query,
-    ct: &str,
-    body: &[u8],
-    manager: &str,
-) -> ApiResult<Response> {
+async fn patch(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Response> {
+    let Write { state, kind, ns, q, ct, body, manager } = *w;
     let pt = patch_type(ct)?;
     let force = q.get("force").is_some_and(|_| q.flag("force"));
     if force && pt != PatchType::Apply {
@@ -1179,18 +1159,8 @@ fn scale_of(kind: &Kind, obj: &Value) -> Value {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn scale(
-    state: &Shared,
-    kind: &'static Kind,
-    ns: Option<&str>,
-    name: &str,
-    method: Method,
-    q: &Query,
-    ct: &str,
-    body: &[u8],
-    manager: &str,
-) -> ApiResult<Response> {
+async fn scale(w: &Write<'_>, name: &str, method: Method) -> ApiResult<Response> {
+    let Write { state, kind, ns, q, ct, body, manager } = *w;
     if method == Method::GET {
         let obj = get(state, kind, ns, name, q).await?;
         return Ok(json_response(StatusCode::OK, &scale_of(kind, &obj)));

@@ -205,7 +205,51 @@ fn bench(area: &str) -> Result<()> {
             c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-api", "--"]).env("SKIFF_BIN", &bin);
             run(&mut c)
         }
-        "scheduler" | "pods" | "dataplane" | "dns" | "footprint" => {
+        "scheduler" => {
+            setup()?;
+            let bin = build(true)?;
+            // Scheduling throughput end to end through the API server (release builds): the
+            // scheduler crate's `throughput` test, 10,000 pods on 1,000 and on 5,000 nodes.
+            for nodes in ["1000", "5000"] {
+                step(&format!("benchmark: scheduler, 10000 pods on {nodes} nodes"));
+                let mut c = cargo();
+                c.args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "skiff-scheduler",
+                    "--test",
+                    "scheduler",
+                    "throughput",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("SKIFF_BIN", &bin)
+                .env("SCHED_NODES", nodes)
+                .env("SCHED_PODS", "10000");
+                run(&mut c)?;
+            }
+            step("benchmark: scheduler, ReplicationController of 1000 replicas to all pods bound (100 nodes)");
+            let mut c = cargo();
+            c.args([
+                "test",
+                "--release",
+                "-p",
+                "skiff-scheduler",
+                "--test",
+                "scheduler",
+                "rc_of_1000_to_all_bound",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("SKIFF_BIN", &bin)
+            .env("SCHED_NODES", "100");
+            run(&mut c)?;
+            Ok(())
+        }
+        "pods" | "dataplane" | "dns" | "footprint" => {
             bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
         }
         other => {

@@ -377,7 +377,8 @@ async fn default_scheduler_ignores_other_scheduler_names() -> anyhow::Result<()>
 async fn throughput() -> anyhow::Result<()> {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n_nodes, n_pods) = (env("SCHED_NODES", 500), env("SCHED_PODS", 2000));
-    let control = Control::start()?;
+    // The API server alone: the benchmark's scheduler is the only writer besides the client.
+    let control = Control::start_api_only(&[])?;
     let client = control.client().await?;
     let t = Instant::now();
     let names: Vec<String> = (0..n_nodes).map(|i| format!("node-{i}")).collect();
@@ -444,4 +445,43 @@ fn server_cpu(control: &Control) -> f64 {
         }
     }
     0.0
+}
+
+/// `cargo xtask bench scheduler` (second part): a ReplicationController of 1,000 replicas created
+/// against a full `skiff control` (its own controllers and scheduler) → all 1,000 pods bound.
+/// `SCHED_NODES` nodes (default 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rc_of_1000_to_all_bound() -> anyhow::Result<()> {
+    let n_nodes = std::env::var("SCHED_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(100usize);
+    let control = Control::start()?;
+    let client = control.client().await?;
+    let names: Vec<String> = (0..n_nodes).map(|i| format!("node-{i}")).collect();
+    for chunk in names.chunks(32) {
+        for r in join_all(chunk.iter().map(|n| add_node(&client, n, "32", json!({})))).await {
+            r?;
+        }
+    }
+    let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> = Api::namespaced(client.clone(), "default");
+    let rc = serde_json::from_value(json!({
+        "metadata": {"name": "big"},
+        "spec": {"replicas": 1000, "selector": {"app": "big"}, "template": {
+            "metadata": {"labels": {"app": "big"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1.7.9", "resources": {"requests": {"cpu": "10m"}}}]}}}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let t = Instant::now();
+    rcs.create(&PostParams::default(), &rc).await?;
+    wait_for("1000 pods bound", Duration::from_secs(600), || async {
+        let all = pods.list(&ListParams::default().labels("app=big")).await?;
+        let bound = all.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count();
+        Ok((all.items.len() == 1000 && bound == 1000).then_some(()))
+    })
+    .await;
+    let el = t.elapsed();
+    println!(
+        "RC of 1000 replicas on {n_nodes} nodes: all pods bound {el:?} after create ({:.0} pods/s)",
+        1000.0 / el.as_secs_f64()
+    );
+    Ok(())
 }

@@ -12,19 +12,19 @@
 //! The client side runs in a child process: this same test binary re-executed with
 //! `SKIFF_DP_CLIENT` set, which makes the `client_helper` "test" act as a scripted client.
 
+mod common;
+use common::{Backends, CGROUP2_ROOT, TestCgroup};
 use skiff_agent::dataplane::{Config, Dataplane, ObjectSource, Protocol, default_object_path};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 const SERVICE_RANGE: &str = "10.96.0.0/12";
 const CLIENT_ENV: &str = "SKIFF_DP_CLIENT";
 const PREFIX: &str = "SKIFF:";
@@ -159,35 +159,6 @@ fn run_client(cgroup: &Path, script: &str) -> Vec<Outcome> {
 // ---------------------------------------------------------------------------------------------
 // Environment guards
 
-/// A cgroup v2 directory of the test's own, removed on drop (after its processes exited).
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let p = Path::new(CGROUP2_ROOT).join(format!("skiff-test-{}-{tag}", std::process::id()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
-        assert_ne!(p, Path::new(CGROUP2_ROOT), "never the root cgroup");
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The client children have exited (their output was collected), so the cgroup is empty.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("removing {}: {e}", self.0.display());
-                    return;
-                }
-            }
-        }
-        eprintln!("cgroup {} still busy; left behind", self.0.display());
-    }
-}
-
 /// The blackhole route for the service range: added if missing, removed on drop only if added.
 struct BlackholeRoute {
     added: bool,
@@ -262,87 +233,6 @@ impl Drop for DataplaneGuard {
                 eprintln!("dataplane cleanup: {e:#}");
             }
             assert!(!pins.exists() || std::thread::panicking(), "pin dir {} left behind", pins.display());
-        }
-    }
-}
-
-/// Loopback backends that answer with their own id, and count what they served.
-struct Backends {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    addrs: Vec<SocketAddrV4>,
-    counts: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl Backends {
-    fn tcp(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(HashMap::new()));
-        let mut threads = Vec::new();
-        let mut addrs = Vec::new();
-        for i in 0..n {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.set_nonblocking(true).unwrap();
-            let SocketAddr::V4(a) = l.local_addr().unwrap() else { unreachable!() };
-            addrs.push(a);
-            let id = format!("be{i}");
-            let (stop, counts) = (stop.clone(), counts.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.write_all(id.as_bytes());
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(200)),
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            }));
-        }
-        Backends { stop, threads, addrs, counts }
-    }
-
-    fn udp(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(HashMap::new()));
-        let mut threads = Vec::new();
-        let mut addrs = Vec::new();
-        for i in 0..n {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            let SocketAddr::V4(a) = s.local_addr().unwrap() else { unreachable!() };
-            addrs.push(a);
-            let id = format!("be{i}");
-            let (stop, counts) = (stop.clone(), counts.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, from)) = s.recv_from(&mut buf) {
-                        *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
-                        let _ = s.send_to(id.as_bytes(), from);
-                    }
-                }
-            }));
-        }
-        Backends { stop, threads, addrs, counts }
-    }
-
-    fn list(&self) -> Vec<(Ipv4Addr, u16)> {
-        self.addrs.iter().map(|a| (*a.ip(), a.port())).collect()
-    }
-
-    fn count(&self, id: &str) -> u32 {
-        self.counts.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
         }
     }
 }

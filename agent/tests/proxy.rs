@@ -11,6 +11,8 @@
 //! Needs the object from `cargo xtask build-ebpf` and the `skiff` binary (`target/debug/skiff` or
 //! `$SKIFF_BIN`); skips with a message when either is missing.
 
+mod common;
+use common::{Backends, CGROUP2_ROOT, TestCgroup};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -20,17 +22,15 @@ use skiff_agent::dataplane::{Config, Dataplane, ObjectSource, Protocol, default_
 use skiff_agent::proxy::{NodeProxyConfig, Proxy, ProxyConfig, run_node_proxy};
 use skiff_agent::route::{BlackholeRoute, Ipv4Cidr, blackhole_present, default_service_range};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 const CLIENT_ENV: &str = "SKIFF_PROXY_CLIENT";
 const PREFIX: &str = "SKIFF:";
 
@@ -132,33 +132,6 @@ fn tally(outcomes: &[Outcome]) -> (HashMap<String, u32>, Vec<&Outcome>) {
 // ---------------------------------------------------------------------------------------------
 // Guards
 
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let p = Path::new(CGROUP2_ROOT).join(format!("skiff-test-{}-{tag}", std::process::id()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
-        assert_ne!(p, Path::new(CGROUP2_ROOT), "never the root cgroup");
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("removing {}: {e}", self.0.display());
-                    return;
-                }
-            }
-        }
-        eprintln!("cgroup {} still busy; left behind", self.0.display());
-    }
-}
-
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
@@ -246,58 +219,6 @@ impl Drop for ProxyGuard {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
             eprintln!("proxy: {e:#}");
-        }
-    }
-}
-
-/// Loopback TCP backends that answer with their id.
-struct Backends {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    addrs: Vec<SocketAddrV4>,
-    counts: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl Backends {
-    fn tcp(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(HashMap::new()));
-        let mut threads = Vec::new();
-        let mut addrs = Vec::new();
-        for i in 0..n {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.set_nonblocking(true).unwrap();
-            let SocketAddr::V4(a) = l.local_addr().unwrap() else { unreachable!() };
-            addrs.push(a);
-            let id = format!("be{i}");
-            let (stop, counts) = (stop.clone(), counts.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.write_all(id.as_bytes());
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(200)),
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            }));
-        }
-        Backends { stop, threads, addrs, counts }
-    }
-
-    fn count(&self, id: &str) -> u32 {
-        self.counts.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
         }
     }
 }

@@ -1,0 +1,125 @@
+//! Test fixtures shared by the agent's kernel suites: a cgroup of the test's own and loopback
+//! backends. Each suite uses what it needs.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// cgroup v2 lives here on this hybrid-mode machine; tests attach only to children they made.
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup v2 directory of the test's own, removed on drop (after its processes exited).
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        let p = Path::new(CGROUP2_ROOT).join(format!("skiff-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
+        assert_ne!(p, Path::new(CGROUP2_ROOT), "never the root cgroup");
+        TestCgroup(p)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The client children have exited (their output was collected), so the cgroup is empty.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    eprintln!("removing {}: {e}", self.0.display());
+                    return;
+                }
+            }
+        }
+        eprintln!("cgroup {} still busy; left behind", self.0.display());
+    }
+}
+
+/// Loopback backends that answer with their own id, and count what they served.
+pub struct Backends {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub addrs: Vec<SocketAddrV4>,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Backends {
+    pub fn tcp(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let mut threads = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            let SocketAddr::V4(a) = l.local_addr().unwrap() else { unreachable!() };
+            addrs.push(a);
+            let id = format!("be{i}");
+            let (stop, counts) = (stop.clone(), counts.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.write_all(id.as_bytes());
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(200)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }));
+        }
+        Backends { stop, threads, addrs, counts }
+    }
+
+    pub fn udp(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let mut threads = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let SocketAddr::V4(a) = s.local_addr().unwrap() else { unreachable!() };
+            addrs.push(a);
+            let id = format!("be{i}");
+            let (stop, counts) = (stop.clone(), counts.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = s.recv_from(&mut buf) {
+                        *counts.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
+                        let _ = s.send_to(id.as_bytes(), from);
+                    }
+                }
+            }));
+        }
+        Backends { stop, threads, addrs, counts }
+    }
+
+    pub fn list(&self) -> Vec<(Ipv4Addr, u16)> {
+        self.addrs.iter().map(|a| (*a.ip(), a.port())).collect()
+    }
+
+    pub fn count(&self, id: &str) -> u32 {
+        self.counts.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -129,13 +129,33 @@ pub fn derived_labels(svc: &Service) -> BTreeMap<String, String> {
 
 /// The subsets for a service: addresses grouped by the set of ports they serve (Kubernetes'
 /// `RepackSubsets`), sorted.
+/// A resolved service port: (name, port on the pod, protocol, appProtocol).
+pub type ResolvedPort = (String, i32, String, Option<String>);
+
+/// The service's ports as they resolve on `pod`, sorted; pods grouped by this share a subset
+/// (Endpoints) or a slice (EndpointSlice).
+pub fn resolved_ports(pod: &Pod, svc_ports: &[ServicePort]) -> Vec<ResolvedPort> {
+    let set: BTreeSet<ResolvedPort> = svc_ports
+        .iter()
+        .filter_map(|sp| {
+            let p = find_port(pod, sp)?;
+            Some((
+                sp.name.clone().unwrap_or_default(),
+                p,
+                sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                sp.app_protocol.clone(),
+            ))
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
 pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
     // ports (sorted) → (ready addresses, not ready addresses)
-    type Port = (String, i32, String, Option<String>);
-    let mut groups: BTreeMap<Vec<Port>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
     for pod in pods {
         if !should_pod_be_in_endpoints(pod, publish_not_ready) {
             continue;
@@ -149,21 +169,11 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
                 .flatten(),
             target_ref: Some(pod_target_ref(pod)),
         };
-        let mut pod_ports: BTreeSet<Port> = BTreeSet::new();
-        for sp in &ports {
-            if let Some(p) = find_port(pod, sp) {
-                pod_ports.insert((
-                    sp.name.clone().unwrap_or_default(),
-                    p,
-                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    sp.app_protocol.clone(),
-                ));
-            }
-        }
+        let pod_ports = resolved_ports(pod, &ports);
         if !ports.is_empty() && pod_ports.is_empty() {
             continue;
         }
-        let entry = groups.entry(pod_ports.into_iter().collect()).or_default();
+        let entry = groups.entry(pod_ports).or_default();
         if publish_not_ready || util::is_pod_ready(pod) {
             entry.0.push(addr);
         } else {

@@ -8,7 +8,7 @@
 
 use crate::Ctx;
 use crate::endpoints::{
-    derived_labels, find_port, pod_ip, pod_target_ref, selects, service_selector, should_pod_be_in_endpoints,
+    derived_labels, pod_ip, pod_target_ref, resolved_ports, selects, service_selector, should_pod_be_in_endpoints,
     should_set_hostname,
 };
 use crate::runtime::{Action, ObjKey, Queue};
@@ -18,7 +18,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ fn to_endpoint(ctx: &Ctx, pod: &Pod, svc: &Service) -> Option<Endpoint> {
     })
 }
 
-type PortKey = Vec<(String, i32, String, Option<String>)>;
+type PortKey = Vec<crate::endpoints::ResolvedPort>;
 
 fn port_key(ports: Option<&Vec<EndpointPort>>) -> PortKey {
     let mut k: PortKey = ports
@@ -181,22 +181,12 @@ fn from_pods(ctx: &Ctx, key: &ObjKey, svc: &Service) -> (Desired, BTreeMap<Strin
         if !selects(sel, &pod) || !should_pod_be_in_endpoints(&pod, true) {
             continue;
         }
-        let mut ports: BTreeSet<(String, i32, String, Option<String>)> = BTreeSet::new();
-        for sp in &svc_ports {
-            if let Some(p) = find_port(&pod, sp) {
-                ports.insert((
-                    sp.name.clone().unwrap_or_default(),
-                    p,
-                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    sp.app_protocol.clone(),
-                ));
-            }
-        }
+        let ports = resolved_ports(&pod, &svc_ports);
         if !svc_ports.is_empty() && ports.is_empty() {
             continue;
         }
         if let Some(ep) = to_endpoint(ctx, &pod, svc) {
-            desired.entry(ports.into_iter().collect()).or_default().push(ep);
+            desired.entry(ports).or_default().push(ep);
         }
     }
     let mut labels = derived_labels(svc);

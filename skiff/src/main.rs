@@ -105,14 +105,40 @@ enum Command {
         #[arg(long, default_value = "/var/lib/skiff")]
         data_dir: PathBuf,
     },
-    /// Node agent. Today it runs the eBPF service proxy (ClusterIP at the socket); pods on
-    /// Docker and the pod network are still to come.
+    /// Node agent: registers the node, runs its pods on Docker with the pod network, serves
+    /// their logs, and runs the eBPF service proxy.
     Agent {
         #[arg(long)]
         kubeconfig: PathBuf,
+        /// Default: the host name.
         #[arg(long)]
         node_name: Option<String>,
-        /// `ebpf` (default) or `nftables` (not implemented yet).
+        /// The node's InternalIP (default: the source address of the default route).
+        #[arg(long)]
+        node_ip: Option<std::net::Ipv4Addr>,
+        /// Pod directories and IP allocations.
+        #[arg(long, default_value = "/var/lib/skiff/agent")]
+        root_dir: PathBuf,
+        /// Port of the agent's HTTPS endpoint (logs), as the kubelet's.
+        #[arg(long, default_value_t = 10250)]
+        port: u16,
+        /// Use this podCIDR instead of waiting for the node IPAM controller's.
+        #[arg(long)]
+        pod_cidr: Option<String>,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+        /// The node's bridge for pods.
+        #[arg(long, default_value = "skiff0")]
+        bridge: String,
+        /// Skiff's own nftables table (masquerading).
+        #[arg(long, default_value = "skiff")]
+        nft_table: String,
+        #[arg(long, default_value = "10.96.0.10")]
+        cluster_dns: std::net::Ipv4Addr,
+        /// First crash-loop back-off in seconds (Kubernetes: 10), doubling up to 300.
+        #[arg(long, default_value_t = 10.0)]
+        crashloop_backoff: f64,
+        /// `ebpf` (default), or `none` to leave service routing to another proxy.
         #[arg(long, default_value = "ebpf")]
         proxy_mode: String,
         /// Interfaces for the per-packet NodePort programs (not implemented yet; `none`).
@@ -131,6 +157,19 @@ enum Command {
         #[arg(long)]
         cleanup_on_exit: bool,
     },
+    /// Removes the kernel state of an agent's pod network (bridge, nftables table, the accept
+    /// rules for Docker's FORWARD policy). `skiff down` does this for `skiff up`; tests use it.
+    #[command(hide = true)]
+    AgentCleanup {
+        #[arg(long, default_value = "skiff0")]
+        bridge: String,
+        #[arg(long, default_value = "skiff")]
+        nft_table: String,
+        #[arg(long, default_value = "10.244.0.0/24")]
+        pod_cidr: String,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+    },
     /// The cluster DNS server: answers `cluster.local` from watched Services, EndpointSlices
     /// and Pods; forwards other names to the upstream resolvers.
     Dns {
@@ -148,6 +187,17 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         domain: String,
     },
+}
+
+/// The source address of the default route: the node's InternalIP when none is given.
+/// (Connecting a UDP socket sends nothing; it only asks the kernel for the route.)
+fn default_ipv4() -> Option<std::net::Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        _ => None,
+    }
 }
 
 const PID_FILE: &str = "skiff.pid";
@@ -316,7 +366,16 @@ fn main() -> Result<()> {
         }
         Command::Agent {
             kubeconfig,
-            node_name: _,
+            node_name,
+            node_ip,
+            root_dir,
+            port,
+            pod_cidr,
+            cluster_cidr,
+            bridge,
+            nft_table,
+            cluster_dns,
+            crashloop_backoff,
             proxy_mode,
             devices,
             cgroup,
@@ -324,9 +383,9 @@ fn main() -> Result<()> {
             metrics_listen,
             cleanup_on_exit,
         } => {
-            if proxy_mode != "ebpf" {
+            if proxy_mode != "ebpf" && proxy_mode != "none" {
                 anyhow::bail!(
-                    "--proxy-mode {proxy_mode}: only `ebpf` is implemented so far (the nftables mode is part of the dataplane issue)"
+                    "--proxy-mode {proxy_mode}: `ebpf` and `none` are implemented (the nftables mode is part of the dataplane issue)"
                 );
             }
             if devices != "none" {
@@ -334,28 +393,66 @@ fn main() -> Result<()> {
                     "--devices {devices}: the per-packet NodePort programs are not implemented yet; use --devices none"
                 );
             }
+            if !(crashloop_backoff > 0.0 && crashloop_backoff <= 300.0) {
+                anyhow::bail!("--crashloop-backoff {crashloop_backoff}: must be between 0 and 300 seconds");
+            }
+            let parse_net = |flag: &str, v: &str| -> Result<skiff_agent::Ipv4Net> {
+                v.parse().map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+            };
+            let kubelet = skiff_agent::kubelet::KubeletConfig {
+                node_name: node_name.unwrap_or_else(skiff_agent::kubelet::hostname),
+                root_dir,
+                node_ip: node_ip.or_else(default_ipv4).unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+                port,
+                cluster_dns,
+                cluster_cidr: parse_net("cluster-cidr", &cluster_cidr)?,
+                pod_cidr: pod_cidr.as_deref().map(|c| parse_net("pod-cidr", c)).transpose()?,
+                bridge,
+                nft_table,
+                backoff_base: std::time::Duration::from_secs_f64(crashloop_backoff),
+                ..Default::default()
+            };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
                     .with_context(|| format!("reading {}", kubeconfig.display()))?;
+                let token = kc.auth_infos.iter().find_map(|a| a.auth_info.as_ref()?.token.clone());
                 let client =
                     kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
-                let proxy = skiff_agent::proxy::Proxy::new(skiff_agent::proxy::ProxyConfig {
-                    metrics_listen: Some(metrics_listen),
-                    ..Default::default()
-                })?;
-                let cfg = skiff_agent::proxy::NodeProxyConfig {
+                let service_range =
+                    service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {service_cidr:?}: {e}"))?;
+                let proxy = (proxy_mode == "ebpf").then(|| skiff_agent::proxy::NodeProxyConfig {
                     cgroup,
-                    service_range: service_cidr.parse()?,
+                    service_range,
                     cleanup_on_exit,
                     ..Default::default()
+                });
+                let cfg = skiff_agent::AgentConfig {
+                    kubelet: skiff_agent::kubelet::KubeletConfig {
+                        auth_token: token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string()),
+                        ..kubelet
+                    },
+                    proxy,
+                    metrics_listen: Some(metrics_listen),
                 };
-                eprintln!("skiff agent: running the eBPF service proxy; pods on Docker are not part of this build yet");
-                skiff_agent::proxy::run_node_proxy(client, &cfg, &proxy, async {
+                skiff_agent::run(client, cfg, async {
                     let _ = tokio::signal::ctrl_c().await;
                 })
                 .await
             })
+        }
+        Command::AgentCleanup { bridge, nft_table, pod_cidr, cluster_cidr } => {
+            let cfg = skiff_agent::podnet::PodNetConfig {
+                bridge,
+                pod_cidr: pod_cidr.parse().map_err(|e| anyhow::anyhow!("--pod-cidr {pod_cidr:?}: {e}"))?,
+                cluster_cidr: cluster_cidr
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--cluster-cidr {cluster_cidr:?}: {e}"))?,
+                state_dir: std::env::temp_dir(),
+                nft_table,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(skiff_agent::podnet::PodNetwork::teardown(&cfg))
         }
         Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain } => {
             let upstreams = if upstream.is_empty() { resolv_conf_nameservers() } else { upstream };

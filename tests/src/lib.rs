@@ -178,3 +178,143 @@ impl Drop for Control {
         self.kill();
     }
 }
+
+/// A `skiff agent` process for one test: its own node name, bridge, pod CIDR, nftables table,
+/// root directory and port, so suites can run side by side. On drop it is killed and everything
+/// it made on the machine is removed: containers (by the node label), the bridge, the table.
+pub struct Agent {
+    child: Option<Child>,
+    pub node: String,
+    pub bridge: String,
+    pub pod_cidr: String,
+    pub nft_table: String,
+    pub root: PathBuf,
+    pub port: u16,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Agent {
+    /// `index` (0–99) picks the pod CIDR `10.244.(200+index).0/24` and the names; tests in one
+    /// binary use different indexes.
+    pub fn start(control: &Control, index: u8, extra: &[&str]) -> Result<Agent> {
+        let node = format!("skiff-test-{index}");
+        let root = control.dir.path().join(format!("agent-{index}"));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let mut a = Agent {
+            child: None,
+            node: node.clone(),
+            bridge: format!("sktest{index}"),
+            pod_cidr: format!("10.244.{}.0/24", 200 + index as u16),
+            nft_table: format!("skifftest{index}"),
+            root,
+            port,
+            kubeconfig: control.kubeconfig.clone(),
+            log: control.dir.path().join(format!("agent-{index}.log")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.cleanup();
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(skiff_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node-name", &self.node, "--node-ip", "127.0.0.1", "--proxy-mode", "none"])
+            .args(["--bridge", &self.bridge, "--pod-cidr", &self.pod_cidr, "--nft-table", &self.nft_table])
+            .arg("--root-dir")
+            .arg(&self.root)
+            .args(["--port", &self.port.to_string()])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} agent", skiff_bin().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, as an operator's `kill -9`; containers keep running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// IDs of this agent's containers (any state) for a pod name.
+    pub fn containers_of(&self, pod: &str) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter"])
+            .arg(format!("label=io.skiff.node={}", self.node))
+            .arg("--filter")
+            .arg(format!("label=io.skiff.pod.name={pod}"))
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+    }
+
+    fn cleanup(&self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=io.skiff.node={}", self.node))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).stdout(Stdio::null()).status();
+        }
+        let _ = Command::new(skiff_bin())
+            .args([
+                "agent-cleanup",
+                "--bridge",
+                &self.bridge,
+                "--nft-table",
+                &self.nft_table,
+                "--pod-cidr",
+                &self.pod_cidr,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        self.cleanup();
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -2,9 +2,9 @@
 //! a node's facts plus the running totals of the pods bound or assumed on it ([`NodeInfo`]), kept
 //! up to date incrementally so a scheduling cycle never walks the pods of a node.
 
-use crate::quantity::{milli, units};
 use k8s_openapi::api::core::v1::{Container, Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use skiff_apimachinery::quantity::{milli, units};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

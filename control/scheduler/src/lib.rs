@@ -17,7 +17,6 @@ pub mod cache;
 pub mod events;
 pub mod info;
 pub mod plugins;
-pub mod quantity;
 pub mod queue;
 mod scheduler;
 

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod discovery;
+mod logs;
 mod negotiate;
 pub mod rest;
 mod watch;

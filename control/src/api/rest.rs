@@ -72,10 +72,14 @@ pub async fn serve(
         (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => {
             bind(state, kind, t.namespace.as_deref(), name, &body).await
         }
+        (Some(name), Some("log"), Method::GET) if kind.plural == "pods" => {
+            let pod = get(state, kind, t.namespace.as_deref(), name, &Query::default()).await?;
+            super::logs::pod_log(state, pod, &q).await
+        }
         (Some(name), Some("finalize"), Method::PUT) if kind.plural == "namespaces" => {
             finalize_namespace(state, name, &ct, &body).await
         }
-        (_, Some(sub), _) if !["status", "scale", "binding", "finalize"].contains(&sub) => {
+        (_, Some(sub), _) if !["status", "scale", "binding", "finalize", "log"].contains(&sub) => {
             Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"))
         }
         _ => Err(ApiError::method_not_allowed(format!(

@@ -1,0 +1,226 @@
+//! The kubelet part of the agent: the node's registration and heartbeat ([`node`]), pods on a
+//! container [`Runtime`] with their network ([`skiff_podnet`]), volumes, environment, probes and
+//! status ([`pod`]), and the logs endpoint the API server proxies to ([`server`]).
+//!
+//! Level-triggered like Kubernetes' kubelet: one worker per pod compares the pod's spec with what
+//! the runtime reports (relisted every second and on every watch event) and does the next step.
+//! Everything needed after a restart is in the API (specs) or in container labels (attempts,
+//! restart counts); the IP allocations are on disk ([`skiff_podnet`]).
+
+pub mod env;
+pub mod node;
+pub mod pod;
+pub mod probe;
+pub mod server;
+pub mod status;
+pub mod volumes;
+
+use crate::runtime::{Runtime, labels};
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Configuration of [`run`].
+#[derive(Clone, Debug)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    /// Pod directories (volumes, resolv.conf, hosts) and the IP allocations.
+    pub root_dir: PathBuf,
+    /// The node's InternalIP, where the API server reaches the logs endpoint.
+    pub node_ip: Ipv4Addr,
+    /// Port of the logs endpoint (Kubernetes' kubelet port).
+    pub port: u16,
+    pub cluster_dns: Ipv4Addr,
+    pub cluster_domain: String,
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// Used instead of waiting for the node IPAM controller to set `spec.podCIDR`.
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
+    pub bridge: String,
+    pub nft_table: String,
+    /// First crash-loop back-off (Kubernetes: 10 s), doubled per restart up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Node status and Lease renewal period (Kubernetes: 10 s).
+    pub status_interval: Duration,
+    /// The image of the sandbox container that owns a pod's namespaces.
+    pub sandbox_image: String,
+    /// Bearer token the logs endpoint accepts (the API server presents it).
+    pub auth_token: Option<String>,
+    /// How long an image pull may take before it counts as failed.
+    pub pull_timeout: Duration,
+}
+
+impl Default for KubeletConfig {
+    fn default() -> Self {
+        Self {
+            node_name: hostname(),
+            root_dir: PathBuf::from("/var/lib/skiff/agent"),
+            node_ip: Ipv4Addr::LOCALHOST,
+            port: 10250,
+            cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_domain: "cluster.local".into(),
+            cluster_cidr: "10.244.0.0/16".parse().expect("valid"),
+            pod_cidr: None,
+            bridge: "skiff0".into(),
+            nft_table: "skiff".into(),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            status_interval: Duration::from_secs(10),
+            sandbox_image: "skiff/pause:1".into(),
+            auth_token: None,
+            pull_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// What every pod worker shares.
+pub struct Kubelet {
+    pub cfg: KubeletConfig,
+    pub client: Client,
+    pub runtime: Arc<dyn Runtime>,
+    pub net: skiff_podnet::PodNetwork,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    /// Node allocatable (cpu millis, memory bytes), for `resourceFieldRef` without limits.
+    pub allocatable: (i64, i64),
+    pub(crate) workers: Mutex<HashMap<String, Arc<pod::Worker>>>,
+}
+
+impl Kubelet {
+    pub fn pod_label_filter(uid: &str) -> String {
+        format!("{}={uid}", labels::POD_UID)
+    }
+
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Runs the kubelet until `shutdown` completes: registers the node, sets up the pod network,
+/// then keeps every pod bound to this node in sync.
+pub async fn run(
+    client: Client,
+    runtime: Arc<dyn Runtime>,
+    cfg: KubeletConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    std::fs::create_dir_all(&cfg.root_dir).with_context(|| format!("creating {}", cfg.root_dir.display()))?;
+    let node_info = node::NodeInfo::read(&*runtime, &cfg).await?;
+    let allocatable = (node_info.cpu_millis, node_info.memory_bytes);
+    let pod_cidr = node::register(&client, &cfg, &node_info).await?;
+    tracing::info!(node = %cfg.node_name, %pod_cidr, "node registered");
+    let net = skiff_podnet::PodNetwork::setup(skiff_podnet::PodNetConfig {
+        bridge: cfg.bridge.clone(),
+        pod_cidr,
+        cluster_cidr: cfg.cluster_cidr,
+        state_dir: cfg.root_dir.join("ipam"),
+        nft_table: cfg.nft_table.clone(),
+    })
+    .await
+    .context("setting up the pod network")?;
+
+    let field = format!("spec.nodeName={}", cfg.node_name);
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (services, svc_writer) = reflector::store::<Service>();
+    let kick = Arc::new(Notify::new());
+    let k1 = kick.clone();
+    let pod_watch = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().fields(&field))
+        .default_backoff()
+        .reflect(pod_writer)
+        .for_each(move |_| {
+            k1.notify_one();
+            futures::future::ready(())
+        });
+    let svc_watch = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(svc_writer)
+        .for_each(|_| futures::future::ready(()));
+    let kubelet = Arc::new(Kubelet {
+        cfg: cfg.clone(),
+        client: client.clone(),
+        runtime,
+        net,
+        pods,
+        services,
+        allocatable,
+        workers: Mutex::new(HashMap::new()),
+    });
+    let heartbeat = node::heartbeat(client.clone(), cfg.clone(), node_info);
+    let server = server::serve(kubelet.clone());
+    let supervise = supervise(kubelet.clone(), kick);
+    tokio::select! {
+        _ = pod_watch => anyhow::bail!("pod watch ended"),
+        _ = svc_watch => anyhow::bail!("service watch ended"),
+        r = heartbeat => r,
+        r = server => r,
+        r = supervise => r,
+        _ = shutdown => Ok(()),
+    }
+}
+
+/// Starts a worker for every pod of this node, wakes them on every change and every second, and
+/// cleans up containers whose pod no longer exists (deleted while the agent was down).
+async fn supervise(k: Arc<Kubelet>, kick: Arc<Notify>) -> Result<()> {
+    k.pods.wait_until_ready().await.context("pod cache")?;
+    k.services.wait_until_ready().await.context("service cache")?;
+    let mut orphan_check = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let pods = k.pods.state();
+        let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        {
+            let mut workers = k.workers.lock().unwrap();
+            workers.retain(|uid, w| live.contains(uid) || !w.finished());
+            for p in &pods {
+                let Some(uid) = p.metadata.uid.clone() else { continue };
+                let w = workers.entry(uid.clone()).or_insert_with(|| pod::Worker::spawn(k.clone(), uid));
+                w.kick();
+            }
+        }
+        tokio::select! {
+            _ = kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = orphan_check.tick() => {
+                if let Err(e) = cleanup_orphans(&k, &live).await {
+                    tracing::warn!(error = %e, "cleaning up containers of deleted pods");
+                }
+            }
+        }
+    }
+}
+
+async fn cleanup_orphans(k: &Kubelet, live: &HashSet<String>) -> Result<()> {
+    let filter = format!("{}={}", labels::MANAGED, k.cfg.node_name);
+    let containers = k.runtime.list(&filter).await?;
+    let mut orphans: HashMap<String, Vec<crate::runtime::ContainerInfo>> = HashMap::new();
+    for c in containers {
+        let uid = c.label(labels::POD_UID).to_string();
+        if !live.contains(&uid) && !k.workers.lock().unwrap().contains_key(&uid) {
+            orphans.entry(uid).or_default().push(c);
+        }
+    }
+    for (uid, cs) in orphans {
+        tracing::info!(%uid, containers = cs.len(), "removing containers of a pod that no longer exists");
+        pod::kill_all(k, &cs, None).await;
+        k.net.detach(&uid).await?;
+        let _ = std::fs::remove_dir_all(volumes::pod_dir(&k.cfg.root_dir, &uid));
+    }
+    let mut keep = live.clone();
+    keep.extend(k.workers.lock().unwrap().keys().cloned());
+    k.net.retain(&keep).await?;
+    Ok(())
+}

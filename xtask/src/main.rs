@@ -3,7 +3,9 @@
 //! `setup` installs what a fresh machine lacks, idempotently and step by step; `up` and `test`
 //! call it first, so the README's two commands are all a new machine needs.
 
+mod docker;
 mod ebpf;
+mod images;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -33,6 +35,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the local container images (busybox, nginx, redis, git-monitor stand-ins, the pod
+    /// sandbox) without a registry.
+    Images,
     /// Build the eBPF dataplane programs (nightly, bpf-linker) into target/bpf/.
     BuildEbpf,
     /// Run a benchmark area: api, scheduler, pods, dataplane, dns, footprint.
@@ -69,6 +74,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libmnl-dev", "nftables through nftnl"),
     ("llvm-22-dev", "bpf-linker links the eBPF programs"),
     ("dnsutils", "dig for DNS tests"),
+    ("docker.io", "the agent runs pods on the Docker engine"),
+    ("iptables", "accept rules for the pod bridge in Docker's FORWARD chain"),
+    ("nftables", "nft lists Skiff's table in tests"),
+    ("busybox-static", "the local images are built from busybox"),
+    ("redis-server", "the redis image carries Debian's redis-server"),
 ];
 
 fn setup() -> Result<()> {
@@ -125,6 +135,11 @@ fn setup() -> Result<()> {
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes==33.1.0"]))?;
     }
 
+    step("starting dockerd");
+    docker::ensure_running()?;
+    step("building local images");
+    images::build_all()?;
+
     step("setup done");
     Ok(())
 }
@@ -165,6 +180,10 @@ fn main() -> Result<()> {
             step("skiff up");
             let err = exec(Command::new(bin).arg("up").args(args));
             Err(err)
+        }
+        Task::Images => {
+            docker::ensure_running()?;
+            images::build_all()
         }
         Task::BuildEbpf => {
             let obj = ebpf::build_ebpf()?;

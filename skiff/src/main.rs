@@ -320,7 +320,8 @@ fn resolv_conf_nameservers() -> Vec<SocketAddr> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
     let json = std::env::var("SKIFF_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {

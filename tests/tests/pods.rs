@@ -285,7 +285,11 @@ spec:
     }
     // kubectl logs: -c, --tail, -f, and the error for a pod with two containers.
     assert_eq!(c.kubectl_ok(&["logs", "envy", "-c", "side"]).trim(), "side-car-says-hi");
-    let err = c.kubectl_err(&["logs", "envy"]);
+    // kubectl picks the first container itself and says so; the API insists on a name.
+    let out = c.kubectl(&["logs", "envy"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Defaulted container \"main\" out of: main, side"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REDIS_MASTER_SERVICE_HOST="));
+    let err = c.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/pods/envy/log"]);
     assert!(err.contains("a container name must be specified for pod envy, choose one of: [main side]"), "{err}");
     std::thread::sleep(Duration::from_secs(2));
     let tail = c.kubectl_ok(&["logs", "envy", "-c", "main", "--tail", "1"]);

@@ -2,7 +2,7 @@
 //! `docker import` from `busybox-static` and host binaries. Stand-ins carry the names the seed
 //! and users' habits use, so manifests run unchanged with `imagePullPolicy: IfNotPresent`.
 //!
-//! Each image records a hash of its definition and inputs in an environment variable; an image
+//! Each image records a hash of its definition and inputs in a label; an image
 //! whose hash matches is not rebuilt, so `setup` stays fast.
 
 use anyhow::{Context, Result, bail};
@@ -84,11 +84,11 @@ fn hash_of(img: &Image) -> String {
 
 fn current_hash(tag: &str) -> Option<String> {
     let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", tag])
+        .args(["image", "inspect", "--format", "{{index .Config.Labels \"io.skiff.image-hash\"}}", tag])
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("SKIFF_IMAGE_HASH=").map(str::to_string))
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|h| !h.is_empty())
 }
 
 fn busybox_rootfs(dir: &Path) -> Result<()> {
@@ -155,7 +155,7 @@ fn build(img: &Image, hash: &str) -> Result<()> {
         let mut args: Vec<String> = vec!["import".into()];
         let mut changes: Vec<String> = vec![
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            format!("ENV SKIFF_IMAGE_HASH={hash}"),
+            format!("LABEL io.skiff.image-hash={hash}"),
         ];
         changes.extend(img.changes.iter().map(|c| c.to_string()));
         for c in changes {

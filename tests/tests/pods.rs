@@ -382,3 +382,122 @@ fn node_registers_with_capacity_conditions_and_lease() -> Result<()> {
     assert!(wide.lines().any(|l| l.starts_with(&a.node) && l.contains("Ready")), "{wide}");
     Ok(())
 }
+
+#[test]
+fn init_containers_volumes_resources_and_graceful_termination() -> Result<()> {
+    let c = Control::start()?;
+    let a = Agent::start(&c, 4, &["--crashloop-backoff", "1"])?;
+    let host_dir = tempfile::tempdir()?;
+    let host = host_dir.path().to_str().unwrap().to_string();
+    let manifest = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-from-configmap, mode: fast}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: full, labels: {app: full}}
+spec:
+  terminationGracePeriodSeconds: 20
+  initContainers:
+  - name: first
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo first >> /work/order; sleep 1"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: second
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo second >> /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'echo got TERM >> /host/term; exit 0' TERM; echo $(GREETING) $(POD_NAME); while true; do sleep 1; done"]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    envFrom: [{configMapRef: {name: settings}, prefix: CFG_}]
+    resources:
+      requests: {cpu: 250m, memory: 32Mi}
+      limits: {cpu: 500m, memory: 64Mi}
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: cfg, mountPath: /etc/cfg}
+    - {name: sec, mountPath: /etc/sec}
+    - {name: info, mountPath: /etc/podinfo}
+    - {name: host, mountPath: /host}
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: cfg, configMap: {name: settings}}
+  - {name: sec, secret: {secretName: creds}}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+  - {name: host, hostPath: {path: HOSTDIR, type: Directory}}
+"#
+    .replace("HOSTDIR", &host);
+    apply(&c, &manifest);
+    let p = wait_running(&c, &a, "full");
+    let inits = p["status"]["initContainerStatuses"].as_array().unwrap();
+    assert!(inits.iter().all(|s| s["state"]["terminated"]["reason"] == "Completed"), "{inits:?}");
+    let id = container_id(&a, "full", "main");
+    assert_eq!(docker_exec(&id, "cat /work/order"), "first\nsecond\n", "init containers ran in order, to completion");
+    let env = docker_exec(&id, "env");
+    for want in ["GREETING=hello-from-configmap", "PASSWORD=s3cret", "POD_NAME=full", "MEM_MI=64", "CFG_mode=fast"] {
+        assert!(env.lines().any(|l| l == want), "missing {want} in {env}");
+    }
+    assert!(c.kubectl_ok(&["logs", "full"]).contains("hello-from-configmap full"), "$(VAR) expansion in command");
+    assert_eq!(docker_exec(&id, "cat /etc/cfg/greeting"), "hello-from-configmap");
+    assert_eq!(docker_exec(&id, "cat /etc/sec/password"), "s3cret");
+    assert_eq!(docker_exec(&id, "cat /etc/podinfo/name"), "full");
+    assert_eq!(docker_exec(&id, "cat /etc/podinfo/labels"), "app=\"full\"\n");
+    // Resources become Docker limits.
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.CpuShares}}", &id])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), format!("{} 500000000 256", 64 * 1024 * 1024));
+    assert_eq!(p["status"]["qosClass"], "Burstable");
+
+    // Graceful deletion: SIGTERM reaches the container, which exits well before the grace period.
+    let started = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "pod", "full", "--timeout=60s"]);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert_eq!(std::fs::read_to_string(host_dir.path().join("term"))?.trim(), "got TERM");
+    wait_for(Duration::from_secs(20), "containers removed", || a.containers_of("full").is_empty().then_some(()))?;
+
+    // --previous shows the last terminated instance.
+    apply(
+        &c,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: twice}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo run at $(date +%s%N); sleep 2; exit 1"]
+"#,
+    );
+    wait_for(Duration::from_secs(60), "twice restarted", || {
+        let p = pod_json(&c, "twice")?;
+        (p["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
+    })?;
+    let previous = c.kubectl_ok(&["logs", "twice", "--previous"]);
+    let current = c.kubectl_ok(&["logs", "twice"]);
+    assert!(previous.starts_with("run at ") && current.starts_with("run at ") && previous != current, "{previous} / {current}");
+    Ok(())
+}

@@ -584,7 +584,7 @@ async fn try_start(
         hostname: None,
         memory_limit: limit("memory").and_then(|m| q(&m, 1)),
         // A cpu limit is a CFS quota (Docker's NanoCpus is exactly that); a request is shares.
-        nano_cpus: limit("cpu").and_then(|m| q(&m, 1_000_000)),
+        nano_cpus: limit("cpu").and_then(|m| q(&m, 1_000_000_000)),
         cpu_shares: request("cpu").or_else(|| limit("cpu")).and_then(|m| q(&m, 1000)).map(|m| (m * 1024 / 1000).max(2)),
         tty: c.tty == Some(true),
         stdin: c.stdin == Some(true),
@@ -757,7 +757,7 @@ async fn write_status(
         new["startTime"] = json!(now);
     }
     if new.get("qosClass").is_none_or(Value::is_null) {
-        new["qosClass"] = json!(qos_class(&spec));
+        new["qosClass"] = json!(skiff_apimachinery::qos::class(&serde_json::to_value(&spec)?));
     }
     if let Some(o) = new.as_object_mut() {
         o.retain(|_, v| !v.is_null());
@@ -785,35 +785,6 @@ fn strip_nulls(v: &Value) -> Value {
         }
         Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
         other => other.clone(),
-    }
-}
-
-/// Kubernetes' QoS classes from requests and limits.
-fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.as_ref();
-        let limits = r.and_then(|r| r.limits.as_ref());
-        let requests = r.and_then(|r| r.requests.as_ref());
-        if limits.is_some_and(|l| !l.is_empty()) || requests.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = limits.and_then(|l| l.get(res));
-            let q = requests.and_then(|q| q.get(res)).or(l);
-            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
     }
 }
 

@@ -13,6 +13,7 @@ mod json;
 
 pub mod fields;
 pub mod labels;
+pub mod qos;
 pub mod quantity;
 pub mod table;
 pub mod validation;

@@ -521,9 +521,9 @@ pub async fn create_object(
     if kind.strategy.has_status() {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
-            if let Some(s) = kind.strategy.initial_status(&Value::Null) {
-                m.insert("status".into(), s);
-            }
+        }
+        if let Some(s) = kind.strategy.initial_status(&obj) {
+            obj["status"] = s;
         }
     }
     obj["apiVersion"] = json!(kind.api_version());

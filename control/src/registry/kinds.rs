@@ -153,8 +153,8 @@ impl Strategy for PodStrategy {
     fn return_deleted_object(&self) -> bool {
         true
     }
-    fn initial_status(&self, _obj: &Value) -> Option<Value> {
-        Some(json!({"phase": "Pending", "qosClass": "BestEffort"}))
+    fn initial_status(&self, obj: &Value) -> Option<Value> {
+        Some(json!({"phase": "Pending", "qosClass": skiff_apimachinery::qos::class(&obj["spec"])}))
     }
 }
 

@@ -498,6 +498,9 @@ spec:
     })?;
     let previous = c.kubectl_ok(&["logs", "twice", "--previous"]);
     let current = c.kubectl_ok(&["logs", "twice"]);
-    assert!(previous.starts_with("run at ") && current.starts_with("run at ") && previous != current, "{previous} / {current}");
+    assert!(
+        previous.starts_with("run at ") && current.starts_with("run at ") && previous != current,
+        "{previous} / {current}"
+    );
     Ok(())
 }

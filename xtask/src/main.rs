@@ -224,6 +224,14 @@ fn bench(area: &str) -> Result<()> {
             c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-api", "--"]).env("SKIFF_BIN", &bin);
             run(&mut c)
         }
+        "pods" => {
+            setup()?;
+            let bin = build(true)?;
+            step("benchmark: pods (start latency vs raw docker run)");
+            let mut c = cargo();
+            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-pods", "--"]).env("SKIFF_BIN", &bin);
+            run(&mut c)
+        }
         "scheduler" => {
             setup()?;
             let bin = build(true)?;

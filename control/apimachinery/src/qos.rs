@@ -6,7 +6,11 @@ use crate::quantity::parse_scaled;
 use serde_json::Value;
 
 pub fn class(spec: &Value) -> &'static str {
-    let containers = spec["containers"].as_array().into_iter().flatten().chain(spec["initContainers"].as_array().into_iter().flatten());
+    let containers = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten());
     let (mut any, mut guaranteed) = (false, true);
     for c in containers {
         let limits = &c["resources"]["limits"];

@@ -318,3 +318,30 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Stops the Docker daemon (SIGTERM; it stops its containers), waits until it is gone, and starts
+/// it again detached the way `cargo xtask setup` does, waiting until it answers. Only for a test
+/// binary of its own: cargo runs test binaries one at a time, so no other suite sees the gap.
+pub fn restart_dockerd() -> Result<()> {
+    let pids = |name: &str| {
+        Command::new("pgrep").args(["-x", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let before = pids("dockerd")?;
+    if before.is_empty() {
+        bail!("dockerd is not running");
+    }
+    Command::new("kill").arg("-TERM").args(before.split_whitespace()).status()?;
+    wait_for(Duration::from_secs(60), "dockerd to exit", || pids("dockerd").ok().filter(|p| p.is_empty()))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open("/var/log/skiff-dockerd.log")?;
+    Command::new("setsid").arg("dockerd").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
+    wait_for(Duration::from_secs(60), "dockerd to answer", || {
+        Command::new("docker")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())
+    })?;
+    Ok(())
+}

@@ -135,13 +135,18 @@ fn setup() -> Result<()> {
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes==33.1.0"]))?;
     }
 
-    step("starting dockerd");
-    docker::ensure_running()?;
-    step("building local images");
-    images::build_all()?;
+    docker_and_images()?;
 
     step("setup done");
     Ok(())
+}
+
+/// Starts dockerd if it does not answer, then builds the local images that are out of date.
+fn docker_and_images() -> Result<()> {
+    step("starting dockerd");
+    docker::ensure_running()?;
+    step("building local images (no registry: docker import)");
+    images::build_all()
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -181,10 +186,7 @@ fn main() -> Result<()> {
             let err = exec(Command::new(bin).arg("up").args(args));
             Err(err)
         }
-        Task::Images => {
-            docker::ensure_running()?;
-            images::build_all()
-        }
+        Task::Images => docker_and_images(),
         Task::BuildEbpf => {
             let obj = ebpf::build_ebpf()?;
             println!("{}", obj.display());
@@ -276,7 +278,7 @@ fn bench(area: &str) -> Result<()> {
             run(&mut c)?;
             Ok(())
         }
-        "pods" | "dataplane" | "dns" | "footprint" => {
+        "dataplane" | "dns" | "footprint" => {
             bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
         }
         other => {

@@ -160,7 +160,7 @@ pub async fn run(
         allocatable,
         workers: Mutex::new(HashMap::new()),
     });
-    let heartbeat = node::heartbeat(client.clone(), cfg.clone(), node_info);
+    let heartbeat = node::heartbeat(client.clone(), kubelet.runtime.clone(), cfg.clone(), node_info);
     let server = server::serve(kubelet.clone());
     let supervise = supervise(kubelet.clone(), kick);
     tokio::select! {

@@ -68,7 +68,7 @@ impl NodeInfo {
     }
 }
 
-fn status(cfg: &KubeletConfig, info: &NodeInfo, old_conditions: &[Value]) -> Value {
+fn status(cfg: &KubeletConfig, info: &NodeInfo, old_conditions: &[Value], runtime_error: Option<&str>) -> Value {
     let now = rfc3339(jiff::Timestamp::now());
     let cond = |ty: &str, st: &str, reason: &str, message: &str| {
         let since = old_conditions
@@ -92,7 +92,10 @@ fn status(cfg: &KubeletConfig, info: &NodeInfo, old_conditions: &[Value]) -> Val
             cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            match runtime_error {
+                None => cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                Some(e) => cond("Ready", "False", "KubeletNotReady", &format!("container runtime is down: {e}")),
+            },
         ],
         "addresses": [
             {"type": "InternalIP", "address": cfg.node_ip.to_string()},
@@ -133,7 +136,7 @@ pub async fn register(client: &Client, cfg: &KubeletConfig, info: &NodeInfo) -> 
             Err(e) => return Err(e).context("registering the node"),
         }
     }
-    report(client, cfg, info).await?;
+    report(client, cfg, info, None).await?;
     if let Some(c) = cfg.pod_cidr {
         return Ok(c);
     }
@@ -153,12 +156,12 @@ pub async fn register(client: &Client, cfg: &KubeletConfig, info: &NodeInfo) -> 
     }
 }
 
-async fn report(client: &Client, cfg: &KubeletConfig, info: &NodeInfo) -> Result<()> {
+async fn report(client: &Client, cfg: &KubeletConfig, info: &NodeInfo, runtime_error: Option<&str>) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let old = nodes.get_status(&cfg.node_name).await?;
     let old = serde_json::to_value(old.status.unwrap_or_default())?;
     let old_conditions = old["conditions"].as_array().cloned().unwrap_or_default();
-    let st = status(cfg, info, &old_conditions);
+    let st = status(cfg, info, &old_conditions, runtime_error);
     nodes.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(json!({"status": st}))).await?;
     Ok(())
 }
@@ -185,15 +188,22 @@ async fn renew_lease(client: &Client, cfg: &KubeletConfig) -> Result<()> {
     Ok(())
 }
 
-/// Renews the Lease and reports status every `status_interval`, forever.
-pub async fn heartbeat(client: Client, cfg: KubeletConfig, info: NodeInfo) -> Result<()> {
+/// Renews the Lease and reports status every `status_interval`, forever; a container runtime
+/// that does not answer makes the node NotReady, as in Kubernetes.
+pub async fn heartbeat(
+    client: Client,
+    runtime: std::sync::Arc<dyn Runtime>,
+    cfg: KubeletConfig,
+    info: NodeInfo,
+) -> Result<()> {
     let mut tick = tokio::time::interval(cfg.status_interval);
     loop {
         tick.tick().await;
         if let Err(e) = renew_lease(&client, &cfg).await {
             tracing::warn!(error = %e, "renewing the node lease");
         }
-        if let Err(e) = report(&client, &cfg, &info).await {
+        let runtime_error = runtime.version().await.err().map(|e| e.to_string());
+        if let Err(e) = report(&client, &cfg, &info, runtime_error.as_deref()).await {
             tracing::warn!(error = %e, "reporting node status");
         }
     }

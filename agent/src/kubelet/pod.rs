@@ -132,8 +132,16 @@ async fn sync(k: &Arc<Kubelet>, uid: &str, st: &mut PodState, kick: &Arc<Notify>
         previous => {
             let attempt = previous.map(|s| s.attempt() + 1).unwrap_or(0);
             if previous.is_some() {
-                // A dead sandbox took the pod's network with it: start over, as the kubelet does.
-                kill_all(k, &containers, Some(Duration::from_secs(grace_of(&pod) as u64))).await;
+                // A dead sandbox (a Docker restart, say) took the pod's network with it: stop what
+                // still runs and start over in a new sandbox, as the kubelet does. The stopped
+                // containers stay, so the new instances count as restarts.
+                let grace = Duration::from_secs(grace_of(&pod) as u64);
+                for c in containers.iter().filter(|c| c.state == State::Running) {
+                    k.runtime.stop(&c.id, grace).await?;
+                }
+                for s in &sandboxes {
+                    k.runtime.remove(&s.id).await?;
+                }
                 st.ip = None;
                 st.probers.clear();
             }

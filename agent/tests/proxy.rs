@@ -473,6 +473,69 @@ fn services_and_endpointslices_drive_the_dataplane() {
     assert!(!pin_dir.exists(), "pins left behind at {}", pin_dir.display());
 }
 
+#[test]
+fn node_ports_answer_on_the_node_addresses_at_the_socket() {
+    if !preconditions() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    sweep_leftovers();
+    let _route = RouteGuard::ensure();
+    let cgroup = TestCgroup::new("nodeport");
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-nodeport", std::process::id()));
+    let _pins = PinsGuard(pin_dir.clone());
+    let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
+    let control = skiff_tests::Control::start().expect("starting skiff control");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = rt.block_on(control.client()).unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let backends = Backends::tcp(1);
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "front"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    let svc = rt.block_on(services.create(&PostParams::default(), &svc)).expect("creating the Service");
+    let node_port = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port.expect("a nodePort") as u16;
+    assert!((30000..=32767).contains(&node_port));
+    let s: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "front-test", "labels": {"kubernetes.io/service-name": "front"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": backends.addrs[0].port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]
+    }))
+    .unwrap();
+    rt.block_on(slices.create(&PostParams::default(), &s)).unwrap();
+    // The node's "addresses" here: loopback only (the test never touches other interfaces).
+    let proxy = Arc::new(
+        Proxy::new(ProxyConfig {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            node_addresses: vec![Ipv4Addr::LOCALHOST],
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let maddr = proxy.metrics_addr().unwrap();
+    let node_config = NodeProxyConfig {
+        dataplane: dp_config,
+        cgroup: cgroup.0.clone(),
+        service_range: default_service_range(),
+        cleanup_on_exit: true,
+        pin_links: true,
+    };
+    let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
+    let fe = format!("frontend=\"127.0.0.1:{node_port}/TCP\"");
+    wait_metrics(maddr, "the NodePort frontend", Duration::from_secs(20), |m| m.contains(&fe));
+    let out = run_client(&cgroup.0, SocketAddrV4::new(Ipv4Addr::LOCALHOST, node_port), 20);
+    let (ok, errs) = tally(&out);
+    assert!(errs.is_empty(), "failed connections: {errs:?}");
+    assert_eq!(ok.get("be0"), Some(&20), "{ok:?}");
+    running.stop().expect("the proxy ran without error");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Agent restart (kill -9) with pinned links
 
@@ -677,7 +740,7 @@ fn full_sync_with_10k_services() {
     let mut slices: Vec<Arc<EndpointSlice>> = (0..n).map(|i| slice(i, true)).collect();
 
     let t = Instant::now();
-    let d = skiff_agent::proxy::desired::compute(&services, &slices);
+    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[]);
     let compute = t.elapsed();
     let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
     let scratch = t.elapsed();
@@ -687,7 +750,7 @@ fn full_sync_with_10k_services() {
 
     slices[5000] = slice(5000, false);
     let t = Instant::now();
-    let d = skiff_agent::proxy::desired::compute(&services, &slices);
+    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[]);
     let compute_one = t.elapsed();
     let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
     let one = t.elapsed();

@@ -1,5 +1,7 @@
 //! `skiff`: one binary for every Skiff component (DESIGN.md §2 is the command-line contract).
 
+mod up;
+
 use anyhow::{Context, Result};
 
 #[global_allocator]
@@ -87,9 +89,13 @@ impl ControlArgs {
 enum Command {
     /// API server (and, as they land, scheduler and controllers). Writes D/kubeconfig.
     Control(ControlArgs),
-    /// A single-node cluster in one command. Today it runs the control plane; the agent, the
-    /// eBPF dataplane and DNS join it as their issues land.
-    Up(ControlArgs),
+    /// A single-node cluster in one command: control plane, DNS, node agent and dataplane.
+    Up {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        node: up::NodeArgs,
+    },
     /// Stops the cluster started by `skiff up` on this data directory.
     Down {
         #[arg(long, default_value = "/var/lib/skiff")]
@@ -191,7 +197,7 @@ enum Command {
 
 /// The source address of the default route: the node's InternalIP when none is given.
 /// (Connecting a UDP socket sends nothing; it only asks the kernel for the route.)
-fn default_ipv4() -> Option<std::net::Ipv4Addr> {
+pub(crate) fn default_ipv4() -> Option<std::net::Ipv4Addr> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("10.255.255.255:9").ok()?;
     match s.local_addr().ok()?.ip() {
@@ -200,49 +206,9 @@ fn default_ipv4() -> Option<std::net::Ipv4Addr> {
     }
 }
 
-const PID_FILE: &str = "skiff.pid";
+use up::PID_FILE;
 
-async fn up(cfg: skiff_control::ControlConfig) -> Result<()> {
-    let data_dir = cfg.data_dir.clone();
-    let pid_path = data_dir.join(PID_FILE);
-    if let Some(pid) = running_pid(&data_dir) {
-        anyhow::bail!(
-            "a cluster is already running on {} (pid {pid}); `skiff down --data-dir {}` stops it",
-            data_dir.display(),
-            data_dir.display()
-        );
-    }
-    println!("==> data directory {}", data_dir.display());
-    println!(
-        "==> starting the API server ({} store)",
-        match cfg.store {
-            skiff_control::StoreKind::Embedded => "embedded",
-            skiff_control::StoreKind::Etcd => "etcd",
-        }
-    );
-    let control = skiff_control::start(cfg).await?;
-    std::fs::write(&pid_path, std::process::id().to_string())?;
-    println!("==> scheduler and controllers run under leader election");
-    println!("==> not yet part of this build: node agent, eBPF service proxy, DNS");
-    println!();
-    println!("Skiff is up.");
-    println!("  API server:  https://{}", control.addr);
-    println!("  kubeconfig:  {}", control.kubeconfig.display());
-    println!();
-    println!("  export KUBECONFIG={}", control.kubeconfig.display());
-    println!("  kubectl get namespaces");
-    println!();
-    println!("Stop with Ctrl-C or `skiff down --data-dir {}`.", data_dir.display());
-    let result = tokio::select! {
-        r = control.wait() => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = terminate() => Ok(()),
-    };
-    let _ = std::fs::remove_file(&pid_path);
-    result
-}
-
-async fn terminate() {
+pub(crate) async fn terminate() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut s) => {
             s.recv().await;
@@ -252,7 +218,7 @@ async fn terminate() {
 }
 
 /// The pid recorded by `skiff up`, if that process is still alive.
-fn running_pid(data_dir: &std::path::Path) -> Option<i32> {
+pub(crate) fn running_pid(data_dir: &std::path::Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(data_dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
     // Signal 0 checks existence without signalling.
     let alive = std::process::Command::new("kill")
@@ -271,7 +237,7 @@ fn down(data_dir: &std::path::Path) -> Result<()> {
         }
         Some(pid) => {
             std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-            for _ in 0..100 {
+            for _ in 0..900 {
                 if running_pid(data_dir).is_none() {
                     println!("stopped (pid {pid})");
                     let _ = std::fs::remove_file(data_dir.join(PID_FILE));
@@ -279,7 +245,7 @@ fn down(data_dir: &std::path::Path) -> Result<()> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            anyhow::bail!("pid {pid} did not stop within 10 s")
+            anyhow::bail!("pid {pid} did not stop within 90 s")
         }
     }
 }
@@ -298,10 +264,19 @@ fn status(data_dir: &std::path::Path) -> Result<()> {
         .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
     println!("skiff (pid {pid})");
     println!("  api-server   {}  {server}", if api_ok { "healthy  " } else { "unhealthy" });
-    for c in ["agent", "dataplane", "dns"] {
-        println!("  {c:<12} not part of this build yet");
+    // `skiff up` records where each component listens (D/components).
+    let mut all_ok = api_ok;
+    let components = std::fs::read_to_string(data_dir.join(up::COMPONENTS_FILE)).unwrap_or_default();
+    for line in components.lines() {
+        let Some((name, addr)) = line.split_once(' ') else { continue };
+        let ok = addr
+            .parse::<SocketAddr>()
+            .ok()
+            .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
+        all_ok &= ok;
+        println!("  {name:<12} {}  {addr}", if ok { "healthy  " } else { "unhealthy" });
     }
-    if !api_ok {
+    if !all_ok {
         std::process::exit(1);
     }
     Ok(())
@@ -347,9 +322,11 @@ fn main() -> Result<()> {
                 }
             })
         }
-        Command::Up(args) => {
+        Command::Up { control, node } => {
+            let upstreams =
+                if node.dns_upstream.is_empty() { resolv_conf_nameservers() } else { node.dns_upstream.clone() };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(up(args.config()))
+            rt.block_on(up::up(control.config(), node, upstreams))
         }
         Command::Down { data_dir } => down(&data_dir),
         Command::Status { data_dir } => status(&data_dir),
@@ -428,9 +405,14 @@ fn main() -> Result<()> {
                     cleanup_on_exit,
                     ..Default::default()
                 });
+                let pod_cgroup = proxy
+                    .as_ref()
+                    .map(|p| p.cgroup.clone())
+                    .filter(|c| c.as_path() != std::path::Path::new(skiff_agent::proxy::DEFAULT_CGROUP));
                 let cfg = skiff_agent::AgentConfig {
                     kubelet: skiff_agent::kubelet::KubeletConfig {
                         auth_token: token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string()),
+                        pod_cgroup,
                         ..kubelet
                     },
                     proxy,

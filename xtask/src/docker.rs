@@ -20,7 +20,8 @@ pub fn answers() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Starts dockerd unless one already answers; idempotent.
+/// Starts dockerd unless one already answers; idempotent. The default storage driver (overlay2)
+/// first; `vfs` (slow, but works on any filesystem) only if dockerd fails on its storage driver.
 pub fn ensure_running() -> Result<()> {
     if answers() {
         println!("    dockerd already answers");
@@ -29,13 +30,56 @@ pub fn ensure_running() -> Result<()> {
     if Command::new("dockerd").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
         bail!("dockerd is not installed (apt-get install docker.io)");
     }
+    match start(&[])? {
+        Started::Answers => Ok(()),
+        Started::Exited { status, log } if storage_driver_failed(&log) => {
+            println!("    dockerd failed on its storage driver ({status}); retrying with --storage-driver vfs");
+            match start(&["--storage-driver", "vfs"])? {
+                Started::Answers => Ok(()),
+                Started::Exited { status, log } => {
+                    bail!(
+                        "dockerd --storage-driver vfs exited with {status} before answering; see the end of {LOG}:\n{log}"
+                    )
+                }
+            }
+        }
+        Started::Exited { status, log } => {
+            bail!("dockerd exited with {status} before answering; see the end of {LOG}:\n{log}")
+        }
+    }
+}
+
+enum Started {
+    Answers,
+    /// dockerd exited before answering: its status and the lines it logged.
+    Exited {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+}
+
+/// Whether a failed dockerd's log blames the storage (graph) driver.
+fn storage_driver_failed(log: &str) -> bool {
+    let log = log.to_ascii_lowercase();
+    log.contains("graphdriver")
+        || log.contains("storage driver")
+        || log.contains("storage-driver")
+        || log.contains("overlay2")
+}
+
+/// Spawns one dockerd, fully detached, and waits until it answers or exits.
+fn start(args: &[&str]) -> Result<Started> {
     let log =
         std::fs::OpenOptions::new().create(true).append(true).open(LOG).with_context(|| format!("opening {LOG}"))?;
-    println!("    starting dockerd in the background (log: {LOG})");
-    // setsid execs dockerd in a new session: no controlling terminal, no SIGHUP or Ctrl-C from
-    // ours; when xtask exits the daemon is reparented to init and keeps running.
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let cmdline = ["dockerd"].iter().chain(args).copied().collect::<Vec<_>>().join(" ");
+    println!("    starting {cmdline} in the background (log: {LOG})");
+    // setsid execs dockerd in a new session (xtask's child is no process-group leader, so setsid
+    // does not fork): no controlling terminal, no SIGHUP or Ctrl-C from ours; when xtask exits
+    // the daemon is reparented to init and keeps running.
     let mut child = Command::new("setsid")
         .arg("dockerd")
+        .args(args)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -49,19 +93,26 @@ pub fn ensure_running() -> Result<()> {
             if answers() {
                 break;
             }
-            bail!("dockerd exited with {status} before answering; see the end of {LOG}:\n{}", log_tail());
+            return Ok(Started::Exited { status, log: log_since(log_start) });
         }
         if started.elapsed() > START_TIMEOUT {
-            bail!("dockerd did not answer within {} s; see the end of {LOG}:\n{}", START_TIMEOUT.as_secs(), log_tail());
+            bail!(
+                "dockerd did not answer within {} s (it keeps running, pid {}); see the end of {LOG}:\n{}",
+                START_TIMEOUT.as_secs(),
+                child.id(),
+                log_since(log_start)
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     println!("    dockerd answers after {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(Started::Answers)
 }
 
-fn log_tail() -> String {
-    let text = std::fs::read_to_string(LOG).unwrap_or_default();
+/// The last lines this dockerd wrote (the log is shared with earlier daemons).
+fn log_since(offset: u64) -> String {
+    let bytes = std::fs::read(LOG).unwrap_or_default();
+    let text = String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default());
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }

@@ -38,7 +38,12 @@ const IMAGES: &[Image] = &[
     Image {
         tags: &["nginx:1.7.9", "nginx:latest"],
         extra: Extra::File("usr/share/nginx/html/index.html", NGINX_PAGE),
-        changes: &[r#"CMD ["httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"]"#, "EXPOSE 80"],
+        // httpd as PID 1 would ignore SIGTERM (no handler) and wait out the grace period, where
+        // real nginx stops at once: a shell with a trap runs it instead.
+        changes: &[
+            r#"CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; httpd -f -p 80 -h /usr/share/nginx/html & wait $!"]"#,
+            "EXPOSE 80",
+        ],
     },
     Image {
         tags: &["redis:latest"],
@@ -49,11 +54,12 @@ const IMAGES: &[Image] = &[
         tags: &["kubernetes/git-monitor:latest"],
         extra: Extra::None,
         changes: &[
-            r#"CMD ["sh", "-c", "while true; do echo \"git-monitor: syncing ${GIT_REPO:-nothing}\"; sleep 10; done"]"#,
+            r#"CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while true; do echo \"git-monitor: syncing ${GIT_REPO:-nothing}\"; sleep 10 & wait $!; done"]"#,
         ],
     },
     // The pod sandbox: holds the namespaces, exits at once on SIGTERM even as PID 1 (a shell
     // as PID 1 gets no default signal handlers, hence the trap; `wait` returns on the signal).
+    // git-monitor and nginx above use the same trap so pods stop promptly, as the real ones do.
     Image {
         tags: &["skiff/pause:1"],
         extra: Extra::None,

@@ -1,7 +1,9 @@
 //! IP allocation like CNI's host-local plugin: one file per allocated address (named by the
 //! address, holding the key), created with `O_EXCL` so two allocations can never claim one
 //! address, and a `last_reserved` file so addresses are handed out round-robin (a freed address
-//! is not reused at once, which keeps stale connections from reaching a new pod).
+//! is not reused at once, which keeps stale connections from reaching a new pod). Allocation and
+//! release hold an exclusive `flock` on `lock` in the directory, so concurrent callers (threads or
+//! processes) see each other's files.
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
@@ -17,6 +19,20 @@ pub struct Ipam {
 impl Ipam {
     pub fn new(dir: PathBuf, range: Ipv4Net) -> Self {
         Self { dir, range }
+    }
+
+    /// Holds the directory's lock until dropped.
+    fn lock(&self) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.lock().with_context(|| format!("locking {}", path.display()))?;
+        Ok(f)
     }
 
     /// Addresses pods may get: not the network, not the gateway (first host), not broadcast.
@@ -48,10 +64,10 @@ impl Ipam {
 
     /// The key's address: the one it already has, else the next free one after the last handed out.
     pub fn allocate(&self, key: &str) -> Result<Ipv4Addr> {
+        let _lock = self.lock()?;
         if let Some((_, ip)) = self.allocations()?.into_iter().find(|(k, _)| k == key) {
             return Ok(ip);
         }
-        std::fs::create_dir_all(&self.dir)?;
         let last: Option<Ipv4Addr> =
             std::fs::read_to_string(self.dir.join("last_reserved")).ok().and_then(|s| s.trim().parse().ok());
         let all: Vec<Ipv4Addr> = self.candidates().collect();
@@ -61,8 +77,10 @@ impl Ipam {
             let path = self.dir.join(ip.to_string());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
-                    f.write_all(key.as_bytes())?;
-                    f.sync_all()?;
+                    if let Err(e) = f.write_all(key.as_bytes()).and_then(|()| f.sync_all()) {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e).with_context(|| format!("writing {}", path.display()));
+                    }
                     let tmp = self.dir.join("last_reserved.tmp");
                     std::fs::write(&tmp, ip.to_string())?;
                     std::fs::rename(&tmp, self.dir.join("last_reserved"))?;
@@ -76,6 +94,7 @@ impl Ipam {
     }
 
     pub fn release(&self, key: &str) -> Result<()> {
+        let _lock = self.lock()?;
         for (k, ip) in self.allocations()? {
             if k == key {
                 match std::fs::remove_file(self.dir.join(ip.to_string())) {

@@ -88,7 +88,9 @@ impl PodNetwork {
         let ip = self.ipam.allocate(key)?;
         let host = host_veth(key);
         let prefix = self.cfg.pod_cidr.prefix_len();
-        if link::pod_side_ready(netns, ifname, ip).await.unwrap_or(false) {
+        if link::host_side_ready(&self.cfg.bridge, &host).await?
+            && link::pod_side_ready(netns, ifname, ip).await.unwrap_or(false)
+        {
             return Ok(ip);
         }
         link::delete(&host).await?;
@@ -118,8 +120,10 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// Removes the bridge, the nft table and the FORWARD accept rules (`skiff down`, tests).
+    /// Removes the bridge (with the pod veths still on it), the nft table and the FORWARD accept
+    /// rules (`skiff down`, tests). The allocations in `state_dir` stay.
     pub async fn teardown(cfg: &PodNetConfig) -> Result<()> {
+        link::delete_ports(&cfg.bridge).await?;
         link::delete(&cfg.bridge).await?;
         nft::remove(&cfg.nft_table)?;
         docker_forward_accept(&cfg.bridge, false);

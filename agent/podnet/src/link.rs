@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -42,6 +42,28 @@ fn is_up(l: &LinkMessage) -> bool {
     l.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up)
 }
 
+fn kind(l: &LinkMessage) -> Option<&InfoKind> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => {
+            infos.iter().find_map(|i| if let LinkInfo::Kind(k) = i { Some(k) } else { None })
+        }
+        _ => None,
+    })
+}
+
+fn controller(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None })
+}
+
+/// A fixed, locally administered MAC for the bridge, derived from its name. A bridge without an
+/// explicitly set address takes the lowest MAC of its ports, so it would change whenever a pod
+/// comes or goes and leave every pod with a stale neighbour entry for its gateway (the CNI bridge
+/// plugin pins the address for the same reason).
+fn bridge_mac(name: &str) -> Vec<u8> {
+    let h = crate::fnv(name).to_be_bytes();
+    vec![0x02, h[3], h[4], h[5], h[6], h[7]]
+}
+
 /// The bridge exists, is up, and holds exactly `gateway/prefix` (other IPv4 addresses — from a
 /// previous podCIDR — are removed).
 pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
@@ -50,7 +72,7 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
     let link = match index_of(&h, name).await? {
         Some(l) => l,
         None => {
-            match h.link().add(LinkBridge::new(name).build()).execute().await {
+            match h.link().add(LinkBridge::new(name).address(bridge_mac(name)).build()).execute().await {
                 Ok(()) => {}
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
                 Err(e) => return Err(e).with_context(|| format!("creating bridge {name}")),
@@ -58,6 +80,9 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
             index_of(&h, name).await?.with_context(|| format!("bridge {name} missing after creation"))?
         }
     };
+    if kind(&link) != Some(&InfoKind::Bridge) {
+        bail!("link {name} exists and is not a bridge");
+    }
     let index = link.header.index;
     tracing::debug!(name, index, "bridge found");
     let addrs = ipv4_addrs(&h, index).await?;
@@ -83,6 +108,34 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
         h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await?;
     }
     Ok(())
+}
+
+/// Deletes the veths enslaved to `bridge` (the host ends of pods; each takes its peer along).
+pub async fn delete_ports(bridge: &str) -> Result<()> {
+    let h = connect()?;
+    let Some(br) = index_of(&h, bridge).await? else { return Ok(()) };
+    let mut ports = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await.context("listing links")? {
+        if controller(&l) == Some(br.header.index) && kind(&l) == Some(&InfoKind::Veth) {
+            ports.push(l.header.index);
+        }
+    }
+    for index in ports {
+        match h.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(e).context("deleting a pod veth"),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the host end exists, is up and is a port of `bridge`.
+pub async fn host_side_ready(bridge: &str, host: &str) -> Result<bool> {
+    let h = connect()?;
+    let (Some(br), Some(l)) = (index_of(&h, bridge).await?, index_of(&h, host).await?) else { return Ok(false) };
+    Ok(is_up(&l) && controller(&l) == Some(br.header.index))
 }
 
 /// Deletes a link by name; a missing link is fine.

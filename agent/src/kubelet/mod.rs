@@ -57,6 +57,14 @@ pub struct KubeletConfig {
     pub auth_token: Option<String>,
     /// How long an image pull may take before it counts as failed.
     pub pull_timeout: Duration,
+    /// A cgroup v2 directory that every container's main process is moved into once started:
+    /// the service proxy's socket programs attach there when they are not on the root cgroup
+    /// (tests), so pods still reach ClusterIPs. Docker places containers only in the v1
+    /// hierarchies on this hybrid-mode machine, so the v2 placement is Skiff's to choose.
+    pub pod_cgroup: Option<PathBuf>,
+    /// On shutdown, stop and remove every container of this node and tear the pod network down
+    /// (`skiff down`). Off for an agent that will be restarted: its pods keep running.
+    pub cleanup_on_exit: bool,
 }
 
 impl Default for KubeletConfig {
@@ -78,6 +86,8 @@ impl Default for KubeletConfig {
             sandbox_image: "skiff/pause:1".into(),
             auth_token: None,
             pull_timeout: Duration::from_secs(60),
+            pod_cgroup: None,
+            cleanup_on_exit: false,
         }
     }
 }
@@ -169,8 +179,25 @@ pub async fn run(
         r = heartbeat => r,
         r = server => r,
         r = supervise => r,
-        _ = shutdown => Ok(()),
+        _ = shutdown => {
+            if kubelet.cfg.cleanup_on_exit {
+                cleanup(&kubelet).await?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// Removes every container of this node (each stopped with its pod's grace period, at most
+/// 10 s) and the pod network's kernel state. IP allocations stay, so pods come back with the
+/// same addresses.
+async fn cleanup(k: &Kubelet) -> Result<()> {
+    let filter = format!("{}={}", labels::MANAGED, k.cfg.node_name);
+    let containers = k.runtime.list(&filter).await?;
+    tracing::info!(containers = containers.len(), "removing this node's containers");
+    let longest = containers.iter().filter_map(|c| c.label(labels::GRACE).parse::<u64>().ok()).max().unwrap_or(30);
+    pod::kill_all(k, &containers, Some(Duration::from_secs(longest.min(10)))).await;
+    skiff_podnet::PodNetwork::teardown(k.net.config()).await
 }
 
 /// Starts a worker for every pod of this node, wakes them on every change and every second, and

@@ -612,7 +612,18 @@ async fn try_start(
     };
     event(k, pod, st, "Normal", "Created", &format!("Created container: {}", c.name)).await;
     match k.runtime.start(&id).await {
-        Ok(()) => event(k, pod, st, "Normal", "Started", &format!("Started container {}", c.name)).await,
+        Ok(()) => {
+            if let Some(cg) = &k.cfg.pod_cgroup {
+                if let Ok(Some(info)) = k.runtime.inspect(&id).await {
+                    if info.pid > 0 {
+                        if let Err(e) = std::fs::write(cg.join("cgroup.procs"), info.pid.to_string()) {
+                            tracing::warn!(error = %e, cgroup = %cg.display(), "moving a container into the pod cgroup");
+                        }
+                    }
+                }
+            }
+            event(k, pod, st, "Normal", "Started", &format!("Started container {}", c.name)).await
+        }
         // The instance stays, exited with the runtime's error: the status and back-off see it.
         Err(e) => event(k, pod, st, "Warning", "Failed", &format!("Error: {e:#}")).await,
     }

@@ -62,8 +62,11 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 ///   already resolved a named `targetPort` per pod. A numeric `targetPort` is used for a slice
 ///   port that carries no number.
 /// - A service with no ready endpoint is still a frontend, with no backends: it refuses at once.
+/// - A `NodePort` or `LoadBalancer` service's `nodePort`s are frontends on each of `node_ips`
+///   (the node's own addresses): connecting to `<node address>:<nodePort>` reaches the service at
+///   the socket, so host-local access needs no per-packet program.
 /// - Two services claiming the same frontend: the first in namespace/name order wins.
-pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desired {
+pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node_ips: &[Ipv4Addr]) -> Desired {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
@@ -85,7 +88,7 @@ pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desi
         let ns = svc.metadata.namespace.as_deref().unwrap_or("");
         let name = svc.metadata.name.as_deref().unwrap_or("");
         let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-        for (fe, want) in compute_service(svc, slices) {
+        for (fe, want) in compute_service(svc, slices, node_ips) {
             out.entry(fe).or_insert(want);
         }
     }
@@ -101,7 +104,11 @@ pub fn slice_of(s: &EndpointSlice, namespace: &str, service: &str) -> bool {
 }
 
 /// The frontends of one Service given its EndpointSlices (see [`compute`] for the rules).
-pub fn compute_service(svc: &Service, slices: &[&EndpointSlice]) -> Vec<(Frontend, DesiredFrontend)> {
+pub fn compute_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_ips: &[Ipv4Addr],
+) -> Vec<(Frontend, DesiredFrontend)> {
     let mut out = Vec::new();
     let Some(spec) = &svc.spec else { return out };
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -151,9 +158,17 @@ pub fn compute_service(svc: &Service, slices: &[&EndpointSlice]) -> Vec<(Fronten
             }
         }
         let backends: Vec<_> = backends.into_iter().collect();
-        for vip in &vips {
+        let node_port = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"))
+            .then(|| sp.node_port.and_then(|p| u16::try_from(p).ok()))
+            .flatten()
+            .filter(|p| *p != 0);
+        let frontends = vips
+            .iter()
+            .map(|vip| (*vip, port))
+            .chain(node_port.into_iter().flat_map(|np| node_ips.iter().map(move |ip| (*ip, np))));
+        for (vip, port) in frontends {
             out.push((
-                Frontend { vip: *vip, port, proto },
+                Frontend { vip, port, proto },
                 DesiredFrontend {
                     service: ServicePortName { namespace: ns.into(), name: name.into(), port: port_name.into() },
                     backends: backends.clone(),
@@ -168,6 +183,37 @@ pub fn compute_service(svc: &Service, slices: &[&EndpointSlice]) -> Vec<(Fronten
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Most rules do not involve node addresses.
+    fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desired {
+        super::compute(services, slices, &[])
+    }
+
+    #[test]
+    fn node_ports_are_frontends_on_every_node_address() {
+        let np = svc(json!({
+            "metadata": {"namespace": "default", "name": "frontend"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.30",
+                     "ports": [{"port": 80, "targetPort": 80, "nodePort": 30001}]}
+        }));
+        let sl = slice(json!({
+            "metadata": {"namespace": "default", "name": "frontend-1", "labels": {SERVICE_NAME_LABEL: "frontend"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.0.9"]}],
+        }));
+        let nodes = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 168, 5, 2)];
+        let d = super::compute(&[np.clone()], &[sl.clone()], &nodes);
+        assert_eq!(d.len(), 3, "the ClusterIP and one frontend per node address: {d:?}");
+        for ip in nodes {
+            let f = &d[&Frontend { vip: ip, port: 30001, proto: Protocol::Tcp }];
+            assert_eq!(f.backends, [(Ipv4Addr::new(10, 244, 0, 9), 80)]);
+        }
+        // A ClusterIP service with a stray nodePort gets none.
+        let mut plain = (*np).clone();
+        plain.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        assert_eq!(super::compute(&[Arc::new(plain)], &[sl], &nodes).len(), 1);
+    }
 
     fn svc(v: serde_json::Value) -> Arc<Service> {
         Arc::new(serde_json::from_value(v).unwrap())

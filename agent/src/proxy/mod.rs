@@ -18,7 +18,7 @@ pub mod desired;
 pub mod metrics;
 mod node;
 
-pub use node::{DEFAULT_CGROUP, NodeProxyConfig, run_node_proxy};
+pub use node::{DEFAULT_CGROUP, NodeProxyConfig, local_ipv4_addresses, run_node_proxy};
 
 use crate::dataplane::{Frontend, Protocol, ServiceTable};
 use anyhow::{Context, Result};
@@ -50,11 +50,17 @@ pub struct ProxyConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Full resync even without events (repairs maps changed behind the agent's back).
     pub resync_period: Duration,
+    /// The node's own addresses: NodePorts are served on each of them.
+    pub node_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        Self { metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().unwrap()), resync_period: Duration::from_secs(30) }
+        Self {
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().unwrap()),
+            resync_period: Duration::from_secs(30),
+            node_addresses: Vec::new(),
+        }
     }
 }
 
@@ -153,7 +159,7 @@ impl Proxy {
             while rx.try_recv().is_ok() {} // the initial lists' events are covered by this first sync
             let mut owners = Owners::default();
             let t = Instant::now();
-            let d = desired::compute(&svc_store.state(), &eps_store.state());
+            let d = desired::compute(&svc_store.state(), &eps_store.state(), &self.config.node_addresses);
             let mut full_needed = !self.apply(&table, &names, &d);
             owners.rebuild(&d);
             tracing::info!(frontends = d.len(), elapsed = ?t.elapsed(), "service proxy: initial sync done");
@@ -183,7 +189,7 @@ impl Proxy {
                     }
                 }
                 let ok = if full_needed {
-                    let d = desired::compute(&svc_store.state(), &eps_store.state());
+                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &self.config.node_addresses);
                     let ok = self.apply(&table, &names, &d);
                     owners.rebuild(&d);
                     ok
@@ -203,7 +209,9 @@ impl Proxy {
                                 .filter(|s| desired::slice_of(s, &key.ns, &key.name))
                                 .collect();
                             let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
-                            let want = svc.map(|s| desired::compute_service(&s, &refs)).unwrap_or_default();
+                            let want = svc
+                                .map(|s| desired::compute_service(&s, &refs, &self.config.node_addresses))
+                                .unwrap_or_default();
                             let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
                             writes += w;
                             ok &= k;
@@ -585,7 +593,7 @@ mod tests {
             index.apply(s);
         }
         let all: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
-        let d = desired::compute(&services, &all);
+        let d = desired::compute(&services, &all, &[]);
         let (_, ok) = apply_desired(&mut dp.services, &d);
         assert!(ok);
         let mut owners = Owners::default();
@@ -606,7 +614,7 @@ mod tests {
                 let sl: Vec<Arc<EndpointSlice>> =
                     index.slices_of(&key).iter().filter_map(|n| slices.get(n).cloned()).collect();
                 let refs: Vec<&EndpointSlice> = sl.iter().map(|s| s.as_ref()).collect();
-                let want = desired::compute_service(svc, &refs);
+                let want = desired::compute_service(svc, &refs, &[]);
                 let (w, ok) = owners.apply_service(&mut dp.services, &mut names, &key, want);
                 assert!(ok);
                 writes += w;

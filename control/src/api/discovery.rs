@@ -73,6 +73,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 Subresource::Status => (k.kind, vec!["get", "patch", "update"], "", ""),
                 Subresource::Scale => ("Scale", vec!["get", "patch", "update"], "autoscaling", "v1"),
                 Subresource::Binding => ("Binding", vec!["create"], "", ""),
+                Subresource::Log => ("Pod", vec!["get"], "", ""),
             };
             let mut r = json!({"name": format!("{}/{}", k.plural, s.name()), "singularName": "", "namespaced": k.namespaced, "kind": kind, "verbs": verbs});
             if !grp.is_empty() {
@@ -130,6 +131,9 @@ pub fn aggregated(core: bool) -> Value {
                                     ),
                                     Subresource::Binding => {
                                         (json!({"group": "", "version": "v1", "kind": "Binding"}), vec!["create"])
+                                    }
+                                    Subresource::Log => {
+                                        (json!({"group": "", "version": "v1", "kind": "Pod"}), vec!["get"])
                                     }
                                 };
                                 json!({"subresource": s.name(), "responseKind": rk, "verbs": verbs})

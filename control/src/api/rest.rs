@@ -72,7 +72,7 @@ pub async fn serve(
         (Some(name), Some("binding"), Method::POST) if kind.has(crate::registry::Subresource::Binding) => {
             bind(state, kind, t.namespace.as_deref(), name, &body).await
         }
-        (Some(name), Some("log"), Method::GET) if kind.plural == "pods" => {
+        (Some(name), Some("log"), Method::GET) if kind.has(crate::registry::Subresource::Log) => {
             let pod = get(state, kind, t.namespace.as_deref(), name, &Query::default()).await?;
             super::logs::pod_log(state, pod, &q).await
         }

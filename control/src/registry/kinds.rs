@@ -47,7 +47,7 @@ pub fn kinds() -> &'static [Kind] {
         use NameRule::*;
         vec![
             kind!(core::Namespace, "", "v1", "Namespace", "namespaces", "namespace", namespaced: false, short: &["ns"], cat: NONE, sub: &[Status], storage: "namespaces", name: Dns1123Label, strategy: &NamespaceStrategy),
-            kind!(core::Pod, "", "v1", "Pod", "pods", "pod", namespaced: true, short: &["po"], cat: ALL, sub: &[Status, Binding], storage: "pods", name: Dns1123Subdomain, strategy: &PodStrategy),
+            kind!(core::Pod, "", "v1", "Pod", "pods", "pod", namespaced: true, short: &["po"], cat: ALL, sub: &[Status, Binding, Log], storage: "pods", name: Dns1123Subdomain, strategy: &PodStrategy),
             kind!(core::Service, "", "v1", "Service", "services", "service", namespaced: true, short: &["svc"], cat: ALL, sub: &[Status], storage: "services", name: Dns1035Label, strategy: &ServiceStrategy),
             kind!(core::Endpoints, "", "v1", "Endpoints", "endpoints", "endpoints", namespaced: true, short: &["ep"], cat: NONE, sub: &[], storage: "endpoints", name: Dns1123Subdomain, strategy: &CreateOnUpdate),
             kind!(core::Node, "", "v1", "Node", "nodes", "node", namespaced: false, short: &["no"], cat: NONE, sub: &[Status], storage: "nodes", name: Dns1123Subdomain, strategy: &WithStatus),

@@ -22,6 +22,8 @@ pub enum Subresource {
     Status,
     Scale,
     Binding,
+    /// `pods/log`: proxied to the node agent.
+    Log,
 }
 
 impl Subresource {
@@ -30,6 +32,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Log => "log",
         }
     }
 }

@@ -44,8 +44,11 @@ pub async fn run(
     let proxy = async {
         match cfg.proxy {
             Some(pcfg) => {
-                let p =
-                    proxy::Proxy::new(proxy::ProxyConfig { metrics_listen: cfg.metrics_listen, ..Default::default() })?;
+                let p = proxy::Proxy::new(proxy::ProxyConfig {
+                    metrics_listen: cfg.metrics_listen,
+                    track_node_addresses: true,
+                    ..Default::default()
+                })?;
                 let r = proxy::run_node_proxy(client.clone(), &pcfg, &p, stopped(stop_rx.clone())).await;
                 let _ = stop_tx.send(true);
                 r

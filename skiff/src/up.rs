@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,9 +39,12 @@ pub struct NodeArgs {
     /// Upstream resolvers for names outside the cluster domain (default: /etc/resolv.conf's).
     #[arg(long, value_delimiter = ',')]
     pub dns_upstream: Vec<SocketAddr>,
-    /// Port the cluster DNS listens on at the node address (kube-dns's endpoint).
+    /// Port the cluster DNS listens on (all addresses; kube-dns's endpoint is the node address).
     #[arg(long, default_value_t = 53)]
     pub dns_port: u16,
+    /// Use this podCIDR instead of the node IPAM controller's.
+    #[arg(long)]
+    pub pod_cidr: Option<skiff_agent::Ipv4Net>,
     /// Port of the agent's HTTPS endpoint (logs).
     #[arg(long, default_value_t = 10250)]
     pub agent_port: u16,
@@ -54,6 +57,9 @@ pub struct NodeArgs {
     /// Where the service proxy serves `/metrics`.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub proxy_metrics: SocketAddr,
+    /// Where the dataplane's maps and links are pinned (bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf/skiff")]
+    pub bpf_pin_dir: PathBuf,
     /// Where the DNS serves `/metrics` and health.
     #[arg(long, default_value = "127.0.0.1:9153")]
     pub dns_metrics: SocketAddr,
@@ -64,18 +70,22 @@ fn say(msg: &str) {
 }
 
 /// The kube-dns Service at the cluster DNS address and its EndpointSlice naming this node's DNS.
+/// Created if missing; the slice is rewritten each time (the node address may have changed).
 async fn ensure_kube_dns(client: &Client, node_ip: Ipv4Addr, port: u16) -> Result<()> {
-    let pp = PatchParams::apply("skiff-up").force();
     let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
-    let svc = json!({
+    let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system",
                      "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
         "spec": {"clusterIP": "10.96.0.10", "ports": [
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": port},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": port}]}
-    });
-    services.patch("kube-dns", &pp, &Patch::Apply(&svc)).await.context("creating the kube-dns Service")?;
+    }))?;
+    match services.create(&PostParams::default(), &svc).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e).context("creating the kube-dns Service"),
+    }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -85,7 +95,14 @@ async fn ensure_kube_dns(client: &Client, node_ip: Ipv4Addr, port: u16) -> Resul
         "ports": [{"name": "dns", "port": port, "protocol": "UDP"}, {"name": "dns-tcp", "port": port, "protocol": "TCP"}],
         "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}]
     });
-    slices.patch("kube-dns-skiff", &pp, &Patch::Apply(&slice)).await.context("creating kube-dns's EndpointSlice")?;
+    if slices.get_opt("kube-dns-skiff").await?.is_some() {
+        slices.patch("kube-dns-skiff", &PatchParams::default(), &Patch::Merge(&slice)).await?;
+    } else {
+        slices
+            .create(&PostParams::default(), &serde_json::from_value(slice)?)
+            .await
+            .context("creating kube-dns's EndpointSlice")?;
+    }
     Ok(())
 }
 
@@ -174,7 +191,8 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
     let dns = skiff_dns::start(
         client.clone(),
         skiff_dns::DnsConfig {
-            listen: SocketAddr::new(node_ip.into(), node.dns_port),
+            // All addresses: the node address may be the pod bridge's, which the agent makes later.
+            listen: SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), node.dns_port),
             http_listen: Some(node.dns_metrics),
             upstreams,
             ..Default::default()
@@ -196,10 +214,12 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             nft_table: node.nft_table.clone(),
             auth_token: token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string()),
             pod_cgroup,
+            pod_cidr: node.pod_cidr,
             cleanup_on_exit: true,
             ..Default::default()
         },
         proxy: Some(skiff_agent::proxy::NodeProxyConfig {
+            dataplane: skiff_agent::dataplane::Config { pin_dir: node.bpf_pin_dir.clone(), ..Default::default() },
             cgroup: node.cgroup.clone(),
             service_range,
             cleanup_on_exit: true,

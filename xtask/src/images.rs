@@ -19,6 +19,9 @@ enum Extra {
     File(&'static str, &'static str),
     /// A host binary, copied with every library `ldd` lists and the dynamic loader.
     HostBinary(&'static str),
+    /// A binary package of this workspace, built (release) and installed as
+    /// `/usr/local/bin/<name>` with its libraries.
+    WorkspaceBinary(&'static str),
 }
 
 #[derive(Debug)]
@@ -57,6 +60,13 @@ const IMAGES: &[Image] = &[
             r#"CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while true; do echo \"git-monitor: syncing ${GIT_REPO:-nothing}\"; sleep 10 & wait $!; done"]"#,
         ],
     },
+    // The Guestbook's frontend (examples/guestbook/frontend): Skiff's own program with the seed's
+    // PHP frontend's HTTP interface.
+    Image {
+        tags: &["skiff/guestbook-frontend:v1"],
+        extra: Extra::WorkspaceBinary("guestbook-frontend"),
+        changes: &[r#"CMD ["/usr/local/bin/guestbook-frontend"]"#, "EXPOSE 80"],
+    },
     // The pod sandbox: holds the namespaces, exits at once on SIGTERM even as PID 1 (a shell
     // as PID 1 gets no default signal handlers, hence the trap; `wait` returns on the signal).
     // git-monitor and nginx above use the same trap so pods stop promptly, as the real ones do.
@@ -93,8 +103,14 @@ fn file_stamp(path: &Path) -> String {
 /// The host files an image copies: busybox, and a host binary with its libraries.
 fn inputs(img: &Image) -> Result<Vec<PathBuf>> {
     let mut files = vec![PathBuf::from(BUSYBOX)];
-    if let Extra::HostBinary(b) = img.extra {
-        files.extend(with_libraries(b)?);
+    match img.extra {
+        Extra::HostBinary(b) => files.extend(with_libraries(b)?),
+        Extra::WorkspaceBinary(name) => {
+            crate::run(crate::cargo().args(["build", "--release", "-q", "-p", name]))?;
+            let bin = crate::root().join("target/release").join(name);
+            files.extend(with_libraries(bin.to_str().context("a UTF-8 target path")?)?);
+        }
+        _ => {}
     }
     Ok(files)
 }
@@ -201,6 +217,12 @@ fn build(img: &Image, inputs: &[PathBuf], hash: &str) -> Result<()> {
             std::fs::write(p, body)?;
         }
         Extra::HostBinary(_) => copy_host_files(dir, &inputs[1..])?,
+        Extra::WorkspaceBinary(name) => {
+            let bin = dir.join("usr/local/bin");
+            std::fs::create_dir_all(&bin)?;
+            std::fs::copy(&inputs[1], bin.join(name)).with_context(|| format!("copying {}", inputs[1].display()))?;
+            copy_host_files(dir, &inputs[2..])?;
+        }
     }
 
     let mut import = Command::new("docker");

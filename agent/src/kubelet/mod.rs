@@ -109,6 +109,9 @@ pub struct Kubelet {
     /// Node allocatable (cpu millis, memory bytes), for `resourceFieldRef` without limits.
     pub allocatable: (i64, i64),
     pub(crate) workers: Mutex<HashMap<String, Arc<pod::Worker>>>,
+    /// Set when the agent stops with cleanup: workers finish their current step and exit, so
+    /// nothing starts a container while the cleanup removes them.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Kubelet {
@@ -169,6 +172,7 @@ pub async fn run(
         services,
         allocatable,
         workers: Mutex::new(HashMap::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let heartbeat = node::heartbeat(client.clone(), kubelet.runtime.clone(), cfg.clone(), node_info);
     let server = server::serve(kubelet.clone());
@@ -192,6 +196,18 @@ pub async fn run(
 /// 10 s) and the pod network's kernel state. IP allocations stay, so pods come back with the
 /// same addresses.
 async fn cleanup(k: &Kubelet) -> Result<()> {
+    k.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let busy = k.workers.lock().unwrap().values().filter(|w| !w.finished()).count();
+        if busy == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        for w in k.workers.lock().unwrap().values() {
+            w.kick();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let filter = format!("{}={}", labels::MANAGED, k.cfg.node_name);
     let containers = k.runtime.list(&filter).await?;
     tracing::info!(containers = containers.len(), "removing this node's containers");

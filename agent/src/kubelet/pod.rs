@@ -32,6 +32,9 @@ impl Worker {
         tokio::spawn(async move {
             let mut state = PodState::default();
             loop {
+                if k.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
                 match sync(&k, &uid, &mut state, &w2.kick).await {
                     Ok(Step::Gone) => break,
                     Ok(Step::Continue) => {}

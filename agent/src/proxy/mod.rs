@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     pub resync_period: Duration,
     /// The node's own addresses: NodePorts are served on each of them.
     pub node_addresses: Vec<std::net::Ipv4Addr>,
+    /// Follow this machine's addresses instead (checked every 2 s; a change resyncs), so an
+    /// address that appears later — the pod bridge's gateway — serves NodePorts too.
+    pub track_node_addresses: bool,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +63,7 @@ impl Default for ProxyConfig {
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().unwrap()),
             resync_period: Duration::from_secs(30),
             node_addresses: Vec::new(),
+            track_node_addresses: false,
         }
     }
 }
@@ -152,6 +156,11 @@ impl Proxy {
         let table = Mutex::new(table);
         let names: Mutex<BTreeMap<Frontend, ServicePortName>> = Mutex::new(BTreeMap::new());
 
+        let node_addresses = Mutex::new(if self.config.track_node_addresses {
+            node::local_ipv4_addresses()
+        } else {
+            self.config.node_addresses.clone()
+        });
         let sync_loop = async {
             // Not before both initial lists are complete: never remove what is merely unlisted.
             let _ = svc_store.wait_until_ready().await;
@@ -159,12 +168,14 @@ impl Proxy {
             while rx.try_recv().is_ok() {} // the initial lists' events are covered by this first sync
             let mut owners = Owners::default();
             let t = Instant::now();
-            let d = desired::compute(&svc_store.state(), &eps_store.state(), &self.config.node_addresses);
+            let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap());
             let mut full_needed = !self.apply(&table, &names, &d);
             owners.rebuild(&d);
             tracing::info!(frontends = d.len(), elapsed = ?t.elapsed(), "service proxy: initial sync done");
             let mut pending: Vec<Instant> = Vec::new();
             let mut dirty: BTreeSet<SvcKey> = BTreeSet::new();
+            let mut resync_at = tokio::time::Instant::now() + self.config.resync_period;
+            let mut address_check = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
@@ -177,7 +188,17 @@ impl Proxy {
                         }
                         None => return,
                     },
-                    _ = tokio::time::sleep(self.config.resync_period) => full_needed = true,
+                    _ = tokio::time::sleep_until(resync_at) => full_needed = true,
+                    _ = address_check.tick(), if self.config.track_node_addresses => {
+                        let now = node::local_ipv4_addresses();
+                        let mut cur = node_addresses.lock().unwrap();
+                        if *cur == now {
+                            continue;
+                        }
+                        tracing::info!(addresses = ?now, "node addresses changed: NodePorts follow");
+                        *cur = now;
+                        full_needed = true;
+                    }
                 }
                 while let Ok((t, d)) = rx.try_recv() {
                     pending.push(t);
@@ -189,7 +210,8 @@ impl Proxy {
                     }
                 }
                 let ok = if full_needed {
-                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &self.config.node_addresses);
+                    resync_at = tokio::time::Instant::now() + self.config.resync_period;
+                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap());
                     let ok = self.apply(&table, &names, &d);
                     owners.rebuild(&d);
                     ok
@@ -210,7 +232,7 @@ impl Proxy {
                                 .collect();
                             let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
                             let want = svc
-                                .map(|s| desired::compute_service(&s, &refs, &self.config.node_addresses))
+                                .map(|s| desired::compute_service(&s, &refs, &node_addresses.lock().unwrap()))
                                 .unwrap_or_default();
                             let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
                             writes += w;

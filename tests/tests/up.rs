@@ -1,0 +1,317 @@
+//! `skiff up` end to end with the seed's Guestbook (`examples/guestbook/`): one process runs the
+//! control plane, DNS, agent and dataplane; the frontend answers on `<node address>:<nodePort>`,
+//! writes to the Redis master and reads from a slave; a deleted frontend pod is replaced; scaling
+//! works; `skiff down` leaves nothing behind and `skiff up` again brings the data back.
+//!
+//! Safety (DESIGN.md §5): the socket programs attach to a cgroup this test made, and only the
+//! pods and this test's client run in it; the node address is the gateway of the test's own pod
+//! bridge (10.244.199.1); the per-packet NodePort programs are off (`--devices none`); DNS
+//! forwards only to an unused loopback port; pins go to a directory of the test's own.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use skiff_tests::{skiff_bin, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const NODE: &str = "skiff-test-up";
+const NODE_IP: &str = "10.244.199.1";
+const POD_CIDR: &str = "10.244.199.0/24";
+const BRIDGE: &str = "sktestup";
+const TABLE: &str = "skifftestup";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Up {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    cgroup: PathBuf,
+    pins: PathBuf,
+    args: Vec<String>,
+}
+
+impl Up {
+    fn new() -> Result<Up> {
+        let dir = tempfile::tempdir()?;
+        let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/skiff-test-up-{}", std::process::id()));
+        std::fs::create_dir_all(&cgroup)?;
+        let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-test-up-{}", std::process::id()));
+        let p = |n: u16| n.to_string();
+        let args = vec![
+            "up".into(),
+            "--data-dir".into(),
+            dir.path().to_string_lossy().into_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--node-name".into(),
+            NODE.into(),
+            "--node-ip".into(),
+            NODE_IP.into(),
+            "--pod-cidr".into(),
+            POD_CIDR.into(),
+            "--devices".into(),
+            "none".into(),
+            "--cgroup".into(),
+            cgroup.to_string_lossy().into_owned(),
+            "--bpf-pin-dir".into(),
+            pins.to_string_lossy().into_owned(),
+            "--dns-upstream".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--dns-port".into(),
+            p(free_port()),
+            "--agent-port".into(),
+            p(free_port()),
+            "--proxy-metrics".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--dns-metrics".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--bridge".into(),
+            BRIDGE.into(),
+            "--nft-table".into(),
+            TABLE.into(),
+        ];
+        let mut up = Up { child: None, dir, cgroup, pins, args };
+        up.leftovers_removed();
+        Ok(up)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// Starts `skiff up` and waits for its summary (node Ready, kube-dns answering).
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("up.log"))?;
+        let child = Command::new(skiff_bin())
+            .args(&self.args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("skiff up")?;
+        self.child = Some(child);
+        wait_for(Duration::from_secs(90), "skiff up to report the cluster up", || {
+            if let Some(Some(st)) = self.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                panic!("skiff up exited with {st}:\n{}", self.log());
+            }
+            self.log().contains("Skiff is up").then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.log()))
+    }
+
+    fn down(&mut self) -> Result<()> {
+        let out = Command::new(skiff_bin()).args(["down", "--data-dir"]).arg(self.dir.path()).output()?;
+        if !out.status.success() {
+            bail!("skiff down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(mut c) = self.child.take() {
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An HTTP GET to the node address from a client in the test's cgroup (the socket programs
+    /// translate NodePorts there), with busybox nc.
+    fn get(&self, port: u16, path: &str) -> Option<String> {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | exec /bin/busybox nc -w 5 {NODE_IP} {port}",
+            self.cgroup.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).stderr(Stdio::null()).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    fn guestbook(&self, port: u16, query: &str) -> Option<Value> {
+        serde_json::from_str(&self.get(port, &format!("/guestbook.php?{query}"))?).ok()
+    }
+
+    /// Everything a run may leave on the machine, removed; returns what was found.
+    fn leftovers_removed(&mut self) -> Vec<String> {
+        let mut found = Vec::new();
+        let containers = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.skiff.node={NODE}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !containers.is_empty() {
+            found.push(format!("{} containers", containers.len()));
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&containers).stdout(Stdio::null()).status();
+        }
+        if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+            found.push(format!("bridge {BRIDGE}"));
+        }
+        let tables = Command::new("nft").args(["list", "tables"]).output().map(|o| o.stdout).unwrap_or_default();
+        if String::from_utf8_lossy(&tables).contains(TABLE) {
+            found.push(format!("nft table {TABLE}"));
+        }
+        let _ = Command::new(skiff_bin())
+            .args(["agent-cleanup", "--bridge", BRIDGE, "--nft-table", TABLE, "--pod-cidr", POD_CIDR])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if self.pins.exists() {
+            found.push(format!("pins {}", self.pins.display()));
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
+        found
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.down();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.leftovers_removed();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guestbook")
+}
+
+fn running_pods(up: &Up, selector: &str) -> usize {
+    let pods: Value = serde_json::from_str(&up.kubectl(&["get", "pods", "-l", selector, "-o", "json"])).unwrap();
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count()
+}
+
+#[test]
+fn guestbook_on_skiff_up_survives_pod_loss_scaling_and_down_up() -> Result<()> {
+    let mut up = Up::new()?;
+    up.start()?;
+    let nodes = up.kubectl(&["get", "nodes", "-o", "wide"]);
+    assert!(nodes.lines().any(|l| l.starts_with(NODE) && l.contains(" Ready ")), "{nodes}");
+    let status = Command::new(skiff_bin()).args(["status", "--data-dir"]).arg(up.dir.path()).output()?;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status_text}");
+    for c in ["api-server", "agent", "dataplane", "dns"] {
+        assert!(status_text.lines().any(|l| l.contains(c) && l.contains("healthy")), "{status_text}");
+    }
+
+    up.kubectl(&["create", "-f", examples().to_str().unwrap()]);
+    let port: u16 =
+        up.kubectl(&["get", "svc", "frontend", "-o", "jsonpath={.spec.ports[0].nodePort}"]).trim().parse()?;
+    wait_for(Duration::from_secs(120), "guestbook pods ready", || {
+        (running_pods(&up, "name=frontend") == 3
+            && running_pods(&up, "name=redis-slave") == 2
+            && running_pods(&up, "name=redis-master") == 1)
+            .then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", up.kubectl(&["get", "pods", "-o", "wide"]), up.log()))?;
+
+    // Written to the master, read back from a slave (replication takes a moment).
+    let page = wait_for(Duration::from_secs(30), "the frontend page", || up.get(port, "/"))?;
+    assert!(page.contains("Guestbook"), "{page}");
+    let set = wait_for(Duration::from_secs(60), "a write through the frontend", || {
+        up.guestbook(port, "cmd=set&key=messages&value=hello,skiff")
+    })?;
+    assert_eq!(set["message"], "Updated");
+    wait_for(Duration::from_secs(60), "the entry read back from a slave", || {
+        up.guestbook(port, "cmd=get&key=messages").filter(|v| v["data"] == "hello,skiff")
+    })?;
+
+    // A frontend pod deleted: replaced, and the NodePort keeps answering.
+    let victim = up.kubectl(&["get", "pods", "-l", "name=frontend", "-o", "jsonpath={.items[0].metadata.name}"]);
+    up.kubectl(&["delete", "pod", victim.trim(), "--wait=false"]);
+    for _ in 0..10 {
+        assert!(up.guestbook(port, "cmd=get&key=messages").is_some_and(|v| v["data"] == "hello,skiff"));
+    }
+    wait_for(Duration::from_secs(60), "3 frontends again", || (running_pods(&up, "name=frontend") == 3).then_some(()))?;
+
+    // Scaled to 5: all serving (each frontend pod answers directly on its pod IP too).
+    up.kubectl(&["scale", "rc", "frontend", "--replicas=5"]);
+    wait_for(Duration::from_secs(60), "5 frontends", || (running_pods(&up, "name=frontend") == 5).then_some(()))?;
+    let pods: Value = serde_json::from_str(&up.kubectl(&["get", "pods", "-l", "name=frontend", "-o", "json"]))?;
+    for p in pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let mut s = std::net::TcpStream::connect((ip, 80))?;
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /guestbook.php?cmd=get&key=messages HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        assert!(out.contains("hello,skiff"), "pod {ip}: {out}");
+    }
+
+    // GET_HOST_FROM=dns works as well as env.
+    up.kubectl(&["set", "env", "rc/frontend", "GET_HOST_FROM=dns"]);
+    let names: Vec<String> = up
+        .kubectl(&["get", "pods", "-l", "name=frontend", "-o", "jsonpath={.items[*].metadata.name}"])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut args = vec!["delete", "pod", "--wait=false"];
+    args.extend(names.iter().map(String::as_str));
+    up.kubectl(&args);
+    wait_for(Duration::from_secs(90), "frontends with GET_HOST_FROM=dns serving", || {
+        let pods: Value =
+            serde_json::from_str(&up.kubectl(&["get", "pods", "-l", "name=frontend", "-o", "json"])).ok()?;
+        let fresh =
+            pods["items"].as_array()?.iter().all(|p| !names.iter().any(|n| p["metadata"]["name"] == n.as_str()));
+        (fresh && running_pods(&up, "name=frontend") == 5).then_some(())
+    })?;
+    let env = up.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "name=frontend",
+        "-o",
+        "jsonpath={.items[0].spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(env, "dns");
+    wait_for(Duration::from_secs(30), "read through DNS names", || {
+        up.guestbook(port, "cmd=get&key=messages").filter(|v| v["data"] == "hello,skiff")
+    })?;
+
+    // skiff down: nothing left behind.
+    up.down()?;
+    let left = up.leftovers_removed();
+    assert!(left.is_empty(), "skiff down left behind: {left:?}\n{}", up.log());
+    let route = Command::new("ip").args(["route", "show", POD_CIDR]).output()?;
+    assert!(String::from_utf8_lossy(&route.stdout).trim().is_empty(), "pod route left behind");
+
+    // skiff up again: the Guestbook comes back with its data.
+    up.start()?;
+    wait_for(Duration::from_secs(120), "the entry after down and up", || {
+        up.guestbook(port, "cmd=get&key=messages").filter(|v| v["data"] == "hello,skiff")
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", up.kubectl(&["get", "pods", "-o", "wide"]), up.log()))?;
+    up.down()?;
+    Ok(())
+}

@@ -234,6 +234,16 @@ fn bench(area: &str) -> Result<()> {
             c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-pods", "--"]).env("SKIFF_BIN", &bin);
             run(&mut c)
         }
+        "footprint" => {
+            setup()?;
+            let bin = build(true)?;
+            step("building the eBPF programs");
+            ebpf::build_ebpf()?;
+            step("benchmark: footprint of the idle single-node cluster");
+            let mut c = cargo();
+            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-footprint", "--"]).env("SKIFF_BIN", &bin);
+            run(&mut c)
+        }
         "scheduler" => {
             setup()?;
             let bin = build(true)?;
@@ -278,7 +288,7 @@ fn bench(area: &str) -> Result<()> {
             run(&mut c)?;
             Ok(())
         }
-        "dataplane" | "dns" | "footprint" => {
+        "dataplane" | "dns" => {
             bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
         }
         other => {

@@ -490,8 +490,8 @@ fn collect_value(
             ListKind::Keyed(key) => {
                 for item in items {
                     let Value::Object(m) = item else { continue };
-                    let Some(kv) = m.get(key) else { continue };
-                    prefix.push(key_pe(key, kv));
+                    let Some(pe) = element_key(m, key) else { continue };
+                    prefix.push(pe);
                     set.insert(prefix);
                     collect_map(m, meta.ty, prefix, set, strict, depth + 1)?;
                     prefix.pop();
@@ -509,6 +509,24 @@ fn collect_value(
         _ => set.insert(prefix),
     }
     Ok(())
+}
+
+/// An element's identity in an associative list, as its field-path element. Server-side apply
+/// keys lists by `x-kubernetes-list-map-keys`, which for ports also include the protocol — 53/UDP
+/// and 53/TCP are two entries (kube-dns has both) — where strategic merge keys by the port alone;
+/// a missing protocol is its default, TCP.
+fn element_key(m: &Map<String, Value>, key: &str) -> Option<String> {
+    let kv = m.get(key).filter(|v| !v.is_null())?;
+    match key {
+        "port" | "containerPort" => {
+            let proto = m.get("protocol").filter(|v| !v.is_null()).cloned().unwrap_or_else(|| Value::from("TCP"));
+            let mut k = Map::new();
+            k.insert(key.to_string(), kv.clone());
+            k.insert("protocol".to_string(), proto);
+            Some(format!("k:{}", crate::util::canonical_json(&Value::Object(k))))
+        }
+        _ => Some(key_pe(key, kv)),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,7 +553,8 @@ fn list_kind(items: &[Value], meta: &FieldMeta, strict: bool) -> Result<ListKind
                     }
                     return Ok(ListKind::Atomic);
                 };
-                if !seen.insert(key_pe(key, kv)) {
+                let pe = item.as_object().and_then(|m| element_key(m, key)).unwrap_or_else(|| key_pe(key, kv));
+                if !seen.insert(pe) {
                     if strict {
                         return Err(PatchError::Invalid(format!("duplicate entries for key [{key}={kv}]")));
                     }
@@ -588,7 +607,7 @@ fn merge_field(live: &Value, cfg: &Value, meta: &FieldMeta, depth: usize) -> Res
         (Value::Object(_), Value::Object(_)) => merge(live, cfg, meta.ty, depth),
         (Value::Array(l), Value::Array(c)) => match list_kind(c, meta, true)? {
             ListKind::Keyed(key) => {
-                let ident = |v: &Value| v.as_object().and_then(|m| m.get(key)).map(|kv| key_pe(key, kv));
+                let ident = |v: &Value| v.as_object().and_then(|m| element_key(m, key));
                 merge_list(l, c, ident, |lv, cv| match lv {
                     Some(lv) => merge(lv, cv, meta.ty, depth + 1),
                     None => Ok(cv.clone()),
@@ -726,6 +745,29 @@ mod tests {
     }
 
     #[test]
+    fn service_ports_are_keyed_by_port_and_protocol() {
+        let svc = GroupKind::new("", "Service");
+        let dns = json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}
+        });
+        let got = apply(None, &dns, "kubectl", &svc, false).unwrap();
+        assert_eq!(without_managed(got.clone()), dns);
+        let f = &entry(&got, "kubectl").unwrap()["fieldsV1"]["f:spec"]["f:ports"];
+        assert!(f.get("k:{\"port\":53,\"protocol\":\"UDP\"}").is_some(), "{f}");
+        assert!(f.get("k:{\"port\":53,\"protocol\":\"TCP\"}").is_some(), "{f}");
+        // Re-applied with the TCP port renamed: only that entry changes.
+        let mut again = dns.clone();
+        again["spec"]["ports"][1]["name"] = json!("dns-over-tcp");
+        let got = apply(Some(&got), &again, "kubectl", &svc, false).unwrap();
+        assert_eq!(got["spec"]["ports"], again["spec"]["ports"]);
+        // A true duplicate is still refused.
+        let mut dup = dns.clone();
+        dup["spec"]["ports"][1]["protocol"] = json!("UDP");
+        assert!(apply(None, &dup, "kubectl", &svc, false).is_err());
+    }
+
+    #[test]
     fn create_records_fields_v1() {
         let got = apply(None, &nginx("nginx:1.7.9"), "kubectl", &pod(), false).unwrap();
         assert_eq!(without_managed(got.clone()), nginx("nginx:1.7.9"));
@@ -740,7 +782,7 @@ mod tests {
                 "f:metadata":{"f:labels":{"f:app":{}}},
                 "f:spec":{"f:containers":{"k:{\"name\":\"nginx\"}":{
                     ".":{},"f:image":{},"f:name":{},
-                    "f:ports":{"k:{\"containerPort\":80}":{".":{},"f:containerPort":{}}}}}}
+                    "f:ports":{"k:{\"containerPort\":80,\"protocol\":\"TCP\"}":{".":{},"f:containerPort":{}}}}}}
             })
         );
     }

@@ -398,7 +398,11 @@ fn matches(item: &Value, pe: &PathElement) -> bool {
     match pe {
         PathElement::Key(keys) => {
             let Value::Object(m) = item else { return false };
-            keys.iter().all(|(k, v)| m.get(k).is_some_and(|x| json_eq(x, v)))
+            // A port's protocol key defaults to TCP (see `apply::element_key`).
+            keys.iter().all(|(k, v)| match m.get(k) {
+                Some(x) => json_eq(x, v),
+                None => k == "protocol" && v == "TCP",
+            })
         }
         PathElement::Value(v) => json_eq(item, v),
         _ => false,

@@ -130,6 +130,11 @@ async fn sync(k: &Arc<Kubelet>, uid: &str, st: &mut PodState, kick: &Arc<Notify>
 
     // 1. Sandbox and network.
     let sandboxes = status::by_name(&containers, "sandbox").remove("POD").unwrap_or_default();
+    if containers.is_empty() && fast_start_possible(&spec) {
+        fast_start(k, &pod, st).await?;
+        kick.notify_one(); // the next pass reports the status
+        return Ok(Step::Continue);
+    }
     let sandbox = match sandboxes.first() {
         Some(s) if s.state == State::Running => s.clone(),
         previous => {
@@ -269,6 +274,63 @@ async fn sync(k: &Arc<Kubelet>, uid: &str, st: &mut PodState, kick: &Arc<Notify>
     Ok(Step::Continue)
 }
 
+/// A brand-new pod whose containers need nothing from the network before they are created (no
+/// init containers, no `status.podIP` in the environment, not host-network) can have its app
+/// containers created while the sandbox starts, which takes most of a pod's start.
+fn fast_start_possible(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let needs_ip = spec.containers.iter().flat_map(|c| c.env.iter().flatten()).any(|e| {
+        e.value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .is_some_and(|f| f.field_path.starts_with("status.podIP"))
+    });
+    spec.init_containers.as_ref().is_none_or(|i| i.is_empty()) && spec.host_network != Some(true) && !needs_ip
+}
+
+/// Sandbox created; then, at the same time, the sandbox started and wired into the network, and
+/// the app containers created; then the hosts file written and the app containers started.
+async fn fast_start(k: &Kubelet, pod: &Pod, st: &mut PodState) -> Result<()> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let sandbox_id = match create_sandbox(k, pod, 0).await {
+        Ok(id) => id,
+        Err(e) => {
+            let msg = format!("Failed to create pod sandbox: {e:#}");
+            event(k, pod, st, "Warning", "FailedCreatePodSandBox", &msg).await;
+            return Err(e);
+        }
+    };
+    st.ip = None;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let network = async {
+        let sandbox = run_sandbox(k, &sandbox_id).await?;
+        let netns = std::path::PathBuf::from(format!("/proc/{}/ns/net", sandbox.pid));
+        k.net.attach(&uid, &netns, "eth0").await.context("attaching the pod to the network")
+    };
+    let creates = async {
+        let mut created = Vec::new();
+        for c in &spec.containers {
+            match create_container(k, pod, c, "app", 0, &sandbox_id, None, st).await {
+                Ok(id) => {
+                    st.waiting.remove(&c.name);
+                    created.push((c, id));
+                }
+                Err(w) => {
+                    st.waiting.insert(c.name.clone(), w);
+                }
+            }
+        }
+        created
+    };
+    let (ip, created) = tokio::join!(network, creates);
+    let ip = ip?;
+    st.ip = Some(ip);
+    write_hosts(k, pod, ip)?;
+    for (c, id) in created {
+        start_created(k, pod, c, &id, st).await;
+    }
+    Ok(())
+}
+
 /// Crash-loop back-off: the first restart is immediate, then base × 2^(n-1) after the previous
 /// instance finished, capped (Kubernetes: 10 s doubling to 5 min). Reported as CrashLoopBackOff.
 fn backoff_passed(k: &Kubelet, x: &ContainerInfo, pod: &Pod, name: &str, st: &mut PodState) -> bool {
@@ -315,6 +377,21 @@ fn base_labels(k: &Kubelet, pod: &Pod, name: &str, kind: &str, attempt: u32) -> 
 }
 
 async fn start_sandbox(k: &Kubelet, pod: &Pod, attempt: u32, st: &mut PodState) -> Result<ContainerInfo> {
+    let id = create_sandbox(k, pod, attempt).await?;
+    st.ip = None;
+    run_sandbox(k, &id).await
+}
+
+async fn run_sandbox(k: &Kubelet, id: &str) -> Result<ContainerInfo> {
+    k.runtime.start(id).await?;
+    let info = k.runtime.inspect(id).await?.context("sandbox vanished after start")?;
+    if info.state != State::Running || info.pid <= 0 {
+        anyhow::bail!("sandbox container exited at once: {}", info.error);
+    }
+    Ok(info)
+}
+
+async fn create_sandbox(k: &Kubelet, pod: &Pod, attempt: u32) -> Result<String> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let dir = volumes::pod_dir(&k.cfg.root_dir, uid);
     std::fs::create_dir_all(&dir)?;
@@ -343,14 +420,7 @@ async fn start_sandbox(k: &Kubelet, pod: &Pod, attempt: u32, st: &mut PodState) 
         privileged: false,
         user: None,
     };
-    let id = k.runtime.create(&cfg).await?;
-    k.runtime.start(&id).await?;
-    let info = k.runtime.inspect(&id).await?.context("sandbox vanished after start")?;
-    if info.state != State::Running || info.pid <= 0 {
-        anyhow::bail!("sandbox container exited at once: {}", info.error);
-    }
-    st.ip = None;
-    Ok(info)
+    Ok(k.runtime.create(&cfg).await?)
 }
 
 fn pod_hostname(pod: &Pod) -> String {
@@ -548,15 +618,36 @@ async fn try_start(
     pod_ip: Ipv4Addr,
     st: &mut PodState,
 ) -> Result<(), Waiting> {
+    let id = create_container(k, pod, c, kind, attempt, &sandbox.id, Some(pod_ip), st).await?;
+    start_created(k, pod, c, &id, st).await;
+    Ok(())
+}
+
+/// Everything up to `docker create`. Without `pod_ip` (the fast path, which creates while the
+/// sandbox starts) the hosts file is written by the caller once the address is known.
+#[allow(clippy::too_many_arguments)]
+async fn create_container(
+    k: &Kubelet,
+    pod: &Pod,
+    c: &Container,
+    kind: &str,
+    attempt: u32,
+    sandbox_id: &str,
+    pod_ip: Option<Ipv4Addr>,
+    st: &mut PodState,
+) -> Result<String, Waiting> {
     ensure_image(k, pod, c, st).await?;
     let config_error = |m: String| Waiting { reason: "CreateContainerConfigError".into(), message: m };
     let refs = fetch_refs(k, pod, c).await;
     let host_ip = k.cfg.node_ip.to_string();
-    volumes::prepare(&k.cfg.root_dir, pod, &refs, &pod_ip.to_string(), &host_ip).map_err(config_error)?;
-    write_hosts(k, pod, pod_ip).map_err(|e| config_error(e.to_string()))?;
-    let services: Vec<_> = k.services.state().iter().map(|s| (**s).clone()).collect();
-    let env = env::container_env(pod, c, &services, &refs, &pod_ip.to_string(), &host_ip, k.allocatable)
+    volumes::prepare(&k.cfg.root_dir, pod, &refs, &pod_ip.map(|ip| ip.to_string()).unwrap_or_default(), &host_ip)
         .map_err(config_error)?;
+    if let Some(ip) = pod_ip {
+        write_hosts(k, pod, ip).map_err(|e| config_error(e.to_string()))?;
+    }
+    let pod_ip = pod_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let services: Vec<_> = k.services.state().iter().map(|s| (**s).clone()).collect();
+    let env = env::container_env(pod, c, &services, &refs, &pod_ip, &host_ip, k.allocatable).map_err(config_error)?;
     let vars: HashMap<String, String> = env.iter().cloned().collect();
     let expand = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|s| env::expand(s, &vars)).collect());
     let mut binds = volumes::binds(&k.cfg.root_dir, pod, c).map_err(config_error)?;
@@ -590,8 +681,8 @@ async fn try_start(
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         labels: base_labels(k, pod, &c.name, kind, attempt),
         binds,
-        network: if host_network { Network::Host } else { Network::Container(sandbox.id.clone()) },
-        ipc_from: Some(sandbox.id.clone()),
+        network: if host_network { Network::Host } else { Network::Container(sandbox_id.to_string()) },
+        ipc_from: Some(sandbox_id.to_string()),
         hostname: None,
         memory_limit: limit("memory").and_then(|m| q(&m, 1)),
         // A cpu limit is a CFS quota (Docker's NanoCpus is exactly that); a request is shares.
@@ -614,6 +705,11 @@ async fn try_start(
         }
     };
     event(k, pod, st, "Normal", "Created", &format!("Created container: {}", c.name)).await;
+    Ok(id)
+}
+
+async fn start_created(k: &Kubelet, pod: &Pod, c: &Container, id: &str, st: &mut PodState) {
+    let id = id.to_string();
     match k.runtime.start(&id).await {
         Ok(()) => {
             if let Some(cg) = &k.cfg.pod_cgroup {
@@ -630,7 +726,6 @@ async fn try_start(
         // The instance stays, exited with the runtime's error: the status and back-off see it.
         Err(e) => event(k, pod, st, "Warning", "Failed", &format!("Error: {e:#}")).await,
     }
-    Ok(())
 }
 
 /// Stops every container (apps first, concurrently, with the grace period; then the sandbox)
@@ -843,10 +938,13 @@ async fn event(k: &Kubelet, pod: &Pod, st: &mut PodState, ty: &str, reason: &str
         Ok(e) => e,
         Err(_) => return,
     };
+    // Recorded in the background: a pod's start never waits for its events.
     let api: Api<Event> = Api::namespaced(k.client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::debug!(error = %e, "recording an event");
-    }
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::debug!(error = %e, "recording an event");
+        }
+    });
 }
 
 /// Bind mounts Docker needs are computed from here; exposed for the logs endpoint.

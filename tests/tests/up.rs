@@ -142,6 +142,16 @@ impl Up {
         head.starts_with("HTTP/1.1 200").then(|| body.to_string())
     }
 
+    /// The whole answer (or nc's complaint), for messages.
+    fn raw_get(&self, port: u16, path: &str) -> String {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | exec /bin/busybox nc -w 5 {NODE_IP} {port}",
+            self.cgroup.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().expect("sh runs");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     fn guestbook(&self, port: u16, query: &str) -> Option<Value> {
         serde_json::from_str(&self.get(port, &format!("/guestbook.php?{query}"))?).ok()
     }
@@ -242,15 +252,19 @@ fn guestbook_on_skiff_up_survives_pod_loss_scaling_and_down_up() -> Result<()> {
         up.guestbook(port, "cmd=set&key=messages&value=hello,skiff")
     })?;
     assert_eq!(set["message"], "Updated");
-    wait_for(Duration::from_secs(60), "the entry read back from a slave", || {
-        up.guestbook(port, "cmd=get&key=messages").filter(|v| v["data"] == "hello,skiff")
+    // Both slaves must have replicated it: several reads in a row (each picks a slave at random).
+    wait_for(Duration::from_secs(90), "the entry read back from every slave", || {
+        (0..8)
+            .all(|_| up.guestbook(port, "cmd=get&key=messages").is_some_and(|v| v["data"] == "hello,skiff"))
+            .then_some(())
     })?;
 
     // A frontend pod deleted: replaced, and the NodePort keeps answering.
     let victim = up.kubectl(&["get", "pods", "-l", "name=frontend", "-o", "jsonpath={.items[0].metadata.name}"]);
     up.kubectl(&["delete", "pod", victim.trim(), "--wait=false"]);
-    for _ in 0..10 {
-        assert!(up.guestbook(port, "cmd=get&key=messages").is_some_and(|v| v["data"] == "hello,skiff"));
+    for i in 0..10 {
+        let got = up.raw_get(port, "/guestbook.php?cmd=get&key=messages");
+        assert!(got.contains("hello,skiff"), "request {i} while a frontend pod terminates: {got:?}");
     }
     wait_for(Duration::from_secs(60), "3 frontends again", || (running_pods(&up, "name=frontend") == 3).then_some(()))?;
 

@@ -216,33 +216,25 @@ fn exec(cmd: &mut Command) -> anyhow::Error {
     anyhow::Error::from(cmd.exec())
 }
 
+/// Setup, a release build of `skiff`, then a benchmark binary of `tests/` (release) against it.
+fn bench_bin(bin_name: &str, what: &str) -> Result<()> {
+    setup()?;
+    let bin = build(true)?;
+    step(what);
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "skiff-tests", "--bin", bin_name, "--"]).env("SKIFF_BIN", &bin);
+    run(&mut c)
+}
+
 fn bench(area: &str) -> Result<()> {
     match area {
-        "api" => {
-            setup()?;
-            let bin = build(true)?;
-            step("benchmark: api");
-            let mut c = cargo();
-            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-api", "--"]).env("SKIFF_BIN", &bin);
-            run(&mut c)
-        }
-        "pods" => {
-            setup()?;
-            let bin = build(true)?;
-            step("benchmark: pods (start latency vs raw docker run)");
-            let mut c = cargo();
-            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-pods", "--"]).env("SKIFF_BIN", &bin);
-            run(&mut c)
-        }
+        "api" => bench_bin("bench-api", "benchmark: api"),
+        "pods" => bench_bin("bench-pods", "benchmark: pods (start latency vs raw docker run)"),
         "footprint" => {
             setup()?;
-            let bin = build(true)?;
             step("building the eBPF programs");
             ebpf::build_ebpf()?;
-            step("benchmark: footprint of the idle single-node cluster");
-            let mut c = cargo();
-            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-footprint", "--"]).env("SKIFF_BIN", &bin);
-            run(&mut c)
+            bench_bin("bench-footprint", "benchmark: footprint of the idle single-node cluster")
         }
         "scheduler" => {
             setup()?;

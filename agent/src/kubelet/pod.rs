@@ -586,6 +586,8 @@ async fn ensure_image(k: &Kubelet, pod: &Pod, c: &Container, st: &mut PodState) 
     }
 }
 
+/// Creates and starts one container; what stops it (image, configuration) is remembered as the
+/// container's waiting reason.
 #[allow(clippy::too_many_arguments)]
 async fn start_container(
     k: &Kubelet,
@@ -597,30 +599,15 @@ async fn start_container(
     pod_ip: Ipv4Addr,
     st: &mut PodState,
 ) {
-    match try_start(k, pod, c, kind, attempt, sandbox, pod_ip, st).await {
-        Ok(()) => {
+    match create_container(k, pod, c, kind, attempt, &sandbox.id, Some(pod_ip), st).await {
+        Ok(id) => {
             st.waiting.remove(&c.name);
+            start_created(k, pod, c, &id, st).await;
         }
         Err(w) => {
             st.waiting.insert(c.name.clone(), w);
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn try_start(
-    k: &Kubelet,
-    pod: &Pod,
-    c: &Container,
-    kind: &str,
-    attempt: u32,
-    sandbox: &ContainerInfo,
-    pod_ip: Ipv4Addr,
-    st: &mut PodState,
-) -> Result<(), Waiting> {
-    let id = create_container(k, pod, c, kind, attempt, &sandbox.id, Some(pod_ip), st).await?;
-    start_created(k, pod, c, &id, st).await;
-    Ok(())
 }
 
 /// Everything up to `docker create`. Without `pod_ip` (the fast path, which creates while the

@@ -934,7 +934,7 @@ async fn event(k: &Kubelet, pod: &Pod, st: &mut PodState, ty: &str, reason: &str
     });
 }
 
-/// Bind mounts Docker needs are computed from here; exposed for the logs endpoint.
+/// The instance of a container `kubectl logs` reads: the newest, or with `previous` the one before.
 pub fn pick_instance<'a>(containers: &'a [ContainerInfo], name: &str, previous: bool) -> Option<&'a ContainerInfo> {
     let mut named: Vec<&ContainerInfo> = containers
         .iter()

@@ -191,10 +191,8 @@ spec:
     assert_eq!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3);
     // The delays grow (1 s doubling with --crashloop-backoff 1; which ones a 1 s status poll
     // catches varies, so: at least two distinct delays, in growing order as seen).
-    let delays: Vec<u64> = messages
-        .iter()
-        .filter_map(|m| m.strip_prefix("back-off ")?.split('s').next()?.parse().ok())
-        .collect();
+    let delays: Vec<u64> =
+        messages.iter().filter_map(|m| m.strip_prefix("back-off ")?.split('s').next()?.parse().ok()).collect();
     assert!(delays.len() >= 2 && delays.windows(2).all(|w| w[0] < w[1]), "growing back-off: {messages:?}");
     assert!(delays.iter().all(|d| [1, 2, 4, 8, 16, 32].contains(d)), "doubling from 1 s: {messages:?}");
     let describe = c.kubectl_ok(&["describe", "pod", "crasher"]);

@@ -103,6 +103,11 @@ pub struct Kubelet {
     pub cfg: KubeletConfig,
     pub client: Client,
     pub runtime: Arc<dyn Runtime>,
+    /// The same runtime, counting changes, for [`Kubelet::containers_of`].
+    counting: Arc<crate::runtime::Counting>,
+    /// One listing of this node's containers shared by all pod workers (the kubelet's PLEG
+    /// relist), valid while younger than a second and no container changed since.
+    relist: tokio::sync::Mutex<Option<Relist>>,
     pub net: skiff_podnet::PodNetwork,
     pub pods: Store<Pod>,
     pub services: Store<Service>,
@@ -114,7 +119,34 @@ pub struct Kubelet {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
+struct Relist {
+    taken: std::time::Instant,
+    mutations: u64,
+    by_pod: HashMap<String, Vec<crate::runtime::ContainerInfo>>,
+}
+
 impl Kubelet {
+    /// The containers of one pod, from the shared listing when it is current: one Docker call
+    /// per second for the whole node instead of one per pod.
+    pub async fn containers_of(&self, uid: &str) -> Result<Vec<crate::runtime::ContainerInfo>> {
+        let mut g = self.relist.lock().await;
+        let current = g.as_ref().is_some_and(|r| {
+            r.mutations == self.counting.mutations() && r.taken.elapsed() < Duration::from_millis(900)
+        });
+        if !current {
+            // Read before listing: a change during the call makes the result stale at once.
+            let mutations = self.counting.mutations();
+            let taken = std::time::Instant::now();
+            let all = self.runtime.list(&format!("{}={}", labels::MANAGED, self.cfg.node_name)).await?;
+            let mut by_pod: HashMap<String, Vec<crate::runtime::ContainerInfo>> = HashMap::new();
+            for c in all {
+                by_pod.entry(c.label(labels::POD_UID).to_string()).or_default().push(c);
+            }
+            *g = Some(Relist { taken, mutations, by_pod });
+        }
+        Ok(g.as_ref().and_then(|r| r.by_pod.get(uid).cloned()).unwrap_or_default())
+    }
+
     pub fn pod_label_filter(uid: &str) -> String {
         format!("{}={uid}", labels::POD_UID)
     }
@@ -163,10 +195,13 @@ pub async fn run(
         .default_backoff()
         .reflect(svc_writer)
         .for_each(|_| futures::future::ready(()));
+    let counting = Arc::new(crate::runtime::Counting::new(runtime));
     let kubelet = Arc::new(Kubelet {
         cfg: cfg.clone(),
         client: client.clone(),
-        runtime,
+        runtime: counting.clone(),
+        counting,
+        relist: tokio::sync::Mutex::new(None),
         net,
         pods,
         services,

@@ -105,7 +105,7 @@ fn grace_of(pod: &Pod) -> i64 {
 
 async fn sync(k: &Arc<Kubelet>, uid: &str, st: &mut PodState, kick: &Arc<Notify>) -> Result<Step> {
     let pod = k.pods.state().into_iter().find(|p| p.metadata.uid.as_deref() == Some(uid));
-    let containers = k.runtime.list(&super::Kubelet::pod_label_filter(uid)).await?;
+    let containers = k.containers_of(uid).await?;
     let Some(pod) = pod else {
         // Gone from the API (force-deleted, or deleted while we were down).
         kill_all(k, &containers, None).await;
@@ -269,7 +269,7 @@ async fn sync(k: &Arc<Kubelet>, uid: &str, st: &mut PodState, kick: &Arc<Notify>
     let running: Vec<&str> = containers.iter().filter(|c| c.state == State::Running).map(|c| c.id.as_str()).collect();
     st.probers.retain(|id, _| running.contains(&id.as_str()));
 
-    let containers = k.runtime.list(&super::Kubelet::pod_label_filter(uid)).await?;
+    let containers = k.containers_of(uid).await?;
     write_status(k, &pod, st, &containers, Some(pod_ip), init_done, init_failed).await?;
     Ok(Step::Continue)
 }

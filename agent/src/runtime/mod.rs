@@ -148,3 +148,71 @@ pub trait Runtime: Send + Sync + 'static {
     /// The container's output, stdout and stderr interleaved as written.
     fn logs(&self, id: &str, opts: &LogOptions) -> BoxStream<'static, Result<Bytes>>;
 }
+
+/// A runtime that counts the calls that change containers (create, start, stop, remove), so a
+/// cached listing can tell whether it is still current ([`Counting::mutations`]).
+pub struct Counting {
+    inner: std::sync::Arc<dyn Runtime>,
+    mutations: std::sync::atomic::AtomicU64,
+}
+
+impl Counting {
+    pub fn new(inner: std::sync::Arc<dyn Runtime>) -> Self {
+        Self { inner, mutations: std::sync::atomic::AtomicU64::new(0) }
+    }
+    pub fn mutations(&self) -> u64 {
+        self.mutations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn bump(&self) {
+        self.mutations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Counting {
+    async fn version(&self) -> Result<String> {
+        self.inner.version().await
+    }
+    async fn list(&self, label: &str) -> Result<Vec<ContainerInfo>> {
+        self.inner.list(label).await
+    }
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>> {
+        self.inner.inspect(id).await
+    }
+    async fn create(&self, cfg: &ContainerConfig) -> Result<String> {
+        self.bump();
+        let r = self.inner.create(cfg).await;
+        self.bump();
+        r
+    }
+    async fn start(&self, id: &str) -> Result<()> {
+        self.bump();
+        let r = self.inner.start(id).await;
+        self.bump();
+        r
+    }
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        self.bump();
+        let r = self.inner.stop(id, grace).await;
+        self.bump();
+        r
+    }
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.bump();
+        let r = self.inner.remove(id).await;
+        self.bump();
+        r
+    }
+    async fn image_present(&self, image: &str) -> Result<bool> {
+        self.inner.image_present(image).await
+    }
+    async fn pull(&self, image: &str) -> std::result::Result<(), PullError> {
+        self.inner.pull(image).await
+    }
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i64> {
+        self.inner.exec(id, cmd, timeout).await
+    }
+    fn logs(&self, id: &str, opts: &LogOptions) -> BoxStream<'static, Result<Bytes>> {
+        self.inner.logs(id, opts)
+    }
+}

@@ -27,9 +27,18 @@ pub struct AgentConfig {
 /// Runs the kubelet and (optionally) the service proxy until `shutdown` completes or one fails.
 pub async fn run(
     client: kube::Client,
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    // Socket programs on a cgroup other than the root (tests) see only the processes in it: the
+    // kubelet then moves each container there, so pods keep reaching ClusterIPs.
+    if cfg.kubelet.pod_cgroup.is_none() {
+        cfg.kubelet.pod_cgroup = cfg
+            .proxy
+            .as_ref()
+            .map(|p| p.cgroup.clone())
+            .filter(|c| c.as_path() != std::path::Path::new(proxy::DEFAULT_CGROUP));
+    }
     let runtime: Arc<dyn runtime::Runtime> = Arc::new(runtime::docker::DockerRuntime::connect().await?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

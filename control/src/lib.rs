@@ -161,7 +161,7 @@ fn patch_meta(group: &str, kind: &str, path: &[&str]) -> Option<skiff_openapi::P
 
 /// The address of the interface holding the default route (what the `kubernetes` endpoints
 /// advertise when listening on loopback or all addresses).
-fn primary_ip() -> Option<IpAddr> {
+pub fn primary_ip() -> Option<IpAddr> {
     // Connecting a UDP socket sends nothing; it only asks the kernel for the source address.
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("10.255.255.255:9").ok()?;

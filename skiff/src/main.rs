@@ -195,12 +195,9 @@ enum Command {
     },
 }
 
-/// The source address of the default route: the node's InternalIP when none is given.
-/// (Connecting a UDP socket sends nothing; it only asks the kernel for the route.)
+/// The node's InternalIP when none is given: the address of the default route's interface.
 pub(crate) fn default_ipv4() -> Option<std::net::Ipv4Addr> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("10.255.255.255:9").ok()?;
-    match s.local_addr().ok()?.ip() {
+    match skiff_control::primary_ip()? {
         std::net::IpAddr::V4(ip) => Some(ip),
         _ => None,
     }
@@ -405,14 +402,9 @@ fn main() -> Result<()> {
                     cleanup_on_exit,
                     ..Default::default()
                 });
-                let pod_cgroup = proxy
-                    .as_ref()
-                    .map(|p| p.cgroup.clone())
-                    .filter(|c| c.as_path() != std::path::Path::new(skiff_agent::proxy::DEFAULT_CGROUP));
                 let cfg = skiff_agent::AgentConfig {
                     kubelet: skiff_agent::kubelet::KubeletConfig {
                         auth_token: token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string()),
-                        pod_cgroup,
                         ..kubelet
                     },
                     proxy,

@@ -202,8 +202,6 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
     .context("starting the cluster DNS")?;
 
     say(&format!("starting the node agent ({node_name}, {node_ip}): pods on Docker, pod network, eBPF service proxy"));
-    let pod_cgroup = (node.cgroup.as_path() != std::path::Path::new(skiff_agent::proxy::DEFAULT_CGROUP))
-        .then(|| node.cgroup.clone());
     let agent_cfg = skiff_agent::AgentConfig {
         kubelet: skiff_agent::kubelet::KubeletConfig {
             node_name: node_name.clone(),
@@ -213,7 +211,6 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             bridge: node.bridge.clone(),
             nft_table: node.nft_table.clone(),
             auth_token: token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string()),
-            pod_cgroup,
             pod_cidr: node.pod_cidr,
             cleanup_on_exit: true,
             ..Default::default()

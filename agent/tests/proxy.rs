@@ -280,6 +280,34 @@ fn wait_metrics(addr: SocketAddr, what: &str, timeout: Duration, cond: impl Fn(&
 // ---------------------------------------------------------------------------------------------
 // Tests
 
+/// What the end-to-end tests share. Struct fields drop in declaration order: pinned maps and
+/// links (detaching the programs), then the cgroup, the route, and last the lock that keeps
+/// these tests from running side by side.
+struct Harness {
+    _pins: PinsGuard,
+    cgroup: TestCgroup,
+    _route: RouteGuard,
+    _serial: std::sync::MutexGuard<'static, ()>,
+    pin_dir: PathBuf,
+    dp_config: Config,
+}
+
+impl Harness {
+    /// `None` (the test skips, saying why) when the preconditions are missing.
+    fn new(name: &str) -> Option<Harness> {
+        if !preconditions() {
+            return None;
+        }
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        sweep_leftovers();
+        let route = RouteGuard::ensure();
+        let cgroup = TestCgroup::new(name);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-{name}", std::process::id()));
+        let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
+        Some(Harness { _pins: PinsGuard(pin_dir.clone()), cgroup, _route: route, _serial: serial, pin_dir, dp_config })
+    }
+}
+
 fn preconditions() -> bool {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipping: the proxy tests need root");
@@ -320,18 +348,9 @@ fn blackhole_route_is_added_once_and_removed_only_by_its_owner() {
 
 #[test]
 fn services_and_endpointslices_drive_the_dataplane() {
-    if !preconditions() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    sweep_leftovers();
-    // Drop order (reverse of declaration): proxy stopped and cleaned up, pins fallback, cgroup,
-    // then the route.
-    let _route = RouteGuard::ensure();
-    let cgroup = TestCgroup::new("proxy");
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-proxy", std::process::id()));
-    let _pins = PinsGuard(pin_dir.clone());
-    let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
+    // Dropped after everything below (the proxy is stopped first): pins, cgroup, route.
+    let Some(h) = Harness::new("proxy") else { return };
+    let (cgroup, pin_dir, dp_config) = (&h.cgroup, h.pin_dir.clone(), h.dp_config.clone());
 
     // A previous agent's leftover in the pinned maps: must be removed by the first sync.
     let stale = Ipv4Addr::new(10, 96, 200, 200);
@@ -475,16 +494,8 @@ fn services_and_endpointslices_drive_the_dataplane() {
 
 #[test]
 fn node_ports_answer_on_the_node_addresses_at_the_socket() {
-    if !preconditions() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    sweep_leftovers();
-    let _route = RouteGuard::ensure();
-    let cgroup = TestCgroup::new("nodeport");
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-nodeport", std::process::id()));
-    let _pins = PinsGuard(pin_dir.clone());
-    let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
+    let Some(h) = Harness::new("nodeport") else { return };
+    let (cgroup, dp_config) = (&h.cgroup, h.dp_config.clone());
     let control = skiff_tests::Control::start().expect("starting skiff control");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let client = rt.block_on(control.client()).unwrap();
@@ -616,15 +627,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn kill_9_and_restart_of_the_agent_fails_no_connection() {
-    if !preconditions() {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    sweep_leftovers();
-    let _route = RouteGuard::ensure();
-    let cgroup = TestCgroup::new("restart");
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-restart", std::process::id()));
-    let _pins = PinsGuard(pin_dir.clone());
+    let Some(h) = Harness::new("restart") else { return };
+    let (cgroup, pin_dir) = (&h.cgroup, h.pin_dir.clone());
 
     let control = skiff_tests::Control::start().expect("starting skiff control");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

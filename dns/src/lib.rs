@@ -7,6 +7,7 @@
 //!
 //! Entry points: [`run`] (the `skiff dns` command) and [`start`] (embedding, tests).
 
+pub mod authority;
 pub mod metrics;
 pub mod server;
 pub mod wire;
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use server::{Forwarder, Shared};
+use server::{PathConfig, Shared};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct DnsConfig {
     pub forward_timeout: Duration,
     /// Entries in the forwarding cache.
     pub cache_size: usize,
+    /// Entries in the response cache of cluster answers (the hot path); 0 turns it off.
+    pub answer_cache: usize,
     /// Tasks receiving on the UDP socket.
     pub udp_workers: usize,
     /// Answer a pod's search-path expansion of an external name (`example.com.<ns>.svc.D`) in
@@ -64,6 +67,7 @@ impl Default for DnsConfig {
             upstreams: Vec::new(),
             forward_timeout: Duration::from_secs(2),
             cache_size: 10_000,
+            answer_cache: 100_000,
             udp_workers: 2,
             autopath: true,
         }
@@ -151,10 +155,15 @@ async fn bind(listen: SocketAddr) -> Result<(Arc<UdpSocket>, TcpListener)> {
 pub async fn start(client: Client, config: DnsConfig) -> Result<DnsServer> {
     let (udp, tcp) = bind(config.listen).await?;
     let dns_addr = udp.local_addr()?;
-    let forwarder = Forwarder::new(config.upstreams.clone(), config.forward_timeout, config.cache_size);
-    let mut shared = Shared::new(Zone::empty(&config.domain, config.ttl), forwarder);
-    shared.autopath = config.autopath;
-    let shared = Arc::new(shared);
+    let path = PathConfig {
+        domain: config.domain.clone(),
+        upstreams: config.upstreams.clone(),
+        forward_timeout: config.forward_timeout,
+        forward_cache: config.cache_size,
+        answer_cache: config.answer_cache,
+        autopath: config.autopath,
+    };
+    let shared = Arc::new(Shared::new(Zone::empty(&config.domain, config.ttl), &path)?);
     let mut tasks = Vec::new();
     for _ in 0..config.udp_workers.max(1) {
         tasks.push(tokio::spawn(server::udp_loop(udp.clone(), shared.clone())));

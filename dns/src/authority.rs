@@ -81,7 +81,9 @@ impl ClusterZone {
             }
             Lookup::NoData => Break(Err(LookupError::NameExists)),
             Lookup::NxDomain => {
-                if self.autopath {
+                if self.autopath && search_expansion_namespace(&zone, &qname).is_some() {
+                    // Another client (a pod in that namespace) gets a different answer.
+                    uncacheable();
                     if let Some(found) = self.autopath(&zone, name, &qname, rtype, client, opts).await {
                         return Break(Ok(found));
                     }
@@ -179,6 +181,21 @@ impl ClusterZone {
         sets.extend(found);
         Some(AuthLookup::answers(LookupRecords::many(opts, sets), None))
     }
+}
+
+/// `X.<ns>.svc.<domain>` (X not empty) with pods in `ns`: the shape autopath answers.
+fn search_expansion_namespace<'z>(zone: &'z Zone, qname: &[u8]) -> Option<&'z str> {
+    let labels = wire::labels(qname);
+    let domain_labels = wire::labels(&zone.domain).len();
+    if labels.len() < domain_labels + 3 {
+        return None;
+    }
+    let svc = labels[labels.len() - domain_labels - 1];
+    let ns = std::str::from_utf8(labels[labels.len() - domain_labels - 2]).ok()?;
+    if svc != b"svc" {
+        return None;
+    }
+    zone.namespaces_with_pods.get(ns).map(|n| &**n)
 }
 
 fn zone_ttl(zone: &Zone) -> u32 {

@@ -8,6 +8,7 @@
 //! Entry points: [`run`] (the `skiff dns` command) and [`start`] (embedding, tests).
 
 pub mod authority;
+pub mod index;
 pub mod metrics;
 pub mod server;
 pub mod wire;
@@ -17,7 +18,8 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use index::{Index, PodInfo, SliceInfo, SvcInfo};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use server::{PathConfig, Shared};
 use std::net::SocketAddr;
@@ -229,58 +231,39 @@ fn http_app(shared: Arc<Shared>) -> axum::Router {
 /// Follows the three resources and rebuilds the zone snapshot after each batch of changes.
 async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
     let changed = Arc::new(Notify::new());
-    let (services, w1) = reflector::store::<Service>();
-    let (slices, w2) = reflector::store::<EndpointSlice>();
-    let (pods, w3) = reflector::store::<Pod>();
+    let services: Shared_<SvcInfo> = Default::default();
+    let slices: Shared_<SliceInfo> = Default::default();
+    let pods: Shared_<PodInfo> = Default::default();
     let cfg = watcher::Config::default();
-    // The stores keep only what the zone needs (memory per object matters at 10k services).
-    let services_stream =
-        watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff().modify(|s: &mut Service| {
-            slim_meta(&mut s.metadata);
-            s.status = None;
-        });
-    let slices_stream = watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()).default_backoff().modify(
-        |s: &mut EndpointSlice| {
-            slim_meta(&mut s.metadata);
-            for e in &mut s.endpoints {
-                e.target_ref = None;
-                e.deprecated_topology = None;
-                e.hints = None;
-                e.node_name = None;
-                e.zone = None;
-            }
-        },
-    );
-    let pods_stream = watcher(Api::<Pod>::all(client), cfg).default_backoff().modify(|p: &mut Pod| {
-        slim_meta(&mut p.metadata);
-        p.metadata.labels = None;
-        let host_network = p.spec.as_ref().and_then(|s| s.host_network);
-        p.spec = Some(k8s_openapi::api::core::v1::PodSpec { host_network, ..Default::default() });
-        if let Some(st) = p.status.as_mut() {
-            *st = k8s_openapi::api::core::v1::PodStatus {
-                phase: st.phase.take(),
-                pod_ip: st.pod_ip.take(),
-                pod_ips: st.pod_ips.take(),
-                ..Default::default()
-            };
-        }
-    });
-    let t1 = tokio::spawn(follow(reflector(w1, services_stream), changed.clone(), "services"));
-    let t2 = tokio::spawn(follow(reflector(w2, slices_stream), changed.clone(), "endpointslices"));
-    let t3 = tokio::spawn(follow(reflector(w3, pods_stream), changed.clone(), "pods"));
+    let t1 = tokio::spawn(follow(
+        watcher(Api::<Service>::all(client.clone()), cfg.clone()),
+        services.clone(),
+        SvcInfo::from_service,
+        changed.clone(),
+        "services",
+    ));
+    let t2 = tokio::spawn(follow(
+        watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()),
+        slices.clone(),
+        SliceInfo::from_slice,
+        changed.clone(),
+        "endpointslices",
+    ));
+    let t3 = tokio::spawn(follow(watcher(Api::<Pod>::all(client), cfg), pods.clone(), PodInfo::from_pod, changed.clone(), "pods"));
     let _guards = [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)];
-    for ready in [services.wait_until_ready().await, slices.wait_until_ready().await, pods.wait_until_ready().await] {
-        if ready.is_err() {
-            tracing::error!("DNS watch writer dropped");
-            return;
-        }
+    let listed = || lock(&services).listed && lock(&slices).listed && lock(&pods).listed;
+    while !listed() {
+        changed.notified().await;
     }
     let mut since = Instant::now();
     loop {
         // Built (and the old snapshot freed) off the async workers, so queries are not held up.
-        let (sv, sl, po, d, sh) = (services.state(), slices.state(), pods.state(), domain.clone(), shared.clone());
+        let (sv, sl, po, d, sh) = (services.clone(), slices.clone(), pods.clone(), domain.clone(), shared.clone());
         let records = tokio::task::spawn_blocking(move || {
-            let zone = Zone::build(&d, ttl, &sv, &sl, &po);
+            let zone = {
+                let (sv, sl, po) = (lock(&sv), lock(&sl), lock(&po));
+                Zone::from_index(&d, ttl, sv.live.values(), sl.live.values(), po.live.values())
+            };
             let records = zone.records;
             sh.set_zone(zone);
             records
@@ -298,21 +281,30 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
     }
 }
 
-fn slim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    m.managed_fields = None;
-    m.annotations = None;
-    m.owner_references = None;
-    m.finalizers = None;
+type Shared_<V> = Arc<std::sync::Mutex<Index<V>>>;
+
+fn lock<V>(m: &Shared_<V>) -> std::sync::MutexGuard<'_, Index<V>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn follow<K, S>(stream: S, changed: Arc<Notify>, what: &'static str)
-where
+async fn follow<K, V, S>(
+    stream: S,
+    index: Shared_<V>,
+    convert: fn(&K) -> Option<V>,
+    changed: Arc<Notify>,
+    what: &'static str,
+) where
+    K: kube::Resource,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    let mut stream = std::pin::pin!(stream);
+    let mut stream = std::pin::pin!(stream.default_backoff());
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(_) => changed.notify_one(),
+            Ok(ev) => {
+                if lock(&index).apply(ev, convert) {
+                    changed.notify_one();
+                }
+            }
             Err(e) => tracing::warn!(resource = what, error = %e, "DNS watch failed; retrying"),
         }
     }

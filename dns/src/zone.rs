@@ -11,6 +11,7 @@
 //! - PTR `d.c.b.a.in-addr.arpa` (and ip6.arpa) for ClusterIPs, endpoint hostnames and pod IPs.
 //! - SOA and NS at the apex; every ancestor of a name exists (empty non-terminals → NODATA).
 
+use crate::index::{PodInfo, SliceInfo, SvcInfo, SvcKind};
 use crate::wire::{self, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -54,6 +55,8 @@ pub struct Zone {
     pub records: usize,
     /// Pod IP → namespace (for search-path answers: who is asking).
     pub pod_namespaces: HashMap<IpAddr, Box<str>>,
+    /// Namespaces with at least one pod (whose search-path queries autopath may answer).
+    pub namespaces_with_pods: std::collections::HashSet<Box<str>>,
 }
 
 impl Zone {
@@ -84,6 +87,7 @@ impl Zone {
         Builder::new(domain, ttl).finish()
     }
 
+    /// From API objects (tests, tools); the server builds from its compact [`crate::index`].
     pub fn build(
         domain: &str,
         ttl: u32,
@@ -91,83 +95,80 @@ impl Zone {
         slices: &[Arc<EndpointSlice>],
         pods: &[Arc<Pod>],
     ) -> Zone {
+        let services: Vec<SvcInfo> = services.iter().filter_map(|s| SvcInfo::from_service(s)).collect();
+        let slices: Vec<SliceInfo> = slices.iter().filter_map(|s| SliceInfo::from_slice(s)).collect();
+        let pods: Vec<PodInfo> = pods.iter().filter_map(|p| PodInfo::from_pod(p)).collect();
+        Zone::from_index(domain, ttl, services.iter(), slices.iter(), pods.iter())
+    }
+
+    pub fn from_index<'a>(
+        domain: &str,
+        ttl: u32,
+        services: impl Iterator<Item = &'a SvcInfo>,
+        slices: impl Iterator<Item = &'a SliceInfo>,
+        pods: impl Iterator<Item = &'a PodInfo>,
+    ) -> Zone {
         let mut b = Builder::new(domain, ttl);
         // EndpointSlices by (namespace, service name).
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let mut by_service: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();
         for s in slices {
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-                by_service.entry((ns, svc.as_str())).or_default().push(s);
-            }
+            by_service.entry((&s.namespace, &s.service)).or_default().push(s);
         }
         for svc in services {
-            let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), svc.spec.as_ref()) else { continue };
-            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+            let (name, ns) = (&*svc.name, &*svc.namespace);
             let base = format!("{name}.{ns}.svc.{domain}");
             let short = (ns != "svc" && ns != "pod").then(|| format!("{name}.{ns}.{domain}"));
             let names: Vec<&str> = std::iter::once(base.as_str()).chain(short.as_deref()).collect();
-            if spec.type_.as_deref() == Some("ExternalName") {
-                if let Some(target) = spec.external_name.as_deref().and_then(wire::name_to_wire) {
-                    for n in &names {
-                        b.cname(n, target.clone());
-                    }
-                }
-                continue;
-            }
-            let headless = spec.cluster_ip.as_deref() == Some("None");
-            if !headless {
-                let mut ips: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
-                if ips.is_empty() {
-                    ips.extend(spec.cluster_ip.as_deref());
-                }
-                for ip in ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-                    for n in &names {
-                        b.addr(n, ip);
-                    }
-                    b.ptr(ip, &base);
-                }
-                for p in spec.ports.iter().flatten() {
-                    let Some(pname) = p.name.as_deref().filter(|s| !s.is_empty()) else { continue };
-                    let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                    for n in &names {
-                        b.srv(&format!("_{pname}._{proto}.{n}"), 0, 100, p.port as u16, &base);
-                    }
-                }
-                for n in &names {
-                    b.exists(n);
-                }
-            } else {
-                let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-                for n in &names {
-                    b.exists(n);
-                }
-                for slice in by_service.get(&(ns, name)).into_iter().flatten() {
-                    for ep in &slice.endpoints {
-                        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                        if !ready && !publish_not_ready {
-                            continue;
+            match &svc.kind {
+                SvcKind::ExternalName(target) => {
+                    if let Some(target) = wire::name_to_wire(target) {
+                        for n in &names {
+                            b.cname(n, target.clone());
                         }
-                        for ip in ep.addresses.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-                            let host = match ep.hostname.as_deref().filter(|h| !h.is_empty()) {
-                                Some(h) => h.to_string(),
-                                None => dashed(ip),
-                            };
-                            let target = format!("{host}.{base}");
-                            for n in &names {
-                                b.addr(n, ip);
+                    }
+                }
+                SvcKind::ClusterIp(ips) => {
+                    for &ip in ips.iter() {
+                        for n in &names {
+                            b.addr(n, ip);
+                        }
+                        b.ptr(ip, &base);
+                    }
+                    for p in svc.ports.iter() {
+                        for n in &names {
+                            b.srv(&format!("_{}._{}.{n}", p.name, p.proto), 0, 100, p.port, &base);
+                        }
+                    }
+                    for n in &names {
+                        b.exists(n);
+                    }
+                }
+                SvcKind::Headless { publish_not_ready } => {
+                    for n in &names {
+                        b.exists(n);
+                    }
+                    for slice in by_service.get(&(ns, name)).into_iter().flatten() {
+                        for ep in slice.endpoints.iter() {
+                            if !ep.ready && !publish_not_ready {
+                                continue;
                             }
-                            b.addr(&target, ip);
-                            if ep.hostname.is_some() {
-                                b.ptr(ip, &target);
-                            }
-                            for p in slice.ports.iter().flatten() {
-                                let (Some(pname), Some(port)) = (p.name.as_deref().filter(|s| !s.is_empty()), p.port)
-                                else {
-                                    continue;
+                            for &ip in ep.addresses.iter() {
+                                let host = match ep.hostname.as_deref() {
+                                    Some(h) => h.to_string(),
+                                    None => dashed(ip),
                                 };
-                                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                                let target = format!("{host}.{base}");
                                 for n in &names {
-                                    b.srv(&format!("_{pname}._{proto}.{n}"), 0, 100, port as u16, &target);
+                                    b.addr(n, ip);
+                                }
+                                b.addr(&target, ip);
+                                if ep.hostname.is_some() {
+                                    b.ptr(ip, &target);
+                                }
+                                for p in slice.ports.iter() {
+                                    for n in &names {
+                                        b.srv(&format!("_{}._{}.{n}", p.name, p.proto), 0, 100, p.port, &target);
+                                    }
                                 }
                             }
                         }
@@ -176,19 +177,8 @@ impl Zone {
             }
         }
         for pod in pods {
-            let Some(status) = pod.status.as_ref() else { continue };
-            if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
-                continue;
-            }
-            if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
-                continue;
-            }
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let mut ips: Vec<&str> = status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).collect();
-            if ips.is_empty() {
-                ips.extend(status.pod_ip.as_deref());
-            }
-            for ip in ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+            let ns = &*pod.namespace;
+            for &ip in pod.ips.iter() {
                 b.pod_namespaces.insert(ip, ns.into());
                 let name = format!("{}.{ns}.pod.{domain}", dashed(ip));
                 b.addr(&name, ip);
@@ -398,7 +388,8 @@ impl Builder {
         }
         .soa_rdata();
         wire::rr_named(&mut soa, &self.domain_wire, TYPE_SOA, ttl, &soa_rdata);
-        Zone { domain: self.domain_wire, nodes, soa, records, pod_namespaces: self.pod_namespaces }
+        let namespaces_with_pods = self.pod_namespaces.values().cloned().collect();
+        Zone { domain: self.domain_wire, nodes, soa, records, pod_namespaces: self.pod_namespaces, namespaces_with_pods }
     }
 }
 

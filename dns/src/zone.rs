@@ -61,7 +61,11 @@ pub struct Zone {
 
 impl Zone {
     pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
-        match self.nodes.get(qname) {
+        let node = match self.nodes.get(qname) {
+            Some(node) => Some(node),
+            None => self.long_form(qname).and_then(|long| self.nodes.get(long.as_slice())),
+        };
+        match node {
             Some(node) => {
                 if let Some(c) = &node.cname {
                     return Lookup::Cname(c);
@@ -77,6 +81,21 @@ impl Zone {
             None if wire::is_subdomain(qname, &self.domain) => Lookup::NxDomain,
             None => Lookup::NotOurs,
         }
+    }
+
+    /// The seed's short form `…<svc>.<ns>.D` is `…<svc>.<ns>.svc.D`: looked up under the long
+    /// name rather than stored twice (the records point at the question name, so answers carry
+    /// the name that was asked).
+    fn long_form(&self, qname: &[u8]) -> Option<Vec<u8>> {
+        if qname.len() <= self.domain.len() || !wire::is_subdomain(qname, &self.domain) {
+            return None;
+        }
+        let prefix = &qname[..qname.len() - self.domain.len()];
+        let last = wire::labels(prefix).pop()?;
+        if last.eq_ignore_ascii_case(b"svc") || last.eq_ignore_ascii_case(b"pod") {
+            return None;
+        }
+        Some([prefix, b"\x03svc", &self.domain].concat())
     }
 
     pub fn is_ours(&self, qname: &[u8]) -> bool {
@@ -117,8 +136,8 @@ impl Zone {
         for svc in services {
             let (name, ns) = (&*svc.name, &*svc.namespace);
             let base = format!("{name}.{ns}.svc.{domain}");
-            let short = (ns != "svc" && ns != "pod").then(|| format!("{name}.{ns}.{domain}"));
-            let names: Vec<&str> = std::iter::once(base.as_str()).chain(short.as_deref()).collect();
+            // The short form `<name>.<ns>.D` is answered by `Zone::long_form`, not stored.
+            let names = [base.as_str()];
             match &svc.kind {
                 SvcKind::ExternalName(target) => {
                     if let Some(target) = wire::name_to_wire(target) {

@@ -45,6 +45,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     // Either half ending (an error, or the shutdown signal) stops the other.
+    let node_name = cfg.kubelet.node_name.clone();
     let kubelet = async {
         let r = kubelet::run(client.clone(), runtime, cfg.kubelet, stopped(stop_rx.clone())).await;
         let _ = stop_tx.send(true);
@@ -56,6 +57,7 @@ pub async fn run(
                 let p = proxy::Proxy::new(proxy::ProxyConfig {
                     metrics_listen: cfg.metrics_listen,
                     track_node_addresses: true,
+                    node_name: Some(node_name),
                     ..Default::default()
                 })?;
                 let r = proxy::run_node_proxy(client.clone(), &pcfg, &p, stopped(stop_rx.clone())).await;

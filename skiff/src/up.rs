@@ -71,19 +71,24 @@ fn say(msg: &str) {
 
 /// The kube-dns Service at the cluster DNS address and its EndpointSlice naming this node's DNS.
 /// Created if missing; the slice is rewritten each time (the node address may have changed).
-async fn ensure_kube_dns(client: &Client, node_ip: Ipv4Addr, port: u16) -> Result<()> {
+async fn ensure_kube_dns(client: &Client, node_name: &str, node_ip: Ipv4Addr, port: u16) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system",
                      "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
-        "spec": {"clusterIP": "10.96.0.10", "ports": [
+        // Local: each node's pods ask that node's DNS, at the socket — never through conntrack.
+        "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local", "ports": [
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": port},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": port}]}
     }))?;
     match services.create(&PostParams::default(), &svc).await {
         Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // A data directory from before the policy: bring it up to date.
+            let p = json!({"spec": {"internalTrafficPolicy": "Local"}});
+            services.patch("kube-dns", &PatchParams::default(), &Patch::Merge(&p)).await?;
+        }
         Err(e) => return Err(e).context("creating the kube-dns Service"),
     }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
@@ -93,7 +98,7 @@ async fn ensure_kube_dns(client: &Client, node_ip: Ipv4Addr, port: u16) -> Resul
                      "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "skiff-up"}},
         "addressType": "IPv4",
         "ports": [{"name": "dns", "port": port, "protocol": "UDP"}, {"name": "dns-tcp", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}]
+        "endpoints": [{"addresses": [node_ip.to_string()], "nodeName": node_name, "conditions": {"ready": true}}]
     });
     if slices.get_opt("kube-dns-skiff").await?.is_some() {
         slices.patch("kube-dns-skiff", &PatchParams::default(), &Patch::Merge(&slice)).await?;
@@ -187,7 +192,7 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
     let client = Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
 
     say(&format!("starting the cluster DNS on {node_ip}:{} (kube-dns 10.96.0.10)", node.dns_port));
-    ensure_kube_dns(&client, node_ip, node.dns_port).await?;
+    ensure_kube_dns(&client, &node_name, node_ip, node.dns_port).await?;
     let dns = skiff_dns::start(
         client.clone(),
         skiff_dns::DnsConfig {

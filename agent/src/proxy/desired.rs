@@ -65,8 +65,15 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 /// - A `NodePort` or `LoadBalancer` service's `nodePort`s are frontends on each of `node_ips`
 ///   (the node's own addresses): connecting to `<node address>:<nodePort>` reaches the service at
 ///   the socket, so host-local access needs no per-packet program.
+/// - `internalTrafficPolicy: Local`: only endpoints whose `nodeName` is `node_name` (the node
+///   this proxy serves) are backends — kube-dns uses it so each pod asks its own node's DNS.
 /// - Two services claiming the same frontend: the first in namespace/name order wins.
-pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node_ips: &[Ipv4Addr]) -> Desired {
+pub fn compute(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node_ips: &[Ipv4Addr],
+    node_name: Option<&str>,
+) -> Desired {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
@@ -88,7 +95,7 @@ pub fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node_ip
         let ns = svc.metadata.namespace.as_deref().unwrap_or("");
         let name = svc.metadata.name.as_deref().unwrap_or("");
         let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-        for (fe, want) in compute_service(svc, slices, node_ips) {
+        for (fe, want) in compute_service(svc, slices, node_ips, node_name) {
             out.entry(fe).or_insert(want);
         }
     }
@@ -108,6 +115,7 @@ pub fn compute_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node_ips: &[Ipv4Addr],
+    node_name: Option<&str>,
 ) -> Vec<(Frontend, DesiredFrontend)> {
     let mut out = Vec::new();
     let Some(spec) = &svc.spec else { return out };
@@ -124,6 +132,7 @@ pub fn compute_service(
         return out; // headless ("None") or IPv6-only
     }
     vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
+    let node_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     for sp in spec.ports.iter().flatten() {
         let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
         let Ok(port) = u16::try_from(sp.port) else { continue };
@@ -147,7 +156,7 @@ pub fn compute_service(
             }
             for ep in &slice.endpoints {
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !ready {
+                if !ready || (node_local && ep.node_name.as_deref() != node_name) {
                     continue;
                 }
                 for a in &ep.addresses {
@@ -186,7 +195,33 @@ mod tests {
 
     /// Most rules do not involve node addresses.
     fn compute(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Desired {
-        super::compute(services, slices, &[])
+        super::compute(services, slices, &[], None)
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+        let dns = svc(json!({
+            "metadata": {"namespace": "kube-system", "name": "kube-dns"},
+            "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }));
+        let sl = slice(json!({
+            "metadata": {"namespace": "kube-system", "name": "kube-dns-1", "labels": {SERVICE_NAME_LABEL: "kube-dns"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "a"}, {"addresses": ["10.0.0.2"], "nodeName": "b"}],
+        }));
+        let fe = Frontend { vip: Ipv4Addr::new(10, 96, 0, 10), port: 53, proto: Protocol::Udp };
+        for (node, want) in [("a", Ipv4Addr::new(10, 0, 0, 1)), ("b", Ipv4Addr::new(10, 0, 0, 2))] {
+            let d = super::compute(&[dns.clone()], &[sl.clone()], &[], Some(node));
+            assert_eq!(d[&fe].backends, [(want, 53)], "node {node}");
+        }
+        // No local endpoint: no backend (refused), never another node's.
+        assert!(super::compute(&[dns.clone()], &[sl.clone()], &[], Some("c"))[&fe].backends.is_empty());
+        // The default policy (Cluster) uses every node's endpoints.
+        let mut cluster = (*dns).clone();
+        cluster.spec.as_mut().unwrap().internal_traffic_policy = None;
+        assert_eq!(super::compute(&[Arc::new(cluster)], &[sl], &[], Some("a"))[&fe].backends.len(), 2);
     }
 
     #[test]
@@ -203,7 +238,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.0.9"]}],
         }));
         let nodes = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 168, 5, 2)];
-        let d = super::compute(&[np.clone()], &[sl.clone()], &nodes);
+        let d = super::compute(&[np.clone()], &[sl.clone()], &nodes, None);
         assert_eq!(d.len(), 3, "the ClusterIP and one frontend per node address: {d:?}");
         for ip in nodes {
             let f = &d[&Frontend { vip: ip, port: 30001, proto: Protocol::Tcp }];
@@ -212,7 +247,7 @@ mod tests {
         // A ClusterIP service with a stray nodePort gets none.
         let mut plain = (*np).clone();
         plain.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-        assert_eq!(super::compute(&[Arc::new(plain)], &[sl], &nodes).len(), 1);
+        assert_eq!(super::compute(&[Arc::new(plain)], &[sl], &nodes, None).len(), 1);
     }
 
     fn svc(v: serde_json::Value) -> Arc<Service> {

@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     pub resync_period: Duration,
     /// The node's own addresses: NodePorts are served on each of them.
     pub node_addresses: Vec<std::net::Ipv4Addr>,
+    /// The node this proxy serves: `internalTrafficPolicy: Local` services use only endpoints
+    /// whose `nodeName` is this one.
+    pub node_name: Option<String>,
     /// Follow this machine's addresses instead (checked every 2 s; a change resyncs), so an
     /// address that appears later — the pod bridge's gateway — serves NodePorts too.
     pub track_node_addresses: bool,
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             resync_period: Duration::from_secs(30),
             node_addresses: Vec::new(),
             track_node_addresses: false,
+            node_name: None,
         }
     }
 }
@@ -168,7 +172,7 @@ impl Proxy {
             while rx.try_recv().is_ok() {} // the initial lists' events are covered by this first sync
             let mut owners = Owners::default();
             let t = Instant::now();
-            let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap());
+            let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap(), self.config.node_name.as_deref());
             let mut full_needed = !self.apply(&table, &names, &d);
             owners.rebuild(&d);
             tracing::info!(frontends = d.len(), elapsed = ?t.elapsed(), "service proxy: initial sync done");
@@ -211,7 +215,7 @@ impl Proxy {
                 }
                 let ok = if full_needed {
                     resync_at = tokio::time::Instant::now() + self.config.resync_period;
-                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap());
+                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap(), self.config.node_name.as_deref());
                     let ok = self.apply(&table, &names, &d);
                     owners.rebuild(&d);
                     ok
@@ -232,7 +236,7 @@ impl Proxy {
                                 .collect();
                             let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
                             let want = svc
-                                .map(|s| desired::compute_service(&s, &refs, &node_addresses.lock().unwrap()))
+                                .map(|s| desired::compute_service(&s, &refs, &node_addresses.lock().unwrap(), self.config.node_name.as_deref()))
                                 .unwrap_or_default();
                             let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
                             writes += w;
@@ -615,7 +619,7 @@ mod tests {
             index.apply(s);
         }
         let all: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
-        let d = desired::compute(&services, &all, &[]);
+        let d = desired::compute(&services, &all, &[], None);
         let (_, ok) = apply_desired(&mut dp.services, &d);
         assert!(ok);
         let mut owners = Owners::default();
@@ -636,7 +640,7 @@ mod tests {
                 let sl: Vec<Arc<EndpointSlice>> =
                     index.slices_of(&key).iter().filter_map(|n| slices.get(n).cloned()).collect();
                 let refs: Vec<&EndpointSlice> = sl.iter().map(|s| s.as_ref()).collect();
-                let want = desired::compute_service(svc, &refs, &[]);
+                let want = desired::compute_service(svc, &refs, &[], None);
                 let (w, ok) = owners.apply_service(&mut dp.services, &mut names, &key, want);
                 assert!(ok);
                 writes += w;

@@ -211,7 +211,15 @@ pub fn update_managed_fields(old: Option<&Value>, new: &Value, manager: &str, ki
     };
 
     let mut changed = FieldSet::default();
-    for p in new_fields.members() {
+    let members = match &old_obj {
+        Some(_) => new_fields.members(),
+        None => {
+            // A create: every field is new, no need to compare them one by one.
+            changed = new_fields.clone();
+            Vec::new()
+        }
+    };
+    for p in members {
         let is_leaf = new_fields.contains_leaf(&p);
         let differs = if is_leaf {
             !opt_json_eq(old_obj.as_ref().and_then(|o| value_at(o, &p)), value_at(&new_obj, &p))

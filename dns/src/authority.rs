@@ -66,16 +66,16 @@ impl ClusterZone {
         let qtype = u16::from(rtype);
         match zone.lookup(&qname, qtype) {
             Lookup::NotOurs => Skip,
-            Lookup::Answer(set) => Break(Ok(with_extra(name, set, opts))),
+            Lookup::Answer(set) => Break(Ok(with_extra(name, &set, opts))),
             Lookup::Any(sets) => {
                 let sets = sets.iter().filter_map(|(t, s)| record_set(name, *t, s)).map(Arc::new).collect();
                 Break(Ok(AuthLookup::answers(LookupRecords::many(opts, sets), None)))
             }
             Lookup::Cname(set) => {
-                let Some(cname) = record_set(name, wire::TYPE_CNAME, set) else { return Break(Err(servfail())) };
+                let Some(cname) = record_set(name, wire::TYPE_CNAME, &set) else { return Break(Err(servfail())) };
                 let mut sets = vec![Arc::new(cname)];
                 if rtype != RecordType::CNAME && rtype != RecordType::ANY {
-                    sets.extend(self.follow(&zone, set, rtype).await);
+                    sets.extend(self.follow(&zone, &set, rtype).await);
                 }
                 Break(Ok(AuthLookup::answers(LookupRecords::many(opts, sets), None)))
             }
@@ -95,12 +95,12 @@ impl ClusterZone {
 
     /// The records of an ExternalName's target: from the zone when it is a cluster name,
     /// otherwise from the upstreams (nothing when they have nothing: the CNAME alone).
-    async fn follow(&self, zone: &Zone, cname: &RrSet, rtype: RecordType) -> Vec<Arc<RecordSet>> {
+    async fn follow(&self, zone: &Zone, cname: &RrSet<'_>, rtype: RecordType) -> Vec<Arc<RecordSet>> {
         let Some(target_wire) = cname.bytes.get(12..) else { return vec![] };
         let Some(target) = name_from_wire(target_wire) else { return vec![] };
         if zone.is_ours(&lower_wire(&target)) {
             return match zone.lookup(&lower_wire(&target), u16::from(rtype)) {
-                Lookup::Answer(set) => record_set(&target, u16::from(rtype), set).map(Arc::new).into_iter().collect(),
+                Lookup::Answer(set) => record_set(&target, u16::from(rtype), &set).map(Arc::new).into_iter().collect(),
                 _ => vec![],
             };
         }
@@ -173,10 +173,7 @@ impl ClusterZone {
         }
         let ttl = found.iter().map(|s| s.ttl()).min().unwrap_or(zone_ttl(zone));
         let mut cname = RecordSet::with_ttl(name.clone(), RecordType::CNAME, ttl);
-        cname.insert(
-            Record::from_rdata(name.clone(), ttl, RData::CNAME(hickory_proto::rr::rdata::CNAME(target))),
-            0,
-        );
+        cname.insert(Record::from_rdata(name.clone(), ttl, RData::CNAME(hickory_proto::rr::rdata::CNAME(target))), 0);
         let mut sets = vec![Arc::new(cname)];
         sets.extend(found);
         Some(AuthLookup::answers(LookupRecords::many(opts, sets), None))
@@ -246,7 +243,7 @@ fn decode_from(buf: &[u8], start: usize) -> Vec<Record> {
     out
 }
 
-fn record_set(owner: &Name, rtype: u16, set: &RrSet) -> Option<RecordSet> {
+fn record_set(owner: &Name, rtype: u16, set: &RrSet<'_>) -> Option<RecordSet> {
     let records = decode_owned_by(owner, &set.bytes);
     let first = records.first()?;
     let mut rs = RecordSet::with_ttl(owner.clone(), RecordType::from(rtype), first.ttl);
@@ -257,7 +254,7 @@ fn record_set(owner: &Name, rtype: u16, set: &RrSet) -> Option<RecordSet> {
 }
 
 /// An answer with its additional records (the addresses of SRV targets).
-fn with_extra(owner: &Name, set: &RrSet, opts: LookupOptions) -> AuthLookup {
+fn with_extra(owner: &Name, set: &RrSet<'_>, opts: LookupOptions) -> AuthLookup {
     let records = decode_owned_by(owner, &set.bytes);
     let rtype = records.first().map(|r| r.record_type()).unwrap_or(RecordType::A);
     let ttl = records.first().map(|r| r.ttl).unwrap_or(0);
@@ -319,7 +316,8 @@ impl ZoneHandler for ClusterZone {
     ) -> LookupControlFlow<AuthLookup> {
         let name = Name::from(name.clone());
         let zone = current(&self.zone);
-        if rtype == RecordType::SOA && lower_wire(&name) != zone.domain && LowerName::from(name.clone()) == self.origin {
+        if rtype == RecordType::SOA && lower_wire(&name) != zone.domain && LowerName::from(name.clone()) == self.origin
+        {
             // The catalog asks for the SOA of the handler's origin for negative answers; in the
             // reverse zones we are authoritative only for cluster addresses, and say so with
             // the cluster zone's SOA.

@@ -33,11 +33,83 @@ pub struct SvcInfo {
     pub ports: Box<[PortInfo]>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct EndpointInfo {
-    pub addresses: Box<[IpAddr]>,
-    pub hostname: Option<Box<str>>,
+/// A slice's endpoints packed into one allocation (most slices have a handful of one-address
+/// endpoints: a few bytes each instead of a boxed struct and a boxed address list each).
+/// Per endpoint: `ready u8, hostname_len u8, hostname, naddr u8`, then per address its length
+/// (4 or 16) and its octets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Endpoints(Box<[u8]>);
+
+/// One endpoint of [`Endpoints`].
+pub struct EndpointRef<'a> {
     pub ready: bool,
+    pub hostname: Option<&'a str>,
+    addrs: &'a [u8],
+}
+
+impl EndpointRef<'_> {
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let mut rest = self.addrs;
+        std::iter::from_fn(move || {
+            let (&len, tail) = rest.split_first()?;
+            let (octets, tail) = tail.split_at_checked(len as usize)?;
+            rest = tail;
+            match len {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(octets).ok()?)),
+                _ => Some(IpAddr::from(<[u8; 16]>::try_from(octets).ok()?)),
+            }
+        })
+    }
+}
+
+impl Endpoints {
+    pub fn pack<'a>(eps: impl Iterator<Item = (bool, Option<&'a str>, Vec<IpAddr>)>) -> Endpoints {
+        let mut out = Vec::new();
+        for (ready, hostname, addrs) in eps {
+            out.push(ready as u8);
+            let host = hostname.filter(|h| h.len() <= 255).unwrap_or("");
+            out.push(host.len() as u8);
+            out.extend_from_slice(host.as_bytes());
+            let addrs = &addrs[..addrs.len().min(255)];
+            out.push(addrs.len() as u8);
+            for a in addrs {
+                match a {
+                    IpAddr::V4(v4) => {
+                        out.push(4);
+                        out.extend_from_slice(&v4.octets());
+                    }
+                    IpAddr::V6(v6) => {
+                        out.push(16);
+                        out.extend_from_slice(&v6.octets());
+                    }
+                }
+            }
+        }
+        Endpoints(out.into_boxed_slice())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = EndpointRef<'_>> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let (&ready, tail) = rest.split_first()?;
+            let (&hlen, tail) = tail.split_first()?;
+            let (host, tail) = tail.split_at_checked(hlen as usize)?;
+            let (&naddr, mut tail) = tail.split_first()?;
+            let start = tail;
+            let mut used = 0;
+            for _ in 0..naddr {
+                let (&len, t) = tail.split_first()?;
+                tail = t.get(len as usize..)?;
+                used += 1 + len as usize;
+            }
+            rest = tail;
+            Some(EndpointRef {
+                ready: ready != 0,
+                hostname: std::str::from_utf8(host).ok().filter(|h| !h.is_empty()),
+                addrs: &start[..used],
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +117,7 @@ pub struct SliceInfo {
     pub namespace: Box<str>,
     /// The `kubernetes.io/service-name` label.
     pub service: Box<str>,
-    pub endpoints: Box<[EndpointInfo]>,
+    pub endpoints: Endpoints,
     pub ports: Box<[PortInfo]>,
 }
 
@@ -91,15 +163,13 @@ impl SliceInfo {
     pub fn from_slice(s: &EndpointSlice) -> Option<SliceInfo> {
         let namespace = s.metadata.namespace.as_deref().unwrap_or("default");
         let service = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
-        let endpoints = s
-            .endpoints
-            .iter()
-            .map(|e| EndpointInfo {
-                addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                hostname: e.hostname.as_deref().filter(|h| !h.is_empty()).map(Into::into),
-                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-            })
-            .collect();
+        let endpoints = Endpoints::pack(s.endpoints.iter().map(|e| {
+            (
+                e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                e.hostname.as_deref().filter(|h| !h.is_empty()),
+                e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+            )
+        }));
         let ports = s
             .ports
             .iter()
@@ -134,14 +204,17 @@ impl PodInfo {
 /// (a relist replaces the whole map at once, as a reflector store does).
 #[derive(Debug)]
 pub struct Index<V> {
-    pub live: HashMap<Box<str>, V>,
-    relist: Option<HashMap<Box<str>, V>>,
+    /// By a hash of `namespace/name` (not the string: one less allocation per object).
+    pub live: HashMap<u64, V>,
+    relist: Option<HashMap<u64, V>>,
     pub listed: bool,
+    /// Keyed per process, so object names cannot be chosen to collide.
+    hasher: std::hash::RandomState,
 }
 
 impl<V> Default for Index<V> {
     fn default() -> Self {
-        Index { live: HashMap::new(), relist: None, listed: false }
+        Index { live: HashMap::new(), relist: None, listed: false, hasher: Default::default() }
     }
 }
 
@@ -153,9 +226,11 @@ impl<V> Index<V> {
         K: kube::Resource,
     {
         use kube::runtime::watcher::Event;
-        let key = |k: &K| -> Box<str> {
+        let hasher = self.hasher.clone();
+        let key = move |k: &K| -> u64 {
+            use std::hash::BuildHasher;
             let m = k.meta();
-            format!("{}/{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")).into()
+            hasher.hash_one((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")))
         };
         match ev {
             Event::Init => {

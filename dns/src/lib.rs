@@ -16,9 +16,9 @@ pub mod zone;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
+use index::{Index, PodInfo, SliceInfo, SvcInfo};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use index::{Index, PodInfo, SliceInfo, SvcInfo};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use server::{PathConfig, Shared};
@@ -249,7 +249,13 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
         changed.clone(),
         "endpointslices",
     ));
-    let t3 = tokio::spawn(follow(watcher(Api::<Pod>::all(client), cfg), pods.clone(), PodInfo::from_pod, changed.clone(), "pods"));
+    let t3 = tokio::spawn(follow(
+        watcher(Api::<Pod>::all(client), cfg),
+        pods.clone(),
+        PodInfo::from_pod,
+        changed.clone(),
+        "pods",
+    ));
     let _guards = [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)];
     let listed = || lock(&services).listed && lock(&slices).listed && lock(&pods).listed;
     while !listed() {

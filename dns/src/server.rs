@@ -16,12 +16,10 @@ use anyhow::{Context, Result};
 use hickory_net::NetError;
 use hickory_net::runtime::TokioTime;
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::serialize::binary::BinEncodable;
 use hickory_proto::rr::{LowerName, Name, Record};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_proto::serialize::binary::BinEncoder;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 use hickory_server::net::xfer::Protocol;
@@ -29,7 +27,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
 use hickory_server::zone_handler::{Catalog, MessageResponse, MessageResponseBuilder, ZoneHandler};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -274,8 +272,19 @@ impl ResponseHandler for Capture {
                 ResponseInfo::from(header)
             }
         };
-        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(recompress(bytes));
         Ok(info)
+    }
+}
+
+/// hickory's response writes the question from the query's raw bytes, so no answer name can
+/// point at it and every owner is spelled out in full. A decode and re-encode with hickory's
+/// ordinary (compressing) encoder makes typical answers a quarter smaller — on the wire and in
+/// the response cache. Only the slow path pays for it.
+fn recompress(bytes: Vec<u8>) -> Vec<u8> {
+    match hickory_proto::op::Message::from_vec(&bytes).ok().and_then(|m| m.to_vec().ok()) {
+        Some(v) if v.len() < bytes.len() => v,
+        _ => bytes,
     }
 }
 
@@ -288,16 +297,56 @@ struct ResponseCache {
 #[derive(Default)]
 struct CacheInner {
     generation: u64,
-    udp: HashMap<Box<[u8]>, Cached>,
-    tcp: HashMap<Box<[u8]>, Cached>,
+    udp: HashSet<Cached>,
+    tcp: HashSet<Cached>,
 }
 
-struct Cached {
-    /// The response without its 2-byte id.
-    bytes: Box<[u8]>,
-    qtype: u16,
-    rcode: u8,
+/// One allocation per entry: `qtype u16, rcode u8, key_len u16, key, response without its id`.
+/// Hashed and compared by the key (the query after its id), so a received packet looks it up
+/// without building anything.
+struct Cached(Box<[u8]>);
+
+impl Cached {
+    fn new(key: &[u8], response: &[u8], qtype: u16, rcode: u8) -> Cached {
+        let mut b = Vec::with_capacity(5 + key.len() + response.len());
+        b.extend_from_slice(&qtype.to_le_bytes());
+        b.push(rcode);
+        b.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(response);
+        Cached(b.into_boxed_slice())
+    }
+    fn key(&self) -> &[u8] {
+        let len = u16::from_le_bytes([self.0[3], self.0[4]]) as usize;
+        &self.0[5..5 + len]
+    }
+    fn response(&self) -> &[u8] {
+        &self.0[5 + self.key().len()..]
+    }
+    fn qtype(&self) -> u16 {
+        u16::from_le_bytes([self.0[0], self.0[1]])
+    }
+    fn rcode(&self) -> u8 {
+        self.0[2]
+    }
 }
+
+impl std::borrow::Borrow<[u8]> for Cached {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+impl std::hash::Hash for Cached {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key().hash(h)
+    }
+}
+impl PartialEq for Cached {
+    fn eq(&self, o: &Cached) -> bool {
+        self.key() == o.key()
+    }
+}
+impl Eq for Cached {}
 
 impl ResponseCache {
     fn new(capacity: usize) -> ResponseCache {
@@ -315,10 +364,10 @@ impl ResponseCache {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let map = if tcp { &inner.tcp } else { &inner.udp };
         let hit = map.get(&packet[2..])?;
-        let mut out = Vec::with_capacity(hit.bytes.len() + 2);
+        let mut out = Vec::with_capacity(hit.response().len() + 2);
         out.extend_from_slice(&packet[0..2]);
-        out.extend_from_slice(&hit.bytes);
-        Some((out, hit.qtype, hit.rcode))
+        out.extend_from_slice(hit.response());
+        Some((out, hit.qtype(), hit.rcode()))
     }
 
     /// Keeps an answer computed under `generation` unless the zone changed meanwhile. When full,
@@ -332,7 +381,9 @@ impl ResponseCache {
             return;
         }
         let map = if tcp { &mut inner.tcp } else { &mut inner.udp };
-        map.insert(packet[2..].into(), Cached { bytes: response[2..].into(), qtype, rcode });
+        if packet.len() - 2 <= u16::MAX as usize {
+            map.insert(Cached::new(&packet[2..], &response[2..], qtype, rcode));
+        }
     }
 }
 

@@ -16,40 +16,46 @@ use crate::wire::{self, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_NS, TYPE_P
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Prepared records: `count` RRs, each owned by a compression pointer to the question name.
-#[derive(Debug, Clone, Default)]
-pub struct RrSet {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RrSet<'a> {
     pub count: u16,
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
     /// Additional-section records (the A/AAAA of SRV targets), full owner names.
     pub extra_count: u16,
-    pub extra: Vec<u8>,
-}
-
-#[derive(Debug, Default)]
-pub struct Node {
-    sets: Vec<(u16, RrSet)>,
-    cname: Option<RrSet>,
+    pub extra: &'a [u8],
 }
 
 pub enum Lookup<'a> {
-    Answer(&'a RrSet),
+    Answer(RrSet<'a>),
     /// Every record set of the name (qtype ANY).
-    Any(&'a [(u16, RrSet)]),
+    Any(Vec<(u16, RrSet<'a>)>),
     /// The name is an alias: answer the CNAME whatever the type.
-    Cname(&'a RrSet),
+    Cname(RrSet<'a>),
     NoData,
     NxDomain,
     /// Not in the cluster zone nor a reverse name we know: forward it.
     NotOurs,
 }
 
+/// The zone is one byte arena of nodes plus a table from name hash to node offset: tens of
+/// bytes per record, where a map of boxed names to vectors of vectors cost ~500 (memory per
+/// 1,000 services is a target, and a rebuild holds two zones at once).
+///
+/// Node layout: `name_len u8, name, kind u8` then for kind 1 (alias) one set, for kind 0
+/// `nsets u8` sets; a set is `type u16, count u16, len u32, bytes, extra_count u16,
+/// extra_len u32, extra` (little-endian lengths).
 pub struct Zone {
     pub domain: Vec<u8>,
-    nodes: HashMap<Box<[u8]>, Node>,
+    arena: Vec<u8>,
+    /// Hash of the lowercase wire name → node offset. Names whose hash is taken go to `spill`.
+    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    spill: HashMap<Box<[u8]>, u32>,
+    hasher: RandomState,
     /// The apex SOA as a full RR with an uncompressed owner, for negative answers' authority section.
     pub soa: Vec<u8>,
     pub records: usize,
@@ -59,27 +65,114 @@ pub struct Zone {
     pub namespaces_with_pods: std::collections::HashSet<Box<str>>,
 }
 
+/// The index's keys are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A little-endian reader over a node; `None` on a short read (never for a zone we built).
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn set(&mut self) -> Option<(u16, RrSet<'a>)> {
+        let ty = self.u16()?;
+        let count = self.u16()?;
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        let extra_count = self.u16()?;
+        let extra_len = self.u32()? as usize;
+        let extra = self.take(extra_len)?;
+        Some((ty, RrSet { count, bytes, extra_count, extra }))
+    }
+}
+
+fn put_set(arena: &mut Vec<u8>, ty: u16, count: u16, bytes: &[u8], extra_count: u16, extra: &[u8]) {
+    arena.extend_from_slice(&ty.to_le_bytes());
+    arena.extend_from_slice(&count.to_le_bytes());
+    arena.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    arena.extend_from_slice(bytes);
+    arena.extend_from_slice(&extra_count.to_le_bytes());
+    arena.extend_from_slice(&(extra.len() as u32).to_le_bytes());
+    arena.extend_from_slice(extra);
+}
+
 impl Zone {
-    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
-        let node = match self.nodes.get(qname) {
-            Some(node) => Some(node),
-            None => self.long_form(qname).and_then(|long| self.nodes.get(long.as_slice())),
+    /// The node body (after its name) of exactly this lowercase wire name.
+    fn find(&self, qname: &[u8]) -> Option<&[u8]> {
+        let at = |off: u32| -> Option<(&[u8], &[u8])> {
+            let node = self.arena.get(off as usize..)?;
+            let len = *node.first()? as usize;
+            Some((node.get(1..1 + len)?, node.get(1 + len..)?))
         };
-        match node {
-            Some(node) => {
-                if let Some(c) = &node.cname {
-                    return Lookup::Cname(c);
-                }
-                if qtype == TYPE_ANY {
-                    return if node.sets.is_empty() { Lookup::NoData } else { Lookup::Any(&node.sets) };
-                }
-                match node.sets.iter().find(|(t, _)| *t == qtype) {
-                    Some((_, set)) => Lookup::Answer(set),
-                    None => Lookup::NoData,
+        if let Some(&off) = self.index.get(&self.hasher.hash_one(qname)) {
+            if let Some((name, body)) = at(off) {
+                if name == qname {
+                    return Some(body);
                 }
             }
-            None if wire::is_subdomain(qname, &self.domain) => Lookup::NxDomain,
-            None => Lookup::NotOurs,
+        }
+        at(*self.spill.get(qname)?).map(|(_, body)| body)
+    }
+
+    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        let body = match self.find(qname) {
+            Some(b) => Some(b),
+            None => self.long_form(qname).and_then(|long| self.find(&long)),
+        };
+        let Some(body) = body else {
+            return if wire::is_subdomain(qname, &self.domain) { Lookup::NxDomain } else { Lookup::NotOurs };
+        };
+        let mut c = Cursor(body);
+        match c.u8() {
+            Some(1) => match c.set() {
+                Some((_, set)) => Lookup::Cname(set),
+                None => Lookup::NoData,
+            },
+            Some(_) => {
+                let n = c.u8().unwrap_or(0);
+                let mut sets = Vec::new();
+                for _ in 0..n {
+                    let Some((ty, set)) = c.set() else { break };
+                    if ty == qtype {
+                        return Lookup::Answer(set);
+                    }
+                    if qtype == TYPE_ANY {
+                        sets.push((ty, set));
+                    }
+                }
+                if sets.is_empty() { Lookup::NoData } else { Lookup::Any(sets) }
+            }
+            None => Lookup::NoData,
         }
     }
 
@@ -171,8 +264,8 @@ impl Zone {
                             if !ep.ready && !publish_not_ready {
                                 continue;
                             }
-                            for &ip in ep.addresses.iter() {
-                                let host = match ep.hostname.as_deref() {
+                            for ip in ep.addresses() {
+                                let host = match ep.hostname {
                                     Some(h) => h.to_string(),
                                     None => dashed(ip),
                                 };
@@ -370,33 +463,48 @@ impl Builder {
             }
         }
         let mut records = 0;
-        let mut nodes = HashMap::with_capacity(self.nodes.len());
+        let hasher = RandomState::new();
+        let mut index: HashMap<u64, u32, BuildHasherDefault<Prehashed>> = HashMap::default();
+        index.reserve(self.nodes.len());
+        let mut spill: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut arena = Vec::new();
+        let mut bytes = Vec::new();
         for (name, nb) in self.nodes {
-            let mut node = Node::default();
+            let off = arena.len() as u32;
+            arena.push(name.len() as u8);
+            arena.extend_from_slice(&name);
             if let Some(target) = nb.cname {
-                let mut set = RrSet { count: 1, ..Default::default() };
-                wire::rr_ptr_owner(&mut set.bytes, 12, TYPE_CNAME, ttl, &target);
-                node.cname = Some(set);
+                bytes.clear();
+                wire::rr_ptr_owner(&mut bytes, 12, TYPE_CNAME, ttl, &target);
+                arena.push(1);
+                put_set(&mut arena, TYPE_CNAME, 1, &bytes, 0, &[]);
                 records += 1;
             } else {
-                for (ty, rdatas) in nb.rdata {
-                    let mut set = RrSet::default();
+                arena.push(0);
+                arena.push(nb.rdata.len().min(255) as u8);
+                for (ty, rdatas) in nb.rdata.iter().take(255) {
+                    bytes.clear();
+                    let mut count = 0u16;
                     for r in rdatas.iter().take(u16::MAX as usize / 2) {
-                        wire::rr_ptr_owner(&mut set.bytes, 12, ty, ttl, r);
-                        set.count += 1;
+                        wire::rr_ptr_owner(&mut bytes, 12, *ty, ttl, r);
+                        count += 1;
                     }
-                    if ty == TYPE_SRV {
-                        if let Some((n, extra)) = extras.remove(&name) {
-                            set.extra_count = n;
-                            set.extra = extra;
-                        }
-                    }
-                    records += set.count as usize;
-                    node.sets.push((ty, set));
+                    let (extra_count, extra) = match *ty == TYPE_SRV {
+                        true => extras.remove(&name).unwrap_or_default(),
+                        false => (0, Vec::new()),
+                    };
+                    put_set(&mut arena, *ty, count, &bytes, extra_count, &extra);
+                    records += count as usize;
                 }
             }
-            nodes.insert(name.into_boxed_slice(), node);
+            let h = hasher.hash_one(name.as_slice());
+            if index.contains_key(&h) {
+                spill.insert(name.into_boxed_slice(), off);
+            } else {
+                index.insert(h, off);
+            }
         }
+        arena.shrink_to_fit();
         let mut soa = Vec::new();
         let soa_rdata = Builder {
             domain: self.domain.clone(),
@@ -408,7 +516,17 @@ impl Builder {
         .soa_rdata();
         wire::rr_named(&mut soa, &self.domain_wire, TYPE_SOA, ttl, &soa_rdata);
         let namespaces_with_pods = self.pod_namespaces.values().cloned().collect();
-        Zone { domain: self.domain_wire, nodes, soa, records, pod_namespaces: self.pod_namespaces, namespaces_with_pods }
+        Zone {
+            domain: self.domain_wire,
+            arena,
+            index,
+            spill,
+            hasher,
+            soa,
+            records,
+            pod_namespaces: self.pod_namespaces,
+            namespaces_with_pods,
+        }
     }
 }
 
@@ -505,8 +623,26 @@ mod scale {
                 .unwrap(),
             ));
         }
+        #[repr(C)]
+        struct Mallinfo2([usize; 10]);
+        unsafe extern "C" {
+            fn mallinfo2() -> Mallinfo2;
+        }
+        // Bytes in use on glibc's heap (small blocks + mmapped ones), in KiB.
+        let rss = || {
+            let m = unsafe { mallinfo2() };
+            (m.0[7] + m.0[4]) / 1024
+        };
+        let r_objects = rss();
+        let svc_info: Vec<SvcInfo> = services.iter().filter_map(|s| SvcInfo::from_service(s)).collect();
+        let slice_info: Vec<SliceInfo> = slices.iter().filter_map(|s| SliceInfo::from_slice(s)).collect();
+        let r_index = rss();
+        drop((services, slices));
+        let r0 = rss();
+        eprintln!("heap: API objects {} KiB, the compact index of them {} KiB", r_index - r0, r_index - r_objects);
         let t = std::time::Instant::now();
-        let z = Zone::build("cluster.local", 5, &services, &slices, &[]);
+        let z = Zone::from_index("cluster.local", 5, svc_info.iter(), slice_info.iter(), [].iter());
+        eprintln!("heap: zone {} KiB", rss() - r0);
         eprintln!("{n} services, {} endpoints: {} records built in {:?}", n * 5, z.records, t.elapsed());
         assert!(
             matches!(z.lookup(&wire::name_to_wire("svc-1.ns-1.svc.cluster.local").unwrap(), TYPE_A), Lookup::Answer(s) if s.count == 1)

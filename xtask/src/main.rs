@@ -74,6 +74,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libmnl-dev", "nftables through nftnl"),
     ("llvm-22-dev", "bpf-linker links the eBPF programs"),
     ("dnsutils", "dig for DNS tests"),
+    ("dnsperf", "load generator of the DNS benchmark"),
+    ("knot", "Knot DNS, the DNS benchmark's baseline"),
     ("docker.io", "the agent runs pods on the Docker engine"),
     ("iptables", "accept rules for the pod bridge in Docker's FORWARD chain"),
     ("nftables", "nft lists Skiff's table in tests"),
@@ -280,7 +282,11 @@ fn bench(area: &str) -> Result<()> {
             run(&mut c)?;
             Ok(())
         }
-        "dataplane" | "dns" => {
+        "dns" => bench_bin(
+            "bench-dns",
+            "benchmark: dns (10,000 services, 50,000 endpoints; skiff dns vs Knot DNS with the same records)",
+        ),
+        "dataplane" => {
             bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
         }
         other => {

@@ -172,7 +172,12 @@ impl Proxy {
             while rx.try_recv().is_ok() {} // the initial lists' events are covered by this first sync
             let mut owners = Owners::default();
             let t = Instant::now();
-            let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap(), self.config.node_name.as_deref());
+            let d = desired::compute(
+                &svc_store.state(),
+                &eps_store.state(),
+                &node_addresses.lock().unwrap(),
+                self.config.node_name.as_deref(),
+            );
             let mut full_needed = !self.apply(&table, &names, &d);
             owners.rebuild(&d);
             tracing::info!(frontends = d.len(), elapsed = ?t.elapsed(), "service proxy: initial sync done");
@@ -215,7 +220,12 @@ impl Proxy {
                 }
                 let ok = if full_needed {
                     resync_at = tokio::time::Instant::now() + self.config.resync_period;
-                    let d = desired::compute(&svc_store.state(), &eps_store.state(), &node_addresses.lock().unwrap(), self.config.node_name.as_deref());
+                    let d = desired::compute(
+                        &svc_store.state(),
+                        &eps_store.state(),
+                        &node_addresses.lock().unwrap(),
+                        self.config.node_name.as_deref(),
+                    );
                     let ok = self.apply(&table, &names, &d);
                     owners.rebuild(&d);
                     ok
@@ -236,7 +246,14 @@ impl Proxy {
                                 .collect();
                             let refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
                             let want = svc
-                                .map(|s| desired::compute_service(&s, &refs, &node_addresses.lock().unwrap(), self.config.node_name.as_deref()))
+                                .map(|s| {
+                                    desired::compute_service(
+                                        &s,
+                                        &refs,
+                                        &node_addresses.lock().unwrap(),
+                                        self.config.node_name.as_deref(),
+                                    )
+                                })
                                 .unwrap_or_default();
                             let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
                             writes += w;

@@ -243,6 +243,23 @@ impl Cache {
         (items, st.revision)
     }
 
+    /// As [`Cache::list`] without the keys (no string copies: the allocator reads every Service
+    /// on each Service write).
+    pub fn list_values(&self, resource: &str, prefix: &str) -> (Vec<Obj>, Revision) {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let items = st
+            .objects
+            .get(resource)
+            .map(|m| {
+                m.range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (items, st.revision)
+    }
+
     pub fn get(&self, resource: &str, key: &str) -> Option<Obj> {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         st.objects.get(resource).and_then(|m| m.get(key).cloned())

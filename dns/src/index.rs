@@ -6,14 +6,15 @@
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortInfo {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Lowercase (`tcp`, `udp`, `sctp`), as in SRV names.
-    pub proto: Box<str>,
+    pub proto: Arc<str>,
     pub port: u16,
 }
 
@@ -26,7 +27,7 @@ pub enum SvcKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SvcInfo {
-    pub namespace: Box<str>,
+    pub namespace: Arc<str>,
     pub name: Box<str>,
     pub kind: SvcKind,
     /// Named ports only (SRV records exist for those).
@@ -114,7 +115,7 @@ impl Endpoints {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceInfo {
-    pub namespace: Box<str>,
+    pub namespace: Arc<str>,
     /// The `kubernetes.io/service-name` label.
     pub service: Box<str>,
     pub endpoints: Endpoints,
@@ -123,14 +124,36 @@ pub struct SliceInfo {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodInfo {
-    pub namespace: Box<str>,
+    pub namespace: Arc<str>,
     pub ips: Box<[IpAddr]>,
+}
+
+static SEEN: std::sync::Mutex<Option<HashSet<Arc<str>>>> = std::sync::Mutex::new(None);
+
+/// Namespaces, protocols and port names repeat across thousands of objects: one shared copy
+/// each. [`prune_interned`] drops the ones no object uses any more.
+fn intern(s: &str) -> Arc<str> {
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(HashSet::new);
+    if let Some(found) = seen.get(s) {
+        return found.clone();
+    }
+    let new: Arc<str> = s.into();
+    seen.insert(new.clone());
+    new
+}
+
+/// Forgets interned strings only the interner still holds.
+pub fn prune_interned() {
+    if let Some(seen) = SEEN.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        seen.retain(|s| Arc::strong_count(s) > 1);
+    }
 }
 
 fn named_port(name: Option<&str>, proto: Option<&str>, port: Option<i32>) -> Option<PortInfo> {
     let name = name.filter(|s| !s.is_empty())?;
     let port = u16::try_from(port?).ok()?;
-    Some(PortInfo { name: name.into(), proto: proto.unwrap_or("TCP").to_ascii_lowercase().into(), port })
+    Some(PortInfo { name: intern(name), proto: intern(&proto.unwrap_or("TCP").to_ascii_lowercase()), port })
 }
 
 impl SvcInfo {
@@ -155,7 +178,7 @@ impl SvcInfo {
             .flatten()
             .filter_map(|p| named_port(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
-        Some(SvcInfo { namespace: namespace.into(), name: name.into(), kind, ports })
+        Some(SvcInfo { namespace: intern(namespace), name: name.into(), kind, ports })
     }
 }
 
@@ -176,7 +199,7 @@ impl SliceInfo {
             .flatten()
             .filter_map(|p| named_port(p.name.as_deref(), p.protocol.as_deref(), p.port))
             .collect();
-        Some(SliceInfo { namespace: namespace.into(), service: service.as_str().into(), endpoints, ports })
+        Some(SliceInfo { namespace: intern(namespace), service: service.as_str().into(), endpoints, ports })
     }
 }
 
@@ -196,7 +219,7 @@ impl PodInfo {
         if ips.is_empty() {
             return None;
         }
-        Some(PodInfo { namespace: p.metadata.namespace.as_deref().unwrap_or("default").into(), ips: ips.into() })
+        Some(PodInfo { namespace: intern(p.metadata.namespace.as_deref().unwrap_or("default")), ips: ips.into() })
     }
 }
 

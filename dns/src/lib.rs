@@ -272,6 +272,7 @@ async fn index(client: Client, domain: String, ttl: u32, shared: Arc<Shared>) {
             };
             let records = zone.records;
             sh.set_zone(zone);
+            index::prune_interned();
             records
         })
         .await

@@ -192,6 +192,9 @@ enum Command {
         upstream: Vec<SocketAddr>,
         #[arg(long, default_value = "cluster.local")]
         domain: String,
+        /// TTL of cluster records and of negative answers, seconds.
+        #[arg(long, default_value_t = 5)]
+        ttl: u32,
     },
 }
 
@@ -429,12 +432,13 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(skiff_agent::podnet::PodNetwork::teardown(&cfg))
         }
-        Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain } => {
+        Command::Dns { kubeconfig, listen, metrics_listen, upstream, domain, ttl } => {
             let upstreams = if upstream.is_empty() { resolv_conf_nameservers() } else { upstream };
             let cfg = skiff_dns::DnsConfig {
                 listen,
                 http_listen: Some(metrics_listen),
                 domain,
+                ttl,
                 upstreams,
                 ..Default::default()
             };

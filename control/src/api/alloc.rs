@@ -13,8 +13,9 @@ pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 pub struct Allocator {
     pub service_cidr: (Ipv4Addr, u8),
-    /// Held across "read what is allocated" → "write the service".
-    pub lock: tokio::sync::Mutex<()>,
+    /// Held across "read what is allocated" → "write the service"; guards the written services
+    /// the watch cache may not show yet (revision, the service as written).
+    pub lock: tokio::sync::Mutex<Vec<(i64, std::sync::Arc<Value>)>>,
 }
 
 impl Allocator {
@@ -25,7 +26,10 @@ impl Allocator {
         let len: u8 = len.parse()?;
         anyhow::ensure!((8..=30).contains(&len), "service CIDR prefix length must be between 8 and 30");
         let mask = u32::MAX << (32 - len);
-        Ok(Allocator { service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len), lock: tokio::sync::Mutex::new(()) })
+        Ok(Allocator {
+            service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len),
+            lock: tokio::sync::Mutex::new(Vec::new()),
+        })
     }
 
     fn range(&self) -> (u32, u32) {
@@ -49,12 +53,12 @@ impl Allocator {
         let mut causes = Vec::new();
         let me = (svc["metadata"]["namespace"].clone(), svc["metadata"]["name"].clone());
         let others =
-            existing.iter().filter(|o| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone()) != me);
+            existing.iter().filter(|o| (&o["metadata"]["namespace"], &o["metadata"]["name"]) != (&me.0, &me.1));
         let mut used_ips = HashSet::new();
         let mut used_ports = HashSet::new();
         for o in others {
             if let Some(ip) = o["spec"]["clusterIP"].as_str() {
-                used_ips.insert(ip.to_string());
+                used_ips.insert(ip.parse::<Ipv4Addr>().ok());
             }
             for p in o["spec"]["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
                 if let Some(np) = p["nodePort"].as_i64() {
@@ -93,7 +97,7 @@ impl Allocator {
                                         &json!([ip]),
                                         format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr_string()),
                                     ));
-                                } else if used_ips.contains(&ip) {
+                                } else if used_ips.contains(&Some(addr)) {
                                     causes.push(Cause::invalid(
                                         "spec.clusterIPs",
                                         &json!([ip]),
@@ -179,7 +183,7 @@ impl Allocator {
         causes
     }
 
-    fn free_ip(&self, used: &HashSet<String>) -> Option<Ipv4Addr> {
+    fn free_ip(&self, used: &HashSet<Option<Ipv4Addr>>) -> Option<Ipv4Addr> {
         let (lo, hi) = self.range();
         // Random probing first (what Kubernetes does), then a scan so a nearly full range still
         // allocates. The low 16 addresses are reserved for static assignments (.1 API, .10 DNS).
@@ -188,11 +192,11 @@ impl Allocator {
         for _ in 0..64 {
             let n = reserved + 1 + rand::random::<u32>() % size.max(1);
             let ip = Ipv4Addr::from(n);
-            if n < hi && !used.contains(&ip.to_string()) {
+            if n < hi && !used.contains(&Some(ip)) {
                 return Some(ip);
             }
         }
-        (lo + 1..hi).map(Ipv4Addr::from).find(|ip| !used.contains(&ip.to_string()))
+        (lo + 1..hi).map(Ipv4Addr::from).find(|ip| !used.contains(&Some(*ip)))
     }
 }
 

@@ -744,7 +744,7 @@ fn full_sync_with_10k_services() {
     let mut slices: Vec<Arc<EndpointSlice>> = (0..n).map(|i| slice(i, true)).collect();
 
     let t = Instant::now();
-    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[]);
+    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[], None);
     let compute = t.elapsed();
     let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
     let scratch = t.elapsed();
@@ -754,7 +754,7 @@ fn full_sync_with_10k_services() {
 
     slices[5000] = slice(5000, false);
     let t = Instant::now();
-    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[]);
+    let d = skiff_agent::proxy::desired::compute(&services, &slices, &[], None);
     let compute_one = t.elapsed();
     let (writes, ok) = skiff_agent::proxy::apply_desired(&mut dp.services, &d);
     let one = t.elapsed();

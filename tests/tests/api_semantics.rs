@@ -1381,3 +1381,34 @@ async fn delete_response_bodies() -> Result<()> {
     );
     Ok(())
 }
+
+/// Concurrent Service writes: 64 NodePort services created at once all get distinct ClusterIPs
+/// and node ports, and of two creates asking for the same ClusterIP exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_service_creates_never_share_an_allocation() -> Result<()> {
+    let c = Control::start_api_only(&[])?;
+    let svcs: Api<Service> = Api::namespaced(c.client().await?, "default");
+    let port = json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]);
+    let creates = (0..64).map(|i| {
+        let svcs = svcs.clone();
+        let s = service(&format!("np-{i}"), json!({"type": "NodePort", "ports": port}));
+        async move { svcs.create(&PostParams::default(), &s).await }
+    });
+    let made = futures::future::join_all(creates).await;
+    let mut ips = std::collections::HashSet::new();
+    let mut node_ports = std::collections::HashSet::new();
+    for s in made {
+        let spec = s?.spec.context("spec")?;
+        assert!(ips.insert(spec.cluster_ip.context("clusterIP")?), "a ClusterIP was handed out twice");
+        let np = spec.ports.context("ports")?[0].node_port.context("nodePort")?;
+        assert!(node_ports.insert(np), "nodePort {np} was handed out twice");
+    }
+    let same = |name: &str| {
+        let svcs = svcs.clone();
+        let s = service(name, json!({"clusterIP": "10.96.200.200", "ports": port}));
+        async move { svcs.create(&PostParams::default(), &s).await }
+    };
+    let (x, y) = futures::join!(same("want-ip-1"), same("want-ip-2"));
+    assert_eq!([x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(), 1, "{x:?} / {y:?}");
+    Ok(())
+}

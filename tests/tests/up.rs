@@ -33,6 +33,35 @@ struct Up {
     args: Vec<String>,
 }
 
+/// The cluster DNS's upstream in this test (never the machine's resolver): a loopback server
+/// that answers NXDOMAIN to everything, as the root does for a single-label name like
+/// `redis-master.` (the last step of a pod's search-path walk for the AAAA record).
+fn nxdomain_upstream() -> Result<std::net::SocketAddr> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = sock.local_addr()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // The query's id, opcode, RD and question; QR, RA, rcode 3; no records.
+            let mut r = buf[..n].to_vec();
+            r[2] = 0x80 | (buf[2] & 0x79);
+            r[3] = 0x80 | 3;
+            r[6..12].fill(0);
+            // Drop an EDNS OPT record (after the question) by cutting at the question's end.
+            let mut i = 12;
+            while i < n && buf[i] != 0 {
+                i += 1 + buf[i] as usize;
+            }
+            r.truncate((i + 5).min(n));
+            let _ = sock.send_to(&r, peer);
+        }
+    });
+    Ok(addr)
+}
+
 impl Up {
     fn new() -> Result<Up> {
         let dir = tempfile::tempdir()?;
@@ -59,7 +88,7 @@ impl Up {
             "--bpf-pin-dir".into(),
             pins.to_string_lossy().into_owned(),
             "--dns-upstream".into(),
-            format!("127.0.0.1:{}", free_port()),
+            nxdomain_upstream()?.to_string(),
             "--dns-port".into(),
             p(free_port()),
             "--agent-port".into(),
@@ -312,6 +341,20 @@ fn guestbook_on_skiff_up_survives_pod_loss_scaling_and_down_up() -> Result<()> {
     wait_for(Duration::from_secs(30), "read through DNS names", || {
         up.guestbook(port, "cmd=get&key=messages").filter(|v| v["data"] == "hello,skiff")
     })?;
+    // Inside a pod, glibc's resolver (`getent`, in the redis image) finds a Service by its short
+    // name through the search path with ndots:5 — the node's DNS via kube-dns at the socket —
+    // and by the seed's `<svc>.<ns>.<domain>` form.
+    let master_ip = up.kubectl(&["get", "svc", "redis-master", "-o", "jsonpath={.spec.clusterIP}"]);
+    let redis = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=io.skiff.node={NODE}"), "--filter", "ancestor=redis:latest"])
+        .output()?;
+    let redis = String::from_utf8_lossy(&redis.stdout).lines().next().unwrap_or_default().to_string();
+    assert!(!redis.is_empty(), "no redis container running");
+    for name in ["redis-master", "redis-master.default.cluster.local"] {
+        let out = Command::new("docker").args(["exec", &redis, "getent", "hosts", name]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(&format!("{} ", master_ip.trim())), "getent hosts {name} in a pod: {text:?}");
+    }
 
     // skiff down: nothing left behind.
     up.down()?;

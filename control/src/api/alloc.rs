@@ -13,9 +13,8 @@ pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 pub struct Allocator {
     pub service_cidr: (Ipv4Addr, u8),
-    /// Held across "read what is allocated" → "write the service"; guards the written services
-    /// the watch cache may not show yet (revision, the service as written).
-    pub lock: tokio::sync::Mutex<Vec<(i64, std::sync::Arc<Value>)>>,
+    /// Held across "read what is allocated" → "write the service".
+    pub lock: tokio::sync::Mutex<()>,
 }
 
 impl Allocator {
@@ -26,10 +25,7 @@ impl Allocator {
         let len: u8 = len.parse()?;
         anyhow::ensure!((8..=30).contains(&len), "service CIDR prefix length must be between 8 and 30");
         let mask = u32::MAX << (32 - len);
-        Ok(Allocator {
-            service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len),
-            lock: tokio::sync::Mutex::new(Vec::new()),
-        })
+        Ok(Allocator { service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len), lock: tokio::sync::Mutex::new(()) })
     }
 
     fn range(&self) -> (u32, u32) {

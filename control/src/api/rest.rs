@@ -541,9 +541,9 @@ pub async fn create_object(
     }
     let mut obj = track_fields(kind, None, obj, manager)?;
     let key = key_of(kind, ns, &name);
-    let mut guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
-    if let Some(recent) = guard.as_deref_mut() {
-        let existing = all_services(state, recent);
+    let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
+    if kind.plural == "services" {
+        let existing = all_services(state).await?;
         let causes = state.allocator.assign(&mut obj, None, &existing);
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind.group, kind.kind, &name, causes));
@@ -556,32 +556,16 @@ pub async fn create_object(
         return Ok(obj);
     }
     match state.store.create(&key, encode(&obj)).await {
-        Ok(rev) => {
-            if let Some(recent) = guard.as_deref_mut() {
-                recent.push((rev, Arc::new(obj.clone())));
-            }
-            Ok(with_rv(obj, rev))
-        }
+        Ok(rev) => Ok(with_rv(obj, rev)),
         Err(StoreError::AlreadyExists(_)) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Every service as the allocator must see it: the watch cache, plus the services written
-/// under the allocator lock that the cache does not show yet (`recent`, pruned here). Waiting
-/// for the cache to catch up instead cost one watch round trip per Service write.
-fn all_services(state: &Shared, recent: &mut Vec<(i64, Arc<Value>)>) -> Vec<Arc<Value>> {
-    let (cached, rev) = state.cache.list_values("services", "/registry/services/");
-    recent.retain(|(r, _)| *r > rev);
-    let mut all: Vec<Arc<Value>> = cached.into_iter().map(|v| v.value).collect();
-    // A newer write of the same service replaces its cached state (an update may have moved
-    // its ports); `assign` skips the service being written by name.
-    for (_, svc) in recent.iter() {
-        let id = (&svc["metadata"]["namespace"], &svc["metadata"]["name"]);
-        all.retain(|o| (&o["metadata"]["namespace"], &o["metadata"]["name"]) != id);
-        all.push(svc.clone());
-    }
-    all
+async fn all_services(state: &Shared) -> ApiResult<Vec<Arc<Value>>> {
+    let current = state.store.current_revision().await?;
+    wait_for_cache(state, current).await?;
+    Ok(state.cache.list_values("services", "/registry/services/").0.into_iter().map(|v| v.value).collect())
 }
 
 async fn ensure_namespace_accepts(state: &Shared, ns: &str, kind: &Kind) -> ApiResult<()> {
@@ -700,9 +684,9 @@ async fn write_update(
     dry_run: bool,
 ) -> Result<Value, WriteError> {
     let key = key_of(kind, ns, name);
-    let mut guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
-    if let Some(recent) = guard.as_deref_mut() {
-        let existing = all_services(state, recent);
+    let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
+    if kind.plural == "services" {
+        let existing = all_services(state).await.map_err(WriteError::Api)?;
         let causes = state.allocator.assign(&mut new, Some(old), &existing);
         if !causes.is_empty() {
             return Err(WriteError::Api(ApiError::invalid(kind.group, kind.kind, name, causes)));
@@ -720,12 +704,7 @@ async fn write_update(
         };
     }
     match state.store.update(&key, encode(&new), expected).await {
-        Ok(rev) => {
-            if let Some(recent) = guard.as_deref_mut() {
-                recent.push((rev, Arc::new(new.clone())));
-            }
-            Ok(with_rv(new, rev))
-        }
+        Ok(rev) => Ok(with_rv(new, rev)),
         Err(StoreError::Conflict { .. }) => Err(WriteError::Conflict),
         Err(StoreError::NotFound(_)) => Err(WriteError::Api(ApiError::not_found(kind.group, kind.plural, name))),
         Err(e) => Err(WriteError::Api(e.into())),

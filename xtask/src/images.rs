@@ -17,8 +17,8 @@ enum Extra {
     None,
     /// A file with this content at this path (relative to the rootfs).
     File(&'static str, &'static str),
-    /// A host binary, copied with every library `ldd` lists and the dynamic loader.
-    HostBinary(&'static str),
+    /// Host binaries, copied with every library `ldd` lists and the dynamic loader.
+    HostBinaries(&'static [&'static str]),
     /// A binary package of this workspace, built (release) and installed as
     /// `/usr/local/bin/<name>` with its libraries.
     WorkspaceBinary(&'static str),
@@ -50,7 +50,9 @@ const IMAGES: &[Image] = &[
     },
     Image {
         tags: &["redis:latest"],
-        extra: Extra::HostBinary("/usr/bin/redis-server"),
+        // getent: `getent hosts <name>` inside a pod resolves the way glibc programs do (search
+        // path, ndots), which the DNS tests check; busybox has no getent applet.
+        extra: Extra::HostBinaries(&["/usr/bin/redis-server", "/usr/bin/getent"]),
         changes: &[r#"CMD ["redis-server", "--protected-mode", "no"]"#, "WORKDIR /data", "EXPOSE 6379"],
     },
     Image {
@@ -104,7 +106,15 @@ fn file_stamp(path: &Path) -> String {
 fn inputs(img: &Image) -> Result<Vec<PathBuf>> {
     let mut files = vec![PathBuf::from(BUSYBOX)];
     match img.extra {
-        Extra::HostBinary(b) => files.extend(with_libraries(b)?),
+        Extra::HostBinaries(bins) => {
+            for b in bins {
+                for f in with_libraries(b)? {
+                    if !files.contains(&f) {
+                        files.push(f);
+                    }
+                }
+            }
+        }
         Extra::WorkspaceBinary(name) => {
             crate::run(crate::cargo().args(["build", "--release", "-q", "-p", name]))?;
             let bin = crate::root().join("target/release").join(name);
@@ -216,7 +226,7 @@ fn build(img: &Image, inputs: &[PathBuf], hash: &str) -> Result<()> {
             std::fs::create_dir_all(p.parent().expect("file path has a parent"))?;
             std::fs::write(p, body)?;
         }
-        Extra::HostBinary(_) => copy_host_files(dir, &inputs[1..])?,
+        Extra::HostBinaries(_) => copy_host_files(dir, &inputs[1..])?,
         Extra::WorkspaceBinary(name) => {
             let bin = dir.join("usr/local/bin");
             std::fs::create_dir_all(&bin)?;

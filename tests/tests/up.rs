@@ -350,10 +350,27 @@ fn guestbook_on_skiff_up_survives_pod_loss_scaling_and_down_up() -> Result<()> {
         .output()?;
     let redis = String::from_utf8_lossy(&redis.stdout).lines().next().unwrap_or_default().to_string();
     assert!(!redis.is_empty(), "no redis container running");
+    // As `kubectl exec` would run it: in the container's namespaces and its pod's cgroup (where
+    // the socket programs translate 10.96.0.10). A plain `docker exec` process stays in Docker's
+    // own cgroup on this hybrid-cgroup host, outside the pod's, so it is entered by hand.
+    let pid = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &redis]).output()?;
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .context("the redis container's cgroup v2 path")?;
     for name in ["redis-master", "redis-master.default.cluster.local"] {
-        let out = Command::new("docker").args(["exec", &redis, "getent", "hosts", name]).output()?;
+        let script = format!(
+            "echo $$ > /sys/fs/cgroup/unified{cgroup}/cgroup.procs && exec nsenter -t {pid} -n -m getent hosts {name}"
+        );
+        let out = Command::new("sh").args(["-c", &script]).output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.starts_with(&format!("{} ", master_ip.trim())), "getent hosts {name} in a pod: {text:?}");
+        assert!(
+            text.starts_with(&format!("{} ", master_ip.trim())),
+            "getent hosts {name} in a pod: {text:?} {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // skiff down: nothing left behind.

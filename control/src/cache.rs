@@ -78,6 +78,21 @@ struct State {
     oldest: Revision,
 }
 
+impl State {
+    /// The objects of `resource` whose key starts with `prefix`, in key order.
+    fn values_under(&self, resource: &str, prefix: &str) -> Vec<Obj> {
+        self.objects
+            .get(resource)
+            .map(|m| {
+                m.range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 pub struct Cache {
     state: RwLock<State>,
     events: broadcast::Sender<Arc<CacheEvent>>,
@@ -247,17 +262,7 @@ impl Cache {
     /// on each Service write).
     pub fn list_values(&self, resource: &str, prefix: &str) -> (Vec<Obj>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let items = st
-            .objects
-            .get(resource)
-            .map(|m| {
-                m.range(prefix.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (items, st.revision)
+        (st.values_under(resource, prefix), st.revision)
     }
 
     pub fn get(&self, resource: &str, key: &str) -> Option<Obj> {
@@ -287,16 +292,6 @@ impl Cache {
         prefix: &str,
     ) -> (Vec<Obj>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let items = st
-            .objects
-            .get(resource)
-            .map(|m| {
-                m.range(prefix.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (items, self.events.subscribe(), st.revision)
+        (st.values_under(resource, prefix), self.events.subscribe(), st.revision)
     }
 }

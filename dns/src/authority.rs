@@ -66,7 +66,7 @@ impl ClusterZone {
         let qtype = u16::from(rtype);
         match zone.lookup(&qname, qtype) {
             Lookup::NotOurs => Skip,
-            Lookup::Answer(set) => Break(Ok(with_extra(name, &set, opts))),
+            Lookup::Answer(set) => Break(Ok(with_extra(name, qtype, &set, opts))),
             Lookup::Any(sets) => {
                 let sets = sets.iter().filter_map(|(t, s)| record_set(name, *t, s)).map(Arc::new).collect();
                 Break(Ok(AuthLookup::answers(LookupRecords::many(opts, sets), None)))
@@ -111,23 +111,11 @@ impl ClusterZone {
     async fn resolve(&self, target: &Name, rtype: RecordType) -> Option<Vec<Arc<RecordSet>>> {
         let resolver = self.upstream.as_ref()?;
         let lookup = resolver.lookup(target.clone(), rtype).await.ok()?;
-        let mut sets: Vec<RecordSet> = Vec::new();
-        for r in lookup.answers() {
-            if !matches!(r.record_type(), RecordType::A | RecordType::AAAA | RecordType::CNAME) {
-                return None;
-            }
-            match sets.iter_mut().find(|s| s.name() == &r.name && s.record_type() == r.record_type()) {
-                Some(s) => {
-                    s.insert(r.clone(), 0);
-                }
-                None => {
-                    let mut s = RecordSet::with_ttl(r.name.clone(), r.record_type(), r.ttl);
-                    s.insert(r.clone(), 0);
-                    sets.push(s);
-                }
-            }
+        let answers = lookup.answers();
+        if answers.iter().any(|r| !matches!(r.record_type(), RecordType::A | RecordType::AAAA | RecordType::CNAME)) {
+            return None;
         }
-        Some(sets.into_iter().map(Arc::new).collect())
+        Some(group(answers.to_vec()))
     }
 
     /// A query from a known pod in namespace `ns` for `X.<ns>.svc.<domain>` that is NXDOMAIN —
@@ -254,21 +242,14 @@ fn record_set(owner: &Name, rtype: u16, set: &RrSet<'_>) -> Option<RecordSet> {
 }
 
 /// An answer with its additional records (the addresses of SRV targets).
-fn with_extra(owner: &Name, set: &RrSet<'_>, opts: LookupOptions) -> AuthLookup {
-    let records = decode_owned_by(owner, &set.bytes);
-    let rtype = records.first().map(|r| r.record_type()).unwrap_or(RecordType::A);
-    let ttl = records.first().map(|r| r.ttl).unwrap_or(0);
-    let mut rs = RecordSet::with_ttl(owner.clone(), rtype, ttl);
-    for r in records {
-        rs.insert(r, 0);
-    }
-    let extra = (set.extra_count > 0).then(|| {
-        let sets = group(decode_from(&set.extra, 0));
-        LookupRecords::many(opts, sets)
-    });
+fn with_extra(owner: &Name, rtype: u16, set: &RrSet<'_>, opts: LookupOptions) -> AuthLookup {
+    let rs =
+        record_set(owner, rtype, set).unwrap_or_else(|| RecordSet::with_ttl(owner.clone(), RecordType::from(rtype), 0));
+    let extra = (set.extra_count > 0).then(|| LookupRecords::many(opts, group(decode_from(set.extra, 0))));
     AuthLookup::answers(LookupRecords::new(opts, Arc::new(rs)), extra)
 }
 
+/// Records grouped into record sets by owner and type, in first-seen order.
 fn group(records: Vec<Record>) -> Vec<Arc<RecordSet>> {
     let mut sets: Vec<RecordSet> = Vec::new();
     for r in records {

@@ -232,7 +232,7 @@ fn decode_from(buf: &[u8], start: usize) -> Vec<Record> {
 }
 
 fn record_set(owner: &Name, rtype: u16, set: &RrSet<'_>) -> Option<RecordSet> {
-    let records = decode_owned_by(owner, &set.bytes);
+    let records = decode_owned_by(owner, set.bytes);
     let first = records.first()?;
     let mut rs = RecordSet::with_ttl(owner.clone(), RecordType::from(rtype), first.ttl);
     for r in records {

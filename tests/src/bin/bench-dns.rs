@@ -408,41 +408,37 @@ async fn populate(client: kube::Client) -> Result<(Duration, Duration)> {
         .try_collect::<Vec<_>>()
         .await
         .context("creating namespaces")?;
-    let all = || (0..NAMESPACES).flat_map(|k| (0..PER_NAMESPACE).map(move |j| (k, j)));
+    let services = create_each(&client, |k, j| service(&ns_name(k), &svc_name(j), is_headless(index(k, j)))).await?;
+    let slices = create_each(&client, |k, j| slice(&ns_name(k), &svc_name(j), index(k, j))).await?;
+    Ok((services, slices))
+}
+
+/// Creates one object per (namespace, service) pair, `IN_FLIGHT` at a time; how long it took.
+async fn create_each<K>(client: &kube::Client, make: impl Fn(usize, usize) -> K) -> Result<Duration>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::Serialize
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let t = Instant::now();
-    futures::stream::iter(all())
+    futures::stream::iter((0..NAMESPACES).flat_map(|k| (0..PER_NAMESPACE).map(move |j| (k, j))))
         .map(|(k, j)| {
-            let client = client.clone();
+            let (client, obj) = (client.clone(), make(k, j));
             async move {
-                let (ns, name) = (ns_name(k), svc_name(j));
-                Api::<Service>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &service(&ns, &name, is_headless(index(k, j))))
+                let ns = ns_name(k);
+                Api::<K>::namespaced(client, &ns)
+                    .create(&PostParams::default(), &obj)
                     .await
-                    .with_context(|| format!("creating service {ns}/{name}"))?;
+                    .with_context(|| format!("creating {} {ns}/{}", K::kind(&()), svc_name(j)))?;
                 Ok::<_, anyhow::Error>(())
             }
         })
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<Vec<_>>()
         .await?;
-    let services = t.elapsed();
-    let t = Instant::now();
-    futures::stream::iter(all())
-        .map(|(k, j)| {
-            let client = client.clone();
-            async move {
-                let (ns, name) = (ns_name(k), svc_name(j));
-                Api::<EndpointSlice>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &slice(&ns, &name, index(k, j)))
-                    .await
-                    .with_context(|| format!("creating endpointslice {ns}/{name}"))?;
-                Ok::<_, anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok((services, t.elapsed()))
+    Ok(t.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -319,12 +319,27 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+fn is_zombie(pid: &str) -> bool {
+    // /proc/<pid>/stat is "pid (comm) state ..."; comm may hold spaces, so read after the last ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// Stops the Docker daemon (SIGTERM; it stops its containers), waits until it is gone, and starts
 /// it again detached the way `cargo xtask setup` does, waiting until it answers. Only for a test
 /// binary of its own: cargo runs test binaries one at a time, so no other suite sees the gap.
 pub fn restart_dockerd() -> Result<()> {
+    // Live processes only: a dockerd that exited but whose parent (the `cargo xtask` that started
+    // it) has not reaped it yet is a zombie, and `pgrep` would still list it.
     let pids = |name: &str| {
-        Command::new("pgrep").args(["-x", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        Command::new("pgrep").args(["-x", name]).output().map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter(|pid| !is_zombie(pid))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
     };
     let before = pids("dockerd")?;
     if before.is_empty() {

@@ -106,6 +106,12 @@ fn start(args: &[&str]) -> Result<Started> {
         std::thread::sleep(Duration::from_millis(250));
     }
     println!("    dockerd answers after {:.1} s", started.elapsed().as_secs_f64());
+    // While xtask lives (all of `cargo xtask test`), dockerd is its child: if a test stops the
+    // daemon, nobody but xtask can reap it, and an unreaped dockerd stays a zombie that `pgrep`
+    // still lists. A thread that waits on it reaps it the moment it exits.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     Ok(Started::Answers)
 }
 

@@ -104,6 +104,50 @@ fn client_helper() {
                     Err(e) => println!("{PREFIX}err {:?} {} 0", e.kind(), e.raw_os_error().unwrap_or(0)),
                 }
             }
+            // A long-lived connected UDP socket (a resolver's): `n1` exchanges, a pause of `ms`
+            // (the test removes this socket's backend meanwhile), then `n2` more, reconnecting
+            // after an error as resolvers do. Sockets connected straight to the backends listed in
+            // `direct` (comma-separated) exchange one message each at the end.
+            ["udp-hold", addr, n1, ms, n2, direct] => {
+                let addr: SocketAddr = addr.parse().unwrap();
+                let directs: Vec<UdpSocket> = direct
+                    .split(',')
+                    .map(|d| {
+                        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        s.connect(d.parse::<SocketAddr>().unwrap()).unwrap();
+                        s
+                    })
+                    .collect();
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                sock.connect(addr).unwrap();
+                let exchange = |sock: &UdpSocket| -> std::io::Result<String> {
+                    sock.send(b"ping")?;
+                    let mut buf = [0u8; 64];
+                    let len = sock.recv(&mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+                };
+                let report = |r: std::io::Result<String>| match r {
+                    Ok(id) => println!("{PREFIX}ok {id} - 0"),
+                    Err(e) => println!("{PREFIX}err {:?} {} 0", e.kind(), e.raw_os_error().unwrap_or(0)),
+                };
+                for _ in 0..n1.parse::<u32>().unwrap() {
+                    report(exchange(&sock));
+                }
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+                for _ in 0..n2.parse::<u32>().unwrap() {
+                    let r = exchange(&sock);
+                    let failed = r.is_err();
+                    report(r);
+                    if failed {
+                        let _ = sock.connect(addr);
+                    }
+                }
+                for d in &directs {
+                    report(exchange(d));
+                }
+            }
             other => panic!("unknown client command {other:?}"),
         }
     }
@@ -119,6 +163,25 @@ enum Outcome {
 
 /// Runs the client script in a child process moved into `cgroup` before it execs.
 fn run_client(cgroup: &Path, script: &str) -> Vec<Outcome> {
+    let out = client_command(cgroup, script).output().expect("running the client child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout.lines().filter_map(parse_outcome).collect()
+}
+
+/// One line of the client's output, if it is a result line.
+fn parse_outcome(line: &str) -> Option<Outcome> {
+    // libtest prints "test client_helper ... " without a newline before the test's own output.
+    let l = &line[line.find(PREFIX)? + PREFIX.len()..];
+    let f: Vec<&str> = l.split_whitespace().collect();
+    Some(match f[0] {
+        "ok" => Outcome::Ok { id: f[1].into(), peer: f[2].into(), micros: f[3].parse().unwrap() },
+        _ => Outcome::Err { kind: f[1].into(), errno: f[2].parse().unwrap(), micros: f[3].parse().unwrap() },
+    })
+}
+
+/// The client child's command: this test binary, moved into `cgroup` before it execs.
+fn client_command(cgroup: &Path, script: &str) -> Command {
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "client_helper", "--nocapture", "--test-threads", "1"]).env(CLIENT_ENV, script);
@@ -139,21 +202,7 @@ fn run_client(cgroup: &Path, script: &str) -> Vec<Outcome> {
             Ok(())
         });
     }
-    let out = cmd.output().expect("running the client child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    stdout
-        .lines()
-        // libtest prints "test client_helper ... " without a newline before the test's own output.
-        .filter_map(|l| l.find(PREFIX).map(|i| &l[i + PREFIX.len()..]))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f[0] {
-                "ok" => Outcome::Ok { id: f[1].into(), peer: f[2].into(), micros: f[3].parse().unwrap() },
-                _ => Outcome::Err { kind: f[1].into(), errno: f[2].parse().unwrap(), micros: f[3].parse().unwrap() },
-            }
-        })
-        .collect()
+    cmd
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,10 +357,10 @@ fn clusterip_tcp_spreads_refuses_and_follows_backend_removal() {
     let Some(mut env) = env() else { return };
     let vip = Ipv4Addr::new(10, 96, 100, 1);
     let backends = Backends::tcp(3);
-    let stats = env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list()).unwrap();
+    let stats = env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list(), None).unwrap();
     assert_eq!(stats.slots_written, 3);
     // An identical upsert writes nothing.
-    assert!(env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list()).unwrap().is_noop());
+    assert!(env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list(), None).unwrap().is_noop());
 
     // 300 connections spread over 3 backends, each ≥ 20%; getpeername shows the service address.
     let out = run_client(&env.cgroup.0, "tcp 10.96.100.1:80 300");
@@ -351,7 +400,7 @@ fn clusterip_tcp_spreads_refuses_and_follows_backend_removal() {
     // Remove backend 1: no new connection reaches it.
     let keep: Vec<_> = backends.list().into_iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, b)| b).collect();
     let before = backends.count("be1");
-    let stats = env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &keep).unwrap();
+    let stats = env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &keep, None).unwrap();
     assert_eq!((stats.slots_written, stats.slots_deleted), (1, 1), "swap-remove: one slot rewritten, one deleted");
     let out = run_client(&env.cgroup.0, "tcp 10.96.100.1:80 100");
     let (ok, errs) = tally(&out);
@@ -361,7 +410,7 @@ fn clusterip_tcp_spreads_refuses_and_follows_backend_removal() {
     assert_eq!(ok.values().sum::<u32>(), 100);
 
     // No backends: refused at once with ECONNREFUSED, not a timeout.
-    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &[]).unwrap();
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &[], None).unwrap();
     let out = run_client(&env.cgroup.0, "tcp 10.96.100.1:80 20");
     for o in &out {
         match o {
@@ -379,7 +428,7 @@ fn clusterip_tcp_spreads_refuses_and_follows_backend_removal() {
 
     // Backends back, then the service removed: the VIP is no longer translated and the blackhole
     // route refuses it locally (nothing leaves the machine).
-    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list()).unwrap();
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list(), None).unwrap();
     assert_eq!(env.dp.services.backends(vip, 80, Protocol::Tcp).unwrap().len(), 3);
     env.dp.services.remove_service(vip, 80, Protocol::Tcp).unwrap();
     assert!(env.dp.services.is_empty());
@@ -392,7 +441,7 @@ fn clusterip_udp_replies_come_from_the_service_address() {
     let Some(mut env) = env() else { return };
     let vip = Ipv4Addr::new(10, 96, 100, 2);
     let backends = Backends::udp(3);
-    env.dp.services.upsert_service(vip, 53, Protocol::Udp, &backends.list()).unwrap();
+    env.dp.services.upsert_service(vip, 53, Protocol::Udp, &backends.list(), None).unwrap();
 
     // Unconnected sendto/recvfrom: sendmsg4 translates, recvmsg4 shows the service as source.
     let out = run_client(&env.cgroup.0, "udp-unconnected 10.96.100.2:53 60");
@@ -420,12 +469,108 @@ fn clusterip_udp_replies_come_from_the_service_address() {
     assert!(env.dp.services.backends(vip, 53, Protocol::Tcp).is_none());
 }
 
+/// The backends that answered, with how many connections each.
+fn served(out: &[Outcome]) -> HashMap<String, u32> {
+    let (ok, errs) = tally(out);
+    assert!(errs.is_empty(), "failed connections: {errs:?}");
+    ok
+}
+
+#[test]
+fn client_ip_affinity_sticks_expires_and_leaves_removed_backends() {
+    let Some(mut env) = env() else { return };
+    let vip = Ipv4Addr::new(10, 96, 100, 4);
+    let backends = Backends::tcp(3);
+    let all = backends.list();
+    // sessionAffinity: ClientIP with a 1-second timeout.
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &all, Some(1)).unwrap();
+
+    // One client (this machine's network namespace) keeps its backend, across processes too.
+    let first = served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 40"));
+    assert_eq!(first.len(), 1, "40 connections within the timeout must reach one backend: {first:?}");
+    let sticky = first.keys().next().unwrap().clone();
+    let again = served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 10"));
+    assert_eq!(again.keys().collect::<Vec<_>>(), [&sticky], "a second process of the same client");
+
+    // After the timeout the client gets a fresh random choice: over ten expiries, more than one
+    // backend (all ten the same has probability 3^-9).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(1_300));
+        seen.extend(served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 1")).into_keys());
+    }
+    assert!(seen.len() > 1, "affinity never expired: always {seen:?}");
+
+    // Its backend removed, the client moves to another one at once, and sticks to that.
+    let current = served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 1")).into_keys().next().unwrap();
+    let idx: usize = current.trim_start_matches("be").parse().unwrap();
+    let rest: Vec<_> = all.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, b)| *b).collect();
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &rest, Some(1)).unwrap();
+    let moved = served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 30"));
+    assert_eq!(moved.len(), 1, "sticks to one remaining backend: {moved:?}");
+    assert!(!moved.contains_key(&current), "the removed backend {current} got connections: {moved:?}");
+
+    // Affinity switched off: connections spread again.
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &all, None).unwrap();
+    let spread = served(&run_client(&env.cgroup.0, "tcp 10.96.100.4:80 60"));
+    assert_eq!(spread.len(), 3, "without affinity all backends serve: {spread:?}");
+}
+
+#[test]
+fn connected_udp_sockets_leave_a_removed_backend() {
+    use std::io::BufRead;
+    let Some(mut env) = env() else { return };
+    let vip = Ipv4Addr::new(10, 96, 100, 5);
+    let backends = Backends::udp(3);
+    let all = backends.list();
+    env.dp.services.upsert_service(vip, 53, Protocol::Udp, &all, None).unwrap();
+    let direct: Vec<String> = backends.addrs.iter().map(|a| a.to_string()).collect();
+    let script = format!("udp-hold 10.96.100.5:53 3 1500 10 {}", direct.join(","));
+    let mut child = client_command(&env.cgroup.0, &script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning the client child");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || loop {
+        let line = lines.next().expect("client output ended early").unwrap();
+        if let Some(o) = parse_outcome(&line) {
+            return o;
+        }
+    };
+    // The socket's backend, from its first exchanges.
+    let before: Vec<Outcome> = (0..3).map(|_| next()).collect();
+    let pinned = served(&before);
+    assert_eq!(pinned.len(), 1, "a connected socket talks to one backend: {pinned:?}");
+    let old = pinned.into_keys().next().unwrap();
+    let idx: usize = old.trim_start_matches("be").parse().unwrap();
+    // The backend leaves the service while the socket stays connected to it (the backend itself
+    // keeps answering, so only re-steering can move the socket).
+    let rest: Vec<_> = all.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, b)| *b).collect();
+    env.dp.services.upsert_service(vip, 53, Protocol::Udp, &rest, None).unwrap();
+    let after: Vec<Outcome> = (0..10).map(|_| next()).collect();
+    let directs: Vec<Outcome> = (0..3).map(|_| next()).collect();
+    assert!(child.wait().unwrap().success());
+    // The socket was told (ECONNABORTED, or EDESTADDRREQ once disconnected) and, reconnected,
+    // reaches only the remaining backends.
+    let errors: Vec<&Outcome> = after.iter().filter(|o| matches!(o, Outcome::Err { .. })).collect();
+    assert!(!errors.is_empty() && errors.len() <= 2, "the socket must be aborted once: {after:?}");
+    assert!(matches!(after[0], Outcome::Err { .. }), "the first exchange after removal must fail: {after:?}");
+    for o in &after {
+        if let Outcome::Ok { id, .. } = o {
+            assert_ne!(id, &old, "the removed backend still got traffic: {after:?}");
+        }
+    }
+    // Sockets connected to the backends directly, not through the service, are left alone.
+    let direct_ok = served(&directs);
+    assert_eq!(direct_ok.values().sum::<u32>(), 3, "{directs:?}");
+}
+
 #[test]
 fn a_new_agent_reuses_pinned_maps() {
     let Some(mut env) = env() else { return };
     let vip = Ipv4Addr::new(10, 96, 100, 3);
     let backends = Backends::tcp(2);
-    env.dp.services.upsert_service(vip, 8080, Protocol::Tcp, &backends.list()).unwrap();
+    env.dp.services.upsert_service(vip, 8080, Protocol::Tcp, &backends.list(), None).unwrap();
     // A second loader on the same pin directory (what a restarted agent does) sees the service.
     let config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: env.dp.pin_dir().to_path_buf() };
     let mut second = Dataplane::load(&config).expect("second load");
@@ -435,7 +580,7 @@ fn a_new_agent_reuses_pinned_maps() {
     want.sort();
     assert_eq!(got, want);
     // Its updates are visible to the programs the first one attached (same maps).
-    second.services.upsert_service(vip, 8080, Protocol::Tcp, &want[..1]).unwrap();
+    second.services.upsert_service(vip, 8080, Protocol::Tcp, &want[..1], None).unwrap();
     drop(second); // not cleanup(): that would unpin the maps the first instance still uses
     let out = run_client(&env.cgroup.0, "tcp 10.96.100.3:8080 20");
     let (ok, errs) = tally(&out);
@@ -453,20 +598,18 @@ fn programming_10k_services_and_one_change() {
     let vips: Vec<Ipv4Addr> = (0..10_000u32).map(|i| Ipv4Addr::from(0x0a64_0000 + i)).collect();
     let t = Instant::now();
     for vip in &vips {
-        env.dp.services.upsert_service(*vip, 80, Protocol::Tcp, &be).unwrap();
+        env.dp.services.upsert_service(*vip, 80, Protocol::Tcp, &be, None).unwrap();
     }
     let scratch = t.elapsed();
     assert_eq!(env.dp.services.len(), 10_000);
     // One change with 10,000 present: a backend replaced.
     let changed = [be[0], be[1], (Ipv4Addr::LOCALHOST, 20_003)];
     let t = Instant::now();
-    let stats = env.dp.services.upsert_service(vips[5000], 80, Protocol::Tcp, &changed).unwrap();
+    let stats = env.dp.services.upsert_service(vips[5000], 80, Protocol::Tcp, &changed, None).unwrap();
     let one = t.elapsed();
     assert_eq!(stats.slots_written, 1);
+    // Printed, not asserted: speed is `cargo xtask bench dataplane`'s business.
     eprintln!("programmed 10,000 services x 3 backends from scratch in {scratch:?}; one change in {one:?}");
-    // Generous bounds (shared 2-core machine, unoptimised test build); the numbers are printed.
-    assert!(scratch < Duration::from_secs(5), "{scratch:?}");
-    assert!(one < Duration::from_millis(50), "{one:?}");
     let t = Instant::now();
     assert_eq!(env.dp.services.retain(|_| false).unwrap(), 10_000);
     eprintln!("removed 10,000 services in {:?}", t.elapsed());

@@ -356,7 +356,7 @@ fn services_and_endpointslices_drive_the_dataplane() {
     let stale = Ipv4Addr::new(10, 96, 200, 200);
     {
         let mut dp = Dataplane::load(&dp_config).expect("loading the dataplane");
-        dp.services.upsert_service(stale, 99, Protocol::Tcp, &[(Ipv4Addr::LOCALHOST, 1)]).unwrap();
+        dp.services.upsert_service(stale, 99, Protocol::Tcp, &[(Ipv4Addr::LOCALHOST, 1)], None).unwrap();
         // dropped without cleanup(): the maps stay pinned, like after an agent restart
     }
 

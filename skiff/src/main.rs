@@ -147,8 +147,10 @@ enum Command {
         /// `ebpf` (default), or `none` to leave service routing to another proxy.
         #[arg(long, default_value = "ebpf")]
         proxy_mode: String,
-        /// Interfaces for the per-packet NodePort programs (not implemented yet; `none`).
-        #[arg(long, default_value = "none")]
+        /// Interfaces whose tc ingress gets the per-packet NodePort program, comma-separated;
+        /// `auto` (default): the default route's interface; `none`: NodePorts answer only to
+        /// clients on this machine (socket programs). The pod bridge is added unless `none`.
+        #[arg(long, default_value = "auto")]
         devices: String,
         /// The cgroup v2 the socket programs attach to (default: the root, so every process on
         /// the host reaches ClusterIPs).
@@ -199,6 +201,31 @@ enum Command {
 }
 
 /// The node's InternalIP when none is given: the address of the default route's interface.
+/// The interfaces `--devices` names: `none`, `auto` (the default route's interface), or a
+/// comma-separated list; the pod bridge joins unless `none` (replies of local backends enter the
+/// node there).
+pub(crate) fn nodeport_devices(flag: &str, bridge: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = match flag {
+        "none" => return Ok(Vec::new()),
+        "auto" => skiff_agent::proxy::default_route_interface().into_iter().collect(),
+        list => list
+            .split(',')
+            .map(|d| {
+                let d = d.trim();
+                // The kernel's limit is IFNAMSIZ - 1; names never hold '/', ':' or blanks.
+                if d.is_empty() || d.len() > 15 || d.contains(['/', ':', ' ']) || d == "." || d == ".." {
+                    anyhow::bail!("--devices {list:?}: {d:?} is not an interface name");
+                }
+                Ok(d.to_string())
+            })
+            .collect::<Result<_>>()?,
+    };
+    if !out.iter().any(|d| d == bridge) {
+        out.push(bridge.to_string());
+    }
+    Ok(out)
+}
+
 pub(crate) fn default_ipv4() -> Option<std::net::Ipv4Addr> {
     match skiff_control::primary_ip()? {
         std::net::IpAddr::V4(ip) => Some(ip),
@@ -366,11 +393,7 @@ fn main() -> Result<()> {
                     "--proxy-mode {proxy_mode}: `ebpf` and `none` are implemented (the nftables mode is part of the dataplane issue)"
                 );
             }
-            if devices != "none" {
-                anyhow::bail!(
-                    "--devices {devices}: the per-packet NodePort programs are not implemented yet; use --devices none"
-                );
-            }
+            let nodeport_devices = nodeport_devices(&devices, &bridge)?;
             if !(crashloop_backoff > 0.0 && crashloop_backoff <= 300.0) {
                 anyhow::bail!("--crashloop-backoff {crashloop_backoff}: must be between 0 and 300 seconds");
             }
@@ -401,6 +424,7 @@ fn main() -> Result<()> {
                     service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {service_cidr:?}: {e}"))?;
                 let proxy = (proxy_mode == "ebpf").then(|| skiff_agent::proxy::NodeProxyConfig {
                     cgroup,
+                    nodeport_devices,
                     service_range,
                     cleanup_on_exit,
                     ..Default::default()

@@ -28,9 +28,10 @@ pub struct NodeArgs {
     /// The node's address (default: the source address of the default route).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
-    /// Interfaces for the per-packet NodePort programs. They are not implemented yet: `none`
-    /// leaves NodePorts to the socket programs (every address of this machine, host-local).
-    #[arg(long, default_value = "none")]
+    /// Interfaces whose tc ingress gets the per-packet NodePort program, comma-separated;
+    /// `auto` (default): the default route's interface; `none`: NodePorts answer only to clients
+    /// on this machine (socket programs). The pod bridge is added unless `none`.
+    #[arg(long, default_value = "auto")]
     pub devices: String,
     /// The cgroup v2 the socket programs attach to (default: the root, so every process on this
     /// machine, pods included, reaches ClusterIPs).
@@ -167,12 +168,7 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             data_dir.display()
         );
     }
-    if node.devices != "none" {
-        anyhow::bail!(
-            "--devices {}: the per-packet NodePort programs are not implemented yet; use --devices none (NodePorts then answer on this machine's addresses through the socket programs)",
-            node.devices
-        );
-    }
+    let nodeport_devices = crate::nodeport_devices(&node.devices, &node.bridge)?;
     let node_name = node.node_name.clone().unwrap_or_else(skiff_agent::kubelet::hostname);
     let node_ip = node.node_ip.or_else(crate::default_ipv4).unwrap_or(Ipv4Addr::LOCALHOST);
     let service_range: skiff_agent::route::Ipv4Cidr =
@@ -224,6 +220,7 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             dataplane: skiff_agent::dataplane::Config { pin_dir: node.bpf_pin_dir.clone(), ..Default::default() },
             cgroup: node.cgroup.clone(),
             service_range,
+            nodeport_devices,
             cleanup_on_exit: true,
             ..Default::default()
         }),

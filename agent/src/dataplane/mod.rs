@@ -20,16 +20,19 @@
 //! stopped. The cgroup attachments are bpf_links owned by this process: they end when the
 //! [`Dataplane`] is dropped or the process exits. [`Dataplane::cleanup`] also removes the pins.
 
+pub mod sockdiag;
 mod table;
 
-pub use table::{Frontend, Protocol, ServiceTable, UpdateStats};
+pub use table::{Frontend, FrontendPolicy, Protocol, ServiceTable, UpdateStats};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use skiff_dataplane_common::{MAP_BACKENDS, MAP_COUNTERS, MAP_REVNAT, MAP_SERVICES};
+use skiff_dataplane_common::{MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -48,8 +51,15 @@ pub const OBJECT_ENV: &str = "SKIFF_EBPF_OBJECT";
 /// connections are translated, the reverse programs are in place.
 pub const SOCKET_PROGRAMS: &[&str] = &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
 
+/// The per-packet NodePort program (tc ingress), attached by [`Dataplane::attach_nodeport`].
+pub const NODEPORT_PROGRAM: &str = "skiff_nodeport";
+
 /// Subdirectory of the pin directory holding pinned cgroup links.
 pub const LINKS_DIR: &str = "links";
+
+/// The service map's name before its layout gained the affinity timeout: `cleanup` removes a pin
+/// an older agent left.
+const LEGACY_SERVICES_V1: &str = "SKIFF_SVC_V1";
 
 /// What [`Dataplane::attach_cgroup_pinned`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,13 +229,21 @@ impl Dataplane {
                 .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
             prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(NODEPORT_PROGRAM)
+            .with_context(|| format!("program {NODEPORT_PROGRAM} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {NODEPORT_PROGRAM} is not a tc classifier"))?;
+        tc.load().with_context(|| format!("loading program {NODEPORT_PROGRAM} (verifier)"))?;
         let services = BpfHashMap::try_from(ebpf.take_map(MAP_SERVICES).context("map SKIFF_SVC missing")?)
             .context("service map type")?;
         let backends = BpfHashMap::try_from(ebpf.take_map(MAP_BACKENDS).context("map SKIFF_BE missing")?)
             .context("backend map type")?;
         let counters = PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).context("map SKIFF_CNT missing")?)
             .context("counters map type")?;
-        let services = ServiceTable::new(services, backends, counters)?;
+        let revnat = BpfHashMap::try_from(ebpf.take_map(MAP_REVNAT).context("map SKIFF_RNAT missing")?)
+            .context("reverse-translation map type")?;
+        let services = ServiceTable::new(services, backends, counters, revnat)?;
         Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
     }
 
@@ -291,6 +309,22 @@ impl Dataplane {
         Ok(outcome)
     }
 
+    /// Attaches the per-packet NodePort program to the tc ingress of `interface` (tcx, so other
+    /// tc programs there keep running), for packets from other machines to the node's NodePorts
+    /// and for the replies of backends behind this node. The interface is looked up in the
+    /// calling thread's network namespace. Like [`Dataplane::attach_cgroup_pinned`], the link is
+    /// pinned (`<pin_dir>/links/tc<netns inode>-<ifindex>/`) and a restarted agent switches it to
+    /// its own program atomically instead of attaching a second copy.
+    pub fn attach_nodeport(&mut self, interface: &str) -> Result<AttachOutcome> {
+        self.split().0.attach_nodeport(interface)
+    }
+
+    /// The program attacher and the service maps, borrowed separately, so interfaces that appear
+    /// later (the pod bridge) can be attached while the proxy programs the maps.
+    pub fn split(&mut self) -> (NodePortAttacher<'_>, &mut ServiceTable) {
+        (NodePortAttacher { ebpf: &mut self.ebpf, pin_dir: &self.pin_dir }, &mut self.services)
+    }
+
     /// The cgroups the programs are attached to.
     pub fn attached_cgroups(&self) -> &[PathBuf] {
         &self.attached
@@ -309,7 +343,7 @@ impl Dataplane {
         drop(ebpf);
         drop(services);
         let mut first_err = None;
-        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_COUNTERS] {
+        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_COUNTERS, MAP_AFFINITY, MAP_CT, LEGACY_SERVICES_V1] {
             let p = pin_dir.join(name);
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -338,6 +372,47 @@ impl Dataplane {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Attaches the NodePort program to interfaces; see [`Dataplane::attach_nodeport`].
+pub struct NodePortAttacher<'a> {
+    ebpf: &'a mut Ebpf,
+    pin_dir: &'a Path,
+}
+
+impl NodePortAttacher<'_> {
+    /// See [`Dataplane::attach_nodeport`].
+    pub fn attach_nodeport(&mut self, interface: &str) -> Result<AttachOutcome> {
+        use std::os::unix::fs::MetadataExt;
+        let c = CString::new(interface).context("interface name with NUL")?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {interface}"));
+        }
+        let netns = std::fs::metadata("/proc/thread-self/ns/net").context("stat of the network namespace")?.ino();
+        let dir = self.pin_dir.join(LINKS_DIR).join(format!("tc{netns}-{ifindex}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pin = dir.join(NODEPORT_PROGRAM);
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(NODEPORT_PROGRAM).context("program missing")?.try_into()?;
+        let mut outcome = AttachOutcome::default();
+        if pin.exists() {
+            let link = sys::obj_get(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+            let prog_fd = prog.fd().context("program fd")?.as_fd().as_raw_fd();
+            sys::link_update(link.as_raw_fd(), prog_fd)
+                .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
+            outcome.reused += 1;
+        } else {
+            let id = prog
+                .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {NODEPORT_PROGRAM} to the tc ingress of {interface}"))?;
+            let link: FdLink = prog.take_link(id)?.try_into().context("the tcx link is not an fd link")?;
+            link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
+            outcome.attached += 1;
+        }
+        Ok(outcome)
     }
 }
 

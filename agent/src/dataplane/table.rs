@@ -3,8 +3,8 @@
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use skiff_dataplane_common::{
-    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICE_ID, MAX_SERVICES, PROTO_TCP, PROTO_UDP, ServiceCounters,
-    ServiceKey, ServiceValue, ipv4_from_map, port_from_map,
+    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICE_ID, MAX_SERVICES, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue, flags, ipv4_from_map, port_from_map,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -79,8 +79,19 @@ struct ServiceState {
     id: u32,
     rev: u32,
     flags: u32,
+    affinity_timeout: u32,
     /// `slots[i]` is what `SKIFF_BE_V1[{id, i}]` holds.
     slots: Vec<Backend>,
+}
+
+/// How a frontend treats its clients, besides which backends it has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendPolicy {
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity: Option<u32>,
+    /// `externalTrafficPolicy: Local` on a NodePort frontend: the per-packet program keeps the
+    /// client's address (the backends given must be this node's own).
+    pub external_local: bool,
 }
 
 /// The service and backend maps, with an in-memory copy of their contents so that every change
@@ -98,6 +109,7 @@ pub struct ServiceTable {
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     backends: BpfHashMap<MapData, BackendKey, Backend>,
     counters: PerCpuArray<MapData, ServiceCounters>,
+    revnat: BpfHashMap<MapData, RevNatKey, RevNatValue>,
     nr_cpus: usize,
     state: HashMap<ServiceKey, ServiceState>,
     used_ids: BTreeSet<u32>,
@@ -112,12 +124,14 @@ impl ServiceTable {
         services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
         backends: BpfHashMap<MapData, BackendKey, Backend>,
         counters: PerCpuArray<MapData, ServiceCounters>,
+        revnat: BpfHashMap<MapData, RevNatKey, RevNatValue>,
     ) -> Result<Self> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut t = Self {
             services,
             backends,
             counters,
+            revnat,
             nr_cpus,
             state: HashMap::new(),
             used_ids: BTreeSet::new(),
@@ -141,7 +155,7 @@ impl ServiceTable {
         let mut referenced = HashSet::new();
         for (key, val) in entries {
             if val.id == 0 || val.id > MAX_SERVICE_ID {
-                bail!("service map entry with id {} outside 1..={MAX_SERVICE_ID}: not a SKIFF_SVC_V1 layout", val.id);
+                bail!("service map entry with id {} outside 1..={MAX_SERVICE_ID}: not a SKIFF_SVC_V2 layout", val.id);
             }
             let mut backends = Vec::with_capacity(val.backend_count as usize);
             let mut complete = true;
@@ -167,7 +181,16 @@ impl ServiceTable {
             self.used_ids.insert(val.id);
             self.next_id = self.next_id.max(val.id + 1);
             self.total_slots += backends.len();
-            self.state.insert(key, ServiceState { id: val.id, rev: val.rev, flags: val.flags, slots: backends });
+            self.state.insert(
+                key,
+                ServiceState {
+                    id: val.id,
+                    rev: val.rev,
+                    flags: val.flags,
+                    affinity_timeout: val.affinity_timeout,
+                    slots: backends,
+                },
+            );
         }
         if self.next_id > MAX_SERVICE_ID {
             self.next_id = 1;
@@ -205,25 +228,46 @@ impl ServiceTable {
 
     /// Creates or updates a service frontend with exactly these backends (duplicates ignored).
     /// An empty list keeps the service, which then refuses connections with `ECONNREFUSED`.
+    /// `affinity`: `Some(timeout seconds)` for `sessionAffinity: ClientIP`.
     pub fn upsert_service(
         &mut self,
         vip: Ipv4Addr,
         port: u16,
         proto: Protocol,
         backends: &[(Ipv4Addr, u16)],
+        affinity: Option<u32>,
+    ) -> Result<UpdateStats> {
+        self.upsert_frontend(vip, port, proto, backends, FrontendPolicy { affinity, external_local: false })
+    }
+
+    /// [`Self::upsert_service`] with every per-frontend policy.
+    pub fn upsert_frontend(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+        backends: &[(Ipv4Addr, u16)],
+        policy: FrontendPolicy,
     ) -> Result<UpdateStats> {
         let key = Frontend { vip, port, proto }.key();
         let mut seen = HashSet::new();
         let desired: Vec<Backend> =
             backends.iter().map(|(a, p)| Backend::new(a.octets(), *p)).filter(|b| seen.insert(*b)).collect();
 
-        let (id, old_slots, rev, flags, is_new) = match self.state.get(&key) {
-            Some(s) => (s.id, s.slots.clone(), s.rev, s.flags, false),
+        let (mut flags, affinity_timeout) = match policy.affinity {
+            Some(t) => (flags::AFFINITY_CLIENT_IP, t),
+            None => (0, 0),
+        };
+        if policy.external_local {
+            flags |= flags::EXTERNAL_LOCAL;
+        }
+        let (id, old_slots, rev, old_policy, is_new) = match self.state.get(&key) {
+            Some(s) => (s.id, s.slots.clone(), s.rev, (s.flags, s.affinity_timeout), false),
             None => {
                 if self.state.len() as u32 >= MAX_SERVICES {
                     bail!("service map full ({MAX_SERVICES} entries)");
                 }
-                (self.alloc_id()?, Vec::new(), 0, 0, true)
+                (self.alloc_id()?, Vec::new(), 0, (0, 0), true)
             }
         };
         let new_slots = plan_slots(&old_slots, &desired);
@@ -243,11 +287,11 @@ impl ServiceTable {
                 stats.slots_written += 1;
             }
         }
-        // 2. The service entry, if its count changed (or it is new).
-        let write_service = is_new || old_slots.len() != new_slots.len();
+        // 2. The service entry, if its count or affinity changed (or it is new).
+        let write_service = is_new || old_slots.len() != new_slots.len() || old_policy != (flags, affinity_timeout);
         let rev = if write_service { rev.wrapping_add(1) } else { rev };
         if write_service {
-            let val = ServiceValue { id, backend_count: new_slots.len() as u32, flags, rev };
+            let val = ServiceValue { id, backend_count: new_slots.len() as u32, flags, rev, affinity_timeout, pad: 0 };
             self.services.insert(key, val, 0).with_context(|| format!("writing service {vip}:{port}"))?;
             stats.service_written = true;
         }
@@ -257,13 +301,59 @@ impl ServiceTable {
             stats.slots_deleted += 1;
         }
         self.total_slots = self.total_slots - old_slots.len() + new_slots.len();
-        self.state.insert(key, ServiceState { id, rev, flags, slots: new_slots });
+        if proto == Protocol::Udp {
+            let lost = old_slots.iter().filter(|b| !new_slots.contains(b)).map(|b| (key, *b)).collect();
+            self.abort_udp_sockets(lost);
+        }
+        self.state.insert(key, ServiceState { id, rev, flags, affinity_timeout, slots: new_slots });
         Ok(stats)
+    }
+
+    /// Aborts connected UDP sockets that the programs steered to a backend the service has just
+    /// lost (see [`super::sockdiag`]), so their next `connect()` picks a live one. Failures are
+    /// logged: the map update itself has happened.
+    fn abort_udp_sockets(&self, lost: Vec<(ServiceKey, Backend)>) {
+        if lost.is_empty() {
+            return;
+        }
+        let mut by_peer: HashMap<(Ipv4Addr, u16), Vec<RevNatValue>> = HashMap::new();
+        for (svc, b) in &lost {
+            by_peer.entry(from_backend(b)).or_default().push(RevNatValue { addr: svc.addr, port: svc.port, pad: 0 });
+        }
+        let peers = by_peer.keys().copied().collect();
+        let translated = |cookie: u64, (ip, port): (Ipv4Addr, u16)| {
+            let b = Backend::new(ip.octets(), port);
+            let key = RevNatKey { cookie, addr: b.addr, port: b.port, pad: 0 };
+            match self.revnat.get(&key, 0) {
+                Ok(v) => by_peer.get(&(ip, port)).is_some_and(|svcs| svcs.contains(&v)),
+                Err(_) => false,
+            }
+        };
+        match super::sockdiag::abort_udp_sockets(&peers, translated) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("aborted {n} connected UDP socket(s) of removed backends"),
+            Err(e) => tracing::warn!("aborting UDP sockets of removed backends: {e:#}"),
+        }
     }
 
     /// Removes a service frontend: new connections to it are no longer translated (the service
     /// range's blackhole route then refuses them). Removing an absent service is a no-op.
     pub fn remove_service(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol) -> Result<UpdateStats> {
+        let mut lost = Vec::new();
+        let stats = self.remove_service_keeping_sockets(vip, port, proto, &mut lost)?;
+        self.abort_udp_sockets(lost);
+        Ok(stats)
+    }
+
+    /// [`Self::remove_service`], collecting the UDP backends lost instead of aborting their
+    /// sockets (so that removing many services scans the machine's sockets once).
+    fn remove_service_keeping_sockets(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+        lost: &mut Vec<(ServiceKey, Backend)>,
+    ) -> Result<UpdateStats> {
         let key = Frontend { vip, port, proto }.key();
         let Some(state) = self.state.get(&key).cloned() else {
             return Ok(UpdateStats::default());
@@ -277,6 +367,9 @@ impl ServiceTable {
             stats.slots_deleted += 1;
         }
         self.total_slots -= state.slots.len();
+        if proto == Protocol::Udp {
+            lost.extend(state.slots.iter().map(|b| (key, *b)));
+        }
         self.state.remove(&key);
         self.used_ids.remove(&state.id);
         Ok(stats)
@@ -285,10 +378,16 @@ impl ServiceTable {
     /// Removes every service not in `keep`: the "stale entries are removed" half of a full sync.
     pub fn retain(&mut self, keep: impl Fn(&Frontend) -> bool) -> Result<usize> {
         let stale: Vec<Frontend> = self.state.keys().filter_map(Frontend::from_key).filter(|f| !keep(f)).collect();
+        let mut lost = Vec::new();
+        let mut result = Ok(stale.len());
         for f in &stale {
-            self.remove_service(f.vip, f.port, f.proto)?;
+            if let Err(e) = self.remove_service_keeping_sockets(f.vip, f.port, f.proto, &mut lost) {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(stale.len())
+        self.abort_udp_sockets(lost);
+        result
     }
 
     /// Connection counters of a frontend, summed over CPUs, or `None` if it is not in the map.

@@ -2,7 +2,7 @@
 //! EndpointSlices (what kube-proxy calls the service and endpoints "change trackers", computed
 //! whole here: cheap enough, and trivially level-triggered).
 
-use crate::dataplane::{Frontend, Protocol};
+use crate::dataplane::{Frontend, FrontendPolicy, Protocol};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -38,7 +38,22 @@ pub struct DesiredFrontend {
     pub service: ServicePortName,
     /// Ready backends, sorted and without duplicates. Empty: the frontend refuses connections.
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// A NodePort frontend of an `externalTrafficPolicy: Local` service: `backends` are this
+    /// node's endpoints only, and the client's address is kept.
+    pub external_local: bool,
 }
+
+impl DesiredFrontend {
+    /// The dataplane's view of the policies.
+    pub fn policy(&self) -> FrontendPolicy {
+        FrontendPolicy { affinity: self.affinity_timeout, external_local: self.external_local }
+    }
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
 /// Frontend → desired state.
 pub type Desired = BTreeMap<Frontend, DesiredFrontend>;
@@ -67,6 +82,10 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
 ///   the socket, so host-local access needs no per-packet program.
 /// - `internalTrafficPolicy: Local`: only endpoints whose `nodeName` is `node_name` (the node
 ///   this proxy serves) are backends — kube-dns uses it so each pod asks its own node's DNS.
+/// - `externalTrafficPolicy: Local`: the NodePort frontends have only this node's endpoints and
+///   keep the client's source address (the ClusterIP frontends are unaffected).
+/// - `sessionAffinity: ClientIP`: the frontend keeps a client on one backend for
+///   `sessionAffinityConfig.clientIP.timeoutSeconds` (default 10800) after its last connection.
 /// - Two services claiming the same frontend: the first in namespace/name order wins.
 pub fn compute(
     services: &[Arc<Service>],
@@ -133,6 +152,15 @@ pub fn compute_service(
     }
     vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
     let node_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
     for sp in spec.ports.iter().flatten() {
         let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
         let Ok(port) = u16::try_from(sp.port) else { continue };
@@ -142,7 +170,9 @@ pub fn compute_service(
             Some(IntOrString::String(_)) => None,
             None => Some(port),
         };
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let mut backends = BTreeSet::new();
+        let mut local_backends = BTreeSet::new();
         for slice in slices {
             let Some(target) = slice.ports.iter().flatten().find_map(|p| {
                 (p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto))
@@ -159,28 +189,35 @@ pub fn compute_service(
                 if !ready || (node_local && ep.node_name.as_deref() != node_name) {
                     continue;
                 }
+                let on_this_node = node_name.is_some() && ep.node_name.as_deref() == node_name;
                 for a in &ep.addresses {
                     if let Ok(ip) = a.parse::<Ipv4Addr>() {
                         backends.insert((ip, target));
+                        if on_this_node {
+                            local_backends.insert((ip, target));
+                        }
                     }
                 }
             }
         }
         let backends: Vec<_> = backends.into_iter().collect();
+        let local_backends: Vec<_> = local_backends.into_iter().collect();
         let node_port = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"))
             .then(|| sp.node_port.and_then(|p| u16::try_from(p).ok()))
             .flatten()
             .filter(|p| *p != 0);
         let frontends = vips
             .iter()
-            .map(|vip| (*vip, port))
-            .chain(node_port.into_iter().flat_map(|np| node_ips.iter().map(move |ip| (*ip, np))));
-        for (vip, port) in frontends {
+            .map(|vip| (*vip, port, false))
+            .chain(node_port.into_iter().flat_map(|np| node_ips.iter().map(move |ip| (*ip, np, external_local))));
+        for (vip, port, local) in frontends {
             out.push((
                 Frontend { vip, port, proto },
                 DesiredFrontend {
                     service: ServicePortName { namespace: ns.into(), name: name.into(), port: port_name.into() },
-                    backends: backends.clone(),
+                    backends: if local { local_backends.clone() } else { backends.clone() },
+                    affinity_timeout,
+                    external_local: local,
                 },
             ));
         }
@@ -222,6 +259,53 @@ mod tests {
         let mut cluster = (*dns).clone();
         cluster.spec.as_mut().unwrap().internal_traffic_policy = None;
         assert_eq!(super::compute(&[Arc::new(cluster)], &[sl], &[], Some("a"))[&fe].backends.len(), 2);
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_this_nodes_endpoints_on_node_ports() {
+        let np = svc(json!({
+            "metadata": {"namespace": "default", "name": "frontend"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.31", "externalTrafficPolicy": "Local",
+                     "ports": [{"port": 80, "nodePort": 30002}]}
+        }));
+        let sl = slice(json!({
+            "metadata": {"namespace": "default", "name": "frontend-1", "labels": {SERVICE_NAME_LABEL: "frontend"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.0.9"], "nodeName": "a"}, {"addresses": ["10.244.1.9"], "nodeName": "b"}],
+        }));
+        let node = Ipv4Addr::new(192, 168, 5, 2);
+        let d = super::compute(&[np], &[sl], &[node], Some("a"));
+        let cluster_ip = &d[&Frontend { vip: Ipv4Addr::new(10, 96, 0, 31), port: 80, proto: Protocol::Tcp }];
+        assert_eq!(cluster_ip.backends.len(), 2, "the ClusterIP keeps every endpoint");
+        assert!(!cluster_ip.external_local);
+        let node_port = &d[&Frontend { vip: node, port: 30002, proto: Protocol::Tcp }];
+        assert_eq!(node_port.backends, [(Ipv4Addr::new(10, 244, 0, 9), 80)]);
+        assert!(node_port.external_local);
+    }
+
+    #[test]
+    fn client_ip_affinity_carries_its_timeout() {
+        let sl = slice(json!({
+            "metadata": {"namespace": "default", "name": "web-1", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.0.9"]}],
+        }));
+        let fe = Frontend { vip: Ipv4Addr::new(10, 96, 0, 40), port: 80, proto: Protocol::Tcp };
+        let with = |spec: serde_json::Value| {
+            let mut spec_full = json!({"clusterIP": "10.96.0.40", "ports": [{"port": 80}]});
+            spec_full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+            let s = svc(json!({"metadata": {"namespace": "default", "name": "web"}, "spec": spec_full}));
+            compute(&[s], &[sl.clone()])[&fe].affinity_timeout
+        };
+        assert_eq!(with(json!({})), None);
+        assert_eq!(with(json!({"sessionAffinity": "None"})), None);
+        assert_eq!(with(json!({"sessionAffinity": "ClientIP"})), Some(DEFAULT_AFFINITY_TIMEOUT));
+        assert_eq!(
+            with(json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}})),
+            Some(60)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod desired;
 pub mod metrics;
 mod node;
 
-pub use node::{DEFAULT_CGROUP, NodeProxyConfig, local_ipv4_addresses, run_node_proxy};
+pub use node::{DEFAULT_CGROUP, NodeProxyConfig, default_route_interface, local_ipv4_addresses, run_node_proxy};
 
 use crate::dataplane::{Frontend, Protocol, ServiceTable};
 use anyhow::{Context, Result};
@@ -428,7 +428,7 @@ pub fn apply_desired(table: &mut ServiceTable, d: &Desired) -> (usize, bool) {
         }
     }
     for (fe, want) in d {
-        match table.upsert_service(fe.vip, fe.port, fe.proto, &want.backends) {
+        match table.upsert_frontend(fe.vip, fe.port, fe.proto, &want.backends, want.policy()) {
             Ok(st) => writes += st.slots_written + st.slots_deleted + st.service_written as usize,
             Err(e) => {
                 ok = false;
@@ -574,7 +574,7 @@ impl Owners {
                 );
                 continue;
             }
-            match table.upsert_service(fe.vip, fe.port, fe.proto, &w.backends) {
+            match table.upsert_frontend(fe.vip, fe.port, fe.proto, &w.backends, w.policy()) {
                 Ok(st) => writes += st.slots_written + st.slots_deleted + st.service_written as usize,
                 Err(e) => {
                     ok = false;

@@ -30,6 +30,12 @@ pub struct NodeProxyConfig {
     /// exits or is killed, and reuse them on restart ([`Dataplane::attach_cgroup_pinned`]).
     /// Without it the attachments end with the process.
     pub pin_links: bool,
+    /// Interfaces whose tc ingress gets the per-packet NodePort program (`--devices`): the
+    /// node's external interfaces and its pod bridge (replies of local backends enter there).
+    /// Each is attached when it exists; one that appears later (the bridge, created once the
+    /// node has a podCIDR) is attached then. Empty: NodePorts answer only through the socket
+    /// programs, i.e. to clients on this machine. Tests name veths of their own namespaces here.
+    pub nodeport_devices: Vec<String>,
 }
 
 impl Default for NodeProxyConfig {
@@ -40,6 +46,7 @@ impl Default for NodeProxyConfig {
             service_range: default_service_range(),
             cleanup_on_exit: false,
             pin_links: true,
+            nodeport_devices: Vec::new(),
         }
     }
 }
@@ -74,7 +81,17 @@ pub async fn run_node_proxy(
             dp.attach_cgroup(&config.cgroup)
         };
         let r = match attached {
-            Ok(()) => proxy.run(client, &mut dp.services, shutdown).await,
+            Ok(()) => {
+                let (mut attacher, services) = dp.split();
+                let devices = async {
+                    attach_devices(&mut attacher, &config.nodeport_devices).await;
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    r = proxy.run(client, services, shutdown) => r,
+                    () = devices => unreachable!("pending() never completes"),
+                }
+            }
             Err(e) => Err(e),
         };
         if config.cleanup_on_exit
@@ -91,6 +108,41 @@ pub async fn run_node_proxy(
         tracing::error!("{e:#}");
     }
     result
+}
+
+/// Attaches the NodePort program to each of `devices`, retrying every 2 s those that do not exist
+/// yet (or failed), until all are attached.
+async fn attach_devices(attacher: &mut dataplane::NodePortAttacher<'_>, devices: &[String]) {
+    let mut pending: Vec<&String> = devices.iter().collect();
+    let mut reported = std::collections::HashSet::new();
+    while !pending.is_empty() {
+        pending.retain(|dev| match attacher.attach_nodeport(dev) {
+            Ok(o) => {
+                tracing::info!(attached = o.attached, reused = o.reused, "NodePort program on the tc ingress of {dev}");
+                false
+            }
+            Err(e) => {
+                if reported.insert(dev.to_string()) {
+                    tracing::warn!("NodePort program on {dev}: {e:#} (retrying every 2 s)");
+                }
+                true
+            }
+        });
+        if !pending.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// The interface of the default IPv4 route (`/proc/net/route`), if there is one: `--devices`'
+/// default, as Cilium's device detection starts from.
+pub fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // Iface Destination Gateway Flags ... Mask: destination and mask 0 = default.
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+    })
 }
 
 /// Every IPv4 address on this machine's interfaces (loopback included): the addresses NodePorts

@@ -4,11 +4,18 @@
 //! # Layout (Cilium-style, two levels)
 //!
 //! ```text
-//! SKIFF_SVC_V1   ServiceKey {vip, port, proto}      -> ServiceValue {id, backend_count, flags, rev}
+//! SKIFF_SVC_V2   ServiceKey {vip, port, proto}      -> ServiceValue {id, backend_count, flags, rev,
+//!                                                      affinity_timeout}
 //! SKIFF_BE_V1    BackendKey {service id, slot}      -> Backend {addr, port}
 //! SKIFF_RNAT_V1  RevNatKey {socket cookie, backend} -> RevNatValue {vip, port}
 //! SKIFF_CNT_V1   service id (array index)           -> ServiceCounters, per CPU
+//! SKIFF_AFF_V1   AffinityKey {netns cookie, id}     -> AffinityValue {backend, slot, last used}
+//! SKIFF_CT4_V1   CtKey {packet's 5-tuple}           -> CtValue {rewritten 4-tuple, service id}
 //! ```
+//!
+//! The first five serve the socket programs (ClusterIP, and NodePorts reached from the node
+//! itself). `SKIFF_CT4_V1` serves the per-packet NodePort program at tc ingress: traffic from
+//! other machines never passes a socket hook here, so it is translated packet by packet.
 //!
 //! A connection to a service picks `slot = bpf_get_prandom_u32() % backend_count` and rewrites the
 //! destination to `SKIFF_BE_V1[{id, slot}]`. Slots are dense (`0..backend_count`), so the agent
@@ -34,11 +41,29 @@
 #![cfg_attr(not(test), no_std)]
 
 /// Name of the service map ([`ServiceKey`] → [`ServiceValue`]), `BPF_MAP_TYPE_HASH`.
-pub const MAP_SERVICES: &str = "SKIFF_SVC_V1";
+pub const MAP_SERVICES: &str = "SKIFF_SVC_V2";
 /// Name of the backend slot map ([`BackendKey`] → [`Backend`]), `BPF_MAP_TYPE_HASH`.
 pub const MAP_BACKENDS: &str = "SKIFF_BE_V1";
 /// Name of the reverse-translation map ([`RevNatKey`] → [`RevNatValue`]), `BPF_MAP_TYPE_LRU_HASH`.
 pub const MAP_REVNAT: &str = "SKIFF_RNAT_V1";
+
+/// Name of the ClientIP session-affinity map ([`AffinityKey`] → [`AffinityValue`]),
+/// `BPF_MAP_TYPE_LRU_HASH`.
+pub const MAP_AFFINITY: &str = "SKIFF_AFF_V1";
+
+/// Name of the NodePort connection-tracking map ([`CtKey`] → [`CtValue`]), `BPF_MAP_TYPE_LRU_HASH`.
+pub const MAP_CT: &str = "SKIFF_CT4_V1";
+
+/// Capacity of [`MAP_CT`]: two entries (request and reply direction) per tracked connection. An
+/// LRU map: entries of finished connections are not deleted, they age out.
+pub const MAX_CT: u32 = 262_144;
+
+/// The source ports the NodePort program uses when it rewrites a connection's source to the
+/// node's address (`externalTrafficPolicy: Cluster`): above Linux's default ephemeral range
+/// (32768–60999), so they do not collide with the node's own outgoing connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// See [`SNAT_PORT_MIN`].
+pub const SNAT_PORT_COUNT: u16 = 4_536;
 
 /// Name of the per-service counters ([`ServiceCounters`] indexed by [`ServiceValue::id`]),
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: one copy per CPU, so counting needs no atomic operation.
@@ -72,9 +97,20 @@ pub const PROTO_UDP: u8 = 17;
 /// `bpf_set_retval` where the kernel has it.)
 pub const ECONNREFUSED: i32 = 111;
 
-/// Service flag bits ([`ServiceValue::flags`]). None are defined yet; reserved for session
-/// affinity and traffic policies.
-pub mod flags {}
+/// Capacity of [`MAP_AFFINITY`]: one entry per (client, service) pair that used an affinity
+/// service recently. An LRU map, so the oldest pairs make room (their clients then simply get a
+/// fresh random backend, as after a timeout).
+pub const MAX_AFFINITY: u32 = 65_536;
+
+/// Service flag bits ([`ServiceValue::flags`]).
+pub mod flags {
+    /// `sessionAffinity: ClientIP`: a client keeps its backend while it keeps connecting within
+    /// [`super::ServiceValue::affinity_timeout`] seconds of its last connection.
+    pub const AFFINITY_CLIENT_IP: u32 = 1;
+    /// `externalTrafficPolicy: Local` (a NodePort frontend): the per-packet program keeps the
+    /// client's source address (no SNAT); the agent programs only this node's endpoints.
+    pub const EXTERNAL_LOCAL: u32 = 2;
+}
 
 /// Key of [`MAP_SERVICES`]: a frontend a client connects to (ClusterIP, externalIP, or node
 /// address for NodePorts reached from the node itself).
@@ -105,6 +141,10 @@ pub struct ServiceValue {
     pub flags: u32,
     /// Incremented by the agent on every change of this service; for debugging and metrics.
     pub rev: u32,
+    /// With [`flags::AFFINITY_CLIENT_IP`]: `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    pub affinity_timeout: u32,
+    /// Always 0.
+    pub pad: u32,
 }
 
 /// Key of [`MAP_BACKENDS`].
@@ -157,6 +197,78 @@ pub struct RevNatValue {
     pub port: u16,
     /// Always 0.
     pub pad: u16,
+}
+
+/// Key of [`MAP_AFFINITY`]: a client of a service.
+///
+/// The client is its network namespace (`bpf_get_netns_cookie()`), as in Cilium's socket-level
+/// load balancer: at `connect()` time the socket usually has no source address yet, and in
+/// Kubernetes one network namespace is one pod, i.e. one client IP. Processes of the host share
+/// the host's namespace, as they share its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// `bpf_get_netns_cookie()` of the client socket's namespace.
+    pub netns_cookie: u64,
+    /// [`ServiceValue::id`].
+    pub service_id: u32,
+    /// Always 0.
+    pub pad: u32,
+}
+
+/// Value of [`MAP_AFFINITY`]: the backend a client last got, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// The backend chosen for this client.
+    pub backend: Backend,
+    /// Its slot when chosen. The program reuses the backend only while that slot still holds it:
+    /// a removed backend is never reused, at the price that a backend moved into a freed slot
+    /// loses its clients' affinity once.
+    pub slot: u32,
+    /// Always 0.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns()` of the client's last connection (the timeout runs from there, like
+    /// the `recent` match of kube-proxy's iptables mode).
+    pub last_used_ns: u64,
+}
+
+/// Key of [`MAP_CT`]: an IPv4 packet's addresses, ports and protocol, as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always 0.
+    pub pad: [u8; 3],
+}
+
+/// Value of [`MAP_CT`]: what a packet matching the key is rewritten to, before it is forwarded.
+///
+/// A NodePort connection has two entries: the request direction (client → node:nodePort becomes
+/// node-or-client → backend) and the reply direction (backend → node-or-client becomes
+/// node:nodePort → client). Both are written when the first packet is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// New source address, network byte order.
+    pub saddr: u32,
+    /// New destination address, network byte order.
+    pub daddr: u32,
+    /// New source port, network byte order.
+    pub sport: u16,
+    /// New destination port, network byte order.
+    pub dport: u16,
+    /// The service ([`ServiceValue::id`]), for counters.
+    pub service_id: u32,
 }
 
 /// Value of [`MAP_COUNTERS`], per CPU; the agent sums the CPUs' copies. The socket programs
@@ -223,18 +335,27 @@ mod pod {
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 }
 
 // The layouts are part of the contract: catch accidental changes at compile time.
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 8);
-    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<ServiceValue>() == 24);
+    assert!(core::mem::size_of::<AffinityKey>() == 16);
+    assert!(core::mem::size_of::<AffinityValue>() == 24);
     assert!(core::mem::size_of::<BackendKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 8);
     assert!(core::mem::size_of::<RevNatKey>() == 16);
     assert!(core::mem::size_of::<RevNatValue>() == 8);
     assert!(core::mem::size_of::<ServiceCounters>() == 16);
     assert!(MAP_SERVICES.len() < 16 && MAP_BACKENDS.len() < 16 && MAP_REVNAT.len() < 16 && MAP_COUNTERS.len() < 16);
+    assert!(MAP_AFFINITY.len() < 16 && MAP_CT.len() < 16);
+    assert!(core::mem::size_of::<CtKey>() == 16);
+    assert!(core::mem::size_of::<CtValue>() == 16);
 };
 
 #[cfg(test)]

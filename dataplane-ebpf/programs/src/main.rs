@@ -6,7 +6,9 @@
 //!
 //! - `skiff_connect4` (`cgroup/connect4`): a connect to a service address is rewritten to a
 //!   random backend, once per connection — no per-packet NAT and no conntrack entry. A service
-//!   without backends makes `connect()` fail at once with `ECONNREFUSED`.
+//!   without backends makes `connect()` fail at once with `ECONNREFUSED`. With
+//!   `sessionAffinity: ClientIP` a client (its network namespace) keeps its backend until it
+//!   has not connected for the affinity timeout, or the backend is removed.
 //! - `skiff_sendmsg4` (`cgroup/sendmsg4`): the same for unconnected UDP `sendto()`/`sendmsg()`.
 //! - `skiff_recvmsg4` (`cgroup/recvmsg4`): a UDP reply from a backend appears to come from the
 //!   service address.
@@ -16,17 +18,22 @@
 #![no_std]
 #![no_main]
 
+mod nodeport;
+
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, generated::bpf_set_retval},
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::{bpf_get_netns_cookie, bpf_set_retval},
+    },
     macros::{cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use skiff_dataplane_common::{
-    Backend, BackendKey, ECONNREFUSED, MAX_BACKEND_SLOTS, MAX_REVNAT, MAX_SERVICES, PROTO_UDP, RevNatKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, ECONNREFUSED, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_REVNAT,
+    MAX_SERVICES, PROTO_UDP, RevNatKey, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, flags,
 };
 
 /// Return value of a cgroup sock_addr program that lets the syscall go on.
@@ -36,8 +43,8 @@ const SYS_REJECT: i32 = 0;
 
 // Pinned by name: the loader (`EbpfLoader::default_map_pin_directory`) reuses a map already pinned under the
 // agent's bpffs directory, so a restarted agent shares the live maps instead of emptying them.
-#[map(name = "SKIFF_SVC_V1")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
+#[map(name = "SKIFF_SVC_V2")]
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map(name = "SKIFF_BE_V1")]
 static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
@@ -45,11 +52,14 @@ static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOT
 #[map(name = "SKIFF_RNAT_V1")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(MAX_REVNAT, 0);
 
+#[map(name = "SKIFF_AFF_V1")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
 #[map(name = "SKIFF_CNT_V1")]
 static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
 #[inline(always)]
-fn bump_counter(id: u32, refused: bool) {
+pub(crate) fn bump_counter(id: u32, refused: bool) {
     if let Some(c) = COUNTERS.get_ptr_mut(id) {
         // Per-CPU memory, so no other CPU writes it. Cgroup programs run with migration (not
         // preemption) disabled, so on a preemptible kernel two programs on one CPU could in
@@ -105,19 +115,11 @@ fn translate(ctx: &SockAddrContext) -> Verdict {
         bump_counter(id, true);
         return Verdict::Refuse;
     }
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
-    // The agent shrinks a service by moving the last backend into the freed slot, lowering the
-    // count, then deleting the last slot; a reader that saw the old count may find that last slot
-    // gone. Slot 0 exists whenever the count is non-zero.
-    let backend = match unsafe { BACKENDS.get(BackendKey { service_id: id, slot }) } {
-        Some(b) => *b,
-        None => match unsafe { BACKENDS.get(BackendKey { service_id: id, slot: 0 }) } {
-            Some(b) => *b,
-            None => {
-                bump_counter(id, true);
-                return Verdict::Refuse;
-            }
-        },
+    let client =
+        if svc.flags & flags::AFFINITY_CLIENT_IP != 0 { unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } } else { 0 };
+    let Some(backend) = choose_backend(svc, client) else {
+        bump_counter(id, true);
+        return Verdict::Refuse;
     };
     bump_counter(id, false);
     // Remember the service address for getpeername4/recvmsg4. A failed insert (map full of
@@ -129,6 +131,54 @@ fn translate(ctx: &SockAddrContext) -> Verdict {
     store(ip_p, backend.addr);
     store(port_p, backend.port as u32);
     Verdict::Translated
+}
+
+/// Picks a backend of a service with at least one: random, or the client's previous one under
+/// `sessionAffinity: ClientIP` (`client` identifies the client then; see [`AffinityKey`]).
+#[inline(always)]
+pub(crate) fn choose_backend(svc: &ServiceValue, client: u64) -> Option<Backend> {
+    let (id, count, svc_flags, affinity_timeout) = (svc.id, svc.backend_count, svc.flags, svc.affinity_timeout);
+    // Checked by the callers too, but the entry is shared memory the agent may change meanwhile:
+    // without this the `%` below would carry a division-by-zero panic path.
+    if count == 0 {
+        return None;
+    }
+    let affinity = svc_flags & flags::AFFINITY_CLIENT_IP != 0;
+    let now = if affinity { unsafe { bpf_ktime_get_ns() } } else { 0 };
+    let akey = AffinityKey { netns_cookie: client, service_id: id, pad: 0 };
+    let sticky = if affinity { sticky_backend(&akey, now, affinity_timeout) } else { None };
+    let (backend, slot) = match sticky {
+        Some(chosen) => chosen,
+        None => {
+            let slot = unsafe { bpf_get_prandom_u32() } % count;
+            // The agent shrinks a service by moving the last backend into the freed slot,
+            // lowering the count, then deleting the last slot; a reader that saw the old count may
+            // find that last slot gone. Slot 0 exists whenever the count is non-zero.
+            match unsafe { BACKENDS.get(BackendKey { service_id: id, slot }) } {
+                Some(b) => (*b, slot),
+                None => (*unsafe { BACKENDS.get(BackendKey { service_id: id, slot: 0 }) }?, 0),
+            }
+        }
+    };
+    if affinity {
+        // Refreshes the last use (the timeout runs from the client's latest connection). A
+        // failed insert only costs the client its affinity.
+        let _ = AFFINITY.insert(akey, AffinityValue { backend, slot, pad: 0, last_used_ns: now }, 0);
+    }
+    Some(backend)
+}
+
+/// The backend a client with affinity got last time, if it is recent enough and still in the
+/// slot it was chosen from (a removed backend's slot is overwritten or deleted first).
+#[inline(always)]
+fn sticky_backend(key: &AffinityKey, now: u64, timeout_s: u32) -> Option<(Backend, u32)> {
+    let prev = unsafe { AFFINITY.get(key) }?;
+    let (backend, slot, last_used) = (prev.backend, prev.slot, prev.last_used_ns);
+    if now.wrapping_sub(last_used) > timeout_s as u64 * 1_000_000_000 {
+        return None;
+    }
+    let current = unsafe { BACKENDS.get(BackendKey { service_id: key.service_id, slot }) }?;
+    (current.addr == backend.addr && current.port == backend.port).then_some((backend, slot))
 }
 
 #[inline(always)]

@@ -1,0 +1,398 @@
+//! Per-packet NodePort (tc ingress) between simulated machines, on the real kernel (root).
+//!
+//! Safe by construction (DESIGN.md §5): every machine is a network namespace this test creates,
+//! joined by veths with private addresses; none has a route off the machine, and nothing is
+//! attached outside them (the tc program goes on node 1's veths only). Namespaces, and with them
+//! their veths and tc links, are deleted by a guard also when an assertion fails; leftovers of an
+//! interrupted run are swept first.
+//!
+//! ```text
+//!  client ── c0 10.251.0.2/30 ─── n1c 10.251.0.1/30 ── node1 ── n1n2 10.251.1.1/30 ─── n2n1 10.251.1.2/30 ── node2
+//!                                                       │ n1p 10.252.1.1/24                                 │ n2p 10.252.2.1/24
+//!                                                     pod1 10.252.1.2                                      pod2 10.252.2.2
+//! ```
+//!
+//! Node 1 runs the NodePort program on all three of its interfaces (the pod side too: replies of
+//! its local backend enter there); node 2 only routes. Backends answer with their id and the
+//! source address they saw, so the test sees whether the client's address was kept or SNATed.
+
+use skiff_agent::dataplane::{Config, Dataplane, FrontendPolicy, ObjectSource, Protocol, default_object_path};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const ROLE_ENV: &str = "SKIFF_NP_ROLE";
+const PREFIX: &str = "SKIFF:";
+const NODE1: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const POD1: Ipv4Addr = Ipv4Addr::new(10, 252, 1, 2);
+const POD2: Ipv4Addr = Ipv4Addr::new(10, 252, 2, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+const NS_PREFIX: &str = "sknp";
+
+/// The tests share the address plan; one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------------------
+// Child roles: this binary re-executed inside a namespace.
+
+/// Not a test of its own: a backend or a client when `SKIFF_NP_ROLE` says so.
+#[test]
+fn role_helper() {
+    let Ok(role) = std::env::var(ROLE_ENV) else { return };
+    let parts: Vec<&str> = role.split_whitespace().collect();
+    match parts.as_slice() {
+        // A backend: TCP and UDP on `port`, answering "<id> <source address seen>".
+        ["backend", id, port] => {
+            let port: u16 = port.parse().unwrap();
+            let udp = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            let uid = id.to_string();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(format!("{uid} {}", from.ip()).as_bytes(), from);
+                    }
+                }
+            });
+            let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            println!("{PREFIX}listening");
+            for conn in tcp.incoming().flatten() {
+                let peer = conn.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+                let mut conn = conn;
+                let _ = conn.write_all(format!("{id} {peer}").as_bytes());
+            }
+        }
+        // A client: `n` TCP connections, or `n` UDP exchanges, to `addr`.
+        ["tcp", addr, n] => {
+            let addr: SocketAddr = addr.parse().unwrap();
+            for _ in 0..n.parse::<u32>().unwrap() {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(mut s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut answer = String::new();
+                        let _ = s.read_to_string(&mut answer);
+                        println!("{PREFIX}ok {answer} {addr}");
+                    }
+                    Err(e) => println!("{PREFIX}err {:?}", e.kind()),
+                }
+            }
+        }
+        ["udp", addr, n] => {
+            let addr: SocketAddr = addr.parse().unwrap();
+            for _ in 0..n.parse::<u32>().unwrap() {
+                // A socket per exchange: one source port is one flow, which stays on its backend.
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                sock.send_to(b"ping", addr).unwrap();
+                let mut buf = [0u8; 64];
+                match sock.recv_from(&mut buf) {
+                    Ok((len, from)) => println!("{PREFIX}ok {} {from}", String::from_utf8_lossy(&buf[..len])),
+                    Err(e) => println!("{PREFIX}err {:?}", e.kind()),
+                }
+            }
+        }
+        other => panic!("unknown role {other:?}"),
+    }
+}
+
+/// One client result: which backend answered, the source it saw, and where the answer came from.
+#[derive(Debug)]
+struct Answer {
+    backend: String,
+    seen_source: String,
+    from: String,
+}
+
+fn role_command(ns: &str, role: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "role_helper", "--nocapture", "--test-threads", "1"])
+        .env(ROLE_ENV, role);
+    cmd
+}
+
+/// Runs a client role in `ns`; every line must be an answer.
+fn client(ns: &str, role: &str) -> Vec<Answer> {
+    let out = role_command(ns, role).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .filter_map(|l| l.find(PREFIX).map(|i| &l[i + PREFIX.len()..]))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f[0], "ok", "a request failed: {l}\n{stdout}");
+            Answer { backend: f[1].into(), seen_source: f[2].into(), from: f[3].into() }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated machines
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+fn sweep_leftovers() {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("running ip");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&format!("{NS_PREFIX}-")) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Five namespaces wired as in the module comment, deleted on drop with the backends in them.
+struct Machines {
+    tag: String,
+    backends: Vec<Child>,
+}
+
+impl Machines {
+    fn ns(&self, role: &str) -> String {
+        format!("{NS_PREFIX}-{}-{role}", self.tag)
+    }
+
+    fn new() -> Machines {
+        sweep_leftovers();
+        let m = Machines { tag: std::process::id().to_string(), backends: Vec::new() };
+        let [c, n1, n2, p1, p2] = ["c", "n1", "n2", "p1", "p2"].map(|r| m.ns(r));
+        for ns in [&c, &n1, &n2, &p1, &p2] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let veth = |a_ns: &str, a: &str, a_addr: &str, b_ns: &str, b: &str, b_addr: &str| {
+            ip(&["link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns]);
+            ip(&["-n", a_ns, "addr", "add", a_addr, "dev", a]);
+            ip(&["-n", b_ns, "addr", "add", b_addr, "dev", b]);
+            ip(&["-n", a_ns, "link", "set", a, "up"]);
+            ip(&["-n", b_ns, "link", "set", b, "up"]);
+        };
+        veth(&c, "c0", "10.251.0.2/30", &n1, "n1c", "10.251.0.1/30");
+        veth(&n1, "n1n2", "10.251.1.1/30", &n2, "n2n1", "10.251.1.2/30");
+        veth(&n1, "n1p", "10.252.1.1/24", &p1, "p1", "10.252.1.2/24");
+        veth(&n2, "n2p", "10.252.2.1/24", &p2, "p2", "10.252.2.2/24");
+        ip(&["-n", &p1, "route", "add", "default", "via", "10.252.1.1"]);
+        ip(&["-n", &p2, "route", "add", "default", "via", "10.252.2.1"]);
+        ip(&["-n", &n1, "route", "add", "10.252.2.0/24", "via", "10.251.1.2"]);
+        ip(&["-n", &n2, "route", "add", "10.251.0.0/30", "via", "10.251.1.1"]);
+        for ns in [&n1, &n2] {
+            // bpf_fib_lookup refuses to forward (FWD_DISABLED) where forwarding is off.
+            let ok = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "enabling forwarding in {ns}");
+        }
+        m
+    }
+
+    /// Starts backend `id` in namespace `role`, waiting until it listens.
+    fn backend(&mut self, role: &str, id: &str, port: u16) {
+        let mut child =
+            role_command(&self.ns(role), &format!("backend {id} {port}")).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("listening") {
+            let n = out.read(&mut buf).unwrap();
+            assert!(n > 0, "backend {id} exited");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        self.backends.push(child);
+    }
+
+    /// Runs `f` with the calling thread in namespace `role`.
+    fn inside<T: Send>(&self, role: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = PathBuf::from("/run/netns").join(self.ns(role));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap();
+                use std::os::fd::AsRawFd;
+                // SAFETY: valid fd; changes only this scoped thread's namespace.
+                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        for b in &mut self.backends {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        for r in ["c", "n1", "n2", "p1", "p2"] {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(r)]).status();
+        }
+    }
+}
+
+/// The dataplane with a pin directory of its own, cleaned up on drop.
+struct TestDataplane(Option<Dataplane>);
+
+impl TestDataplane {
+    fn load() -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-np-{}", std::process::id()));
+        let config = Config { object: ObjectSource::Path(default_object_path()), pin_dir };
+        TestDataplane(Some(Dataplane::load(&config).expect("loading the dataplane")))
+    }
+}
+
+impl std::ops::Deref for TestDataplane {
+    type Target = Dataplane;
+    fn deref(&self) -> &Dataplane {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for TestDataplane {
+    fn deref_mut(&mut self) -> &mut Dataplane {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for TestDataplane {
+    fn drop(&mut self) {
+        if let Some(dp) = self.0.take()
+            && let Err(e) = dp.cleanup()
+        {
+            eprintln!("dataplane cleanup: {e:#}");
+        }
+    }
+}
+
+fn preconditions() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    if !default_object_path().exists() {
+        panic!("{} missing: run `cargo xtask build-ebpf` (cargo xtask test does)", default_object_path().display());
+    }
+    true
+}
+
+/// Node 1 with the program on its interfaces and backends `be-local` (pod 1) and `be-remote`
+/// (pod 2, behind node 2) on port 8080.
+fn cluster() -> (Machines, TestDataplane) {
+    let mut m = Machines::new();
+    m.backend("p1", "be-local", 8080);
+    m.backend("p2", "be-remote", 8080);
+    let mut dp = TestDataplane::load();
+    m.inside("n1", || {
+        for iface in ["n1c", "n1n2", "n1p"] {
+            dp.attach_nodeport(iface).unwrap_or_else(|e| panic!("attaching to {iface}: {e:#}"));
+        }
+    });
+    (m, dp)
+}
+
+fn by_backend(answers: &[Answer]) -> HashMap<&str, usize> {
+    let mut m = HashMap::new();
+    for a in answers {
+        *m.entry(a.backend.as_str()).or_insert(0) += 1;
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn node_port_reaches_local_and_remote_backends_with_snat() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    let (m, mut dp) = cluster();
+    let both = [(POD1, 8080), (POD2, 8080)];
+    dp.services.upsert_frontend(NODE1, 30080, Protocol::Tcp, &both, FrontendPolicy::default()).unwrap();
+    dp.services.upsert_frontend(NODE1, 30080, Protocol::Udp, &both, FrontendPolicy::default()).unwrap();
+
+    let tcp = client(&m.ns("c"), "tcp 10.251.0.1:30080 40");
+    assert_eq!(tcp.len(), 40);
+    let spread = by_backend(&tcp);
+    assert!(spread.len() == 2, "both the local and the remote backend serve: {spread:?}");
+    for a in &tcp {
+        // externalTrafficPolicy: Cluster — the backend sees the node's address (SNAT), so the
+        // remote backend's reply comes back through node 1.
+        assert_eq!(a.seen_source, NODE1.to_string(), "{a:?}");
+    }
+
+    let udp = client(&m.ns("c"), "udp 10.251.0.1:30080 40");
+    assert_eq!(udp.len(), 40);
+    assert_eq!(by_backend(&udp).len(), 2, "{udp:?}");
+    for a in &udp {
+        assert_eq!(a.seen_source, NODE1.to_string(), "{a:?}");
+        // The reply is translated back: it comes from the NodePort the client sent to.
+        assert_eq!(a.from, "10.251.0.1:30080", "{a:?}");
+    }
+    let c = dp.services.counters(NODE1, 30080, Protocol::Tcp).unwrap().unwrap();
+    assert_eq!(c.translated, 40, "one translation per TCP connection");
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    let (m, mut dp) = cluster();
+    let local = FrontendPolicy { external_local: true, ..Default::default() };
+    dp.services.upsert_frontend(NODE1, 30081, Protocol::Tcp, &[(POD1, 8080)], local).unwrap();
+    dp.services.upsert_frontend(NODE1, 30081, Protocol::Udp, &[(POD1, 8080)], local).unwrap();
+    for a in client(&m.ns("c"), "tcp 10.251.0.1:30081 10") {
+        assert_eq!((a.backend.as_str(), a.seen_source.as_str()), ("be-local", CLIENT.to_string().as_str()));
+    }
+    for a in client(&m.ns("c"), "udp 10.251.0.1:30081 10") {
+        assert_eq!((a.backend.as_str(), a.seen_source.as_str()), ("be-local", CLIENT.to_string().as_str()));
+        assert_eq!(a.from, "10.251.0.1:30081");
+    }
+}
+
+#[test]
+fn a_restarted_dataplane_keeps_node_ports_answering() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    let (m, mut dp) = cluster();
+    let both = [(POD1, 8080), (POD2, 8080)];
+    dp.services.upsert_frontend(NODE1, 30082, Protocol::Tcp, &both, FrontendPolicy::default()).unwrap();
+    // A client connecting continuously while the agent's dataplane goes away (as with kill -9:
+    // no cleanup, pins stay) and a new one takes over the pinned maps and links.
+    let load = role_command(&m.ns("c"), "tcp 10.251.0.1:30082 1000").stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let pin_dir = dp.pin_dir().to_path_buf();
+    drop(dp.0.take()); // the old instance ends without cleanup
+    std::thread::sleep(Duration::from_millis(100));
+    let config = Config { object: ObjectSource::Path(default_object_path()), pin_dir };
+    let mut next = TestDataplane(Some(Dataplane::load(&config).expect("second load")));
+    m.inside("n1", || {
+        for iface in ["n1c", "n1n2", "n1p"] {
+            let o = next.attach_nodeport(iface).unwrap();
+            assert_eq!((o.attached, o.reused), (0, 1), "the pinned link of {iface} is reused, not doubled");
+        }
+    });
+    assert_eq!(next.services.backends(NODE1, 30082, Protocol::Tcp).map(|b| b.len()), Some(2), "recovered from pins");
+    let out = load.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<&str> = stdout.lines().filter_map(|l| l.find(PREFIX).map(|i| &l[i + PREFIX.len()..])).collect();
+    assert_eq!(results.len(), 1000);
+    let failed: Vec<&&str> = results.iter().filter(|r| !r.starts_with("ok ")).collect();
+    assert!(failed.is_empty(), "connections failed across the restart: {failed:?}");
+}

@@ -403,6 +403,7 @@ fn services_and_endpointslices_drive_the_dataplane() {
         service_range: default_service_range(),
         cleanup_on_exit: true,
         pin_links: true,
+        nodeport_devices: Vec::new(),
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
 
@@ -536,6 +537,7 @@ fn node_ports_answer_on_the_node_addresses_at_the_socket() {
         service_range: default_service_range(),
         cleanup_on_exit: true,
         pin_links: true,
+        nodeport_devices: Vec::new(),
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
     let fe = format!("frontend=\"127.0.0.1:{node_port}/TCP\"");
@@ -564,6 +566,7 @@ fn agent_helper() {
         service_range: default_service_range(),
         cleanup_on_exit: false,
         pin_links: true,
+        nodeport_devices: Vec::new(),
     };
     let proxy = Proxy::new(ProxyConfig { metrics_listen: Some(a[3].parse().unwrap()), ..Default::default() }).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -5,8 +5,10 @@
 //!
 //! Safety (DESIGN.md §5): the socket programs attach to a cgroup this test made, and only the
 //! pods and this test's client run in it; the node address is the gateway of the test's own pod
-//! bridge (10.244.199.1); the per-packet NodePort programs are off (`--devices none`); DNS
-//! forwards only to an unused loopback port; pins go to a directory of the test's own.
+//! bridge (10.244.199.1); the per-packet NodePort program goes only on a veth whose other end is
+//! in a namespace this test made (a client "on another machine") and on the test's pod bridge
+//! (`--devices`); DNS forwards only to an unused loopback port; pins go to a directory of the
+//! test's own.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -20,6 +22,29 @@ const NODE_IP: &str = "10.244.199.1";
 const POD_CIDR: &str = "10.244.199.0/24";
 const BRIDGE: &str = "sktestup";
 const TABLE: &str = "skifftestup";
+/// A client machine: a namespace joined to the host by a veth (host side `CLIENT_VETH`).
+const CLIENT_NS: &str = "skiff-test-up-client";
+const CLIENT_VETH: &str = "sktupc0";
+const CLIENT_NODE_ADDR: &str = "10.250.99.1";
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The client machine's namespace and veth (10.250.99.2 there, 10.250.99.1 on the host).
+fn client_machine() -> Result<()> {
+    ip(&["netns", "add", CLIENT_NS])?;
+    ip(&["link", "add", CLIENT_VETH, "type", "veth", "peer", "name", "c0", "netns", CLIENT_NS])?;
+    ip(&["addr", "add", &format!("{CLIENT_NODE_ADDR}/30"), "dev", CLIENT_VETH])?;
+    ip(&["link", "set", CLIENT_VETH, "up"])?;
+    ip(&["-n", CLIENT_NS, "addr", "add", "10.250.99.2/30", "dev", "c0"])?;
+    ip(&["-n", CLIENT_NS, "link", "set", "c0", "up"])?;
+    ip(&["-n", CLIENT_NS, "link", "set", "lo", "up"])
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -82,7 +107,7 @@ impl Up {
             "--pod-cidr".into(),
             POD_CIDR.into(),
             "--devices".into(),
-            "none".into(),
+            CLIENT_VETH.into(),
             "--cgroup".into(),
             cgroup.to_string_lossy().into_owned(),
             "--bpf-pin-dir".into(),
@@ -104,6 +129,7 @@ impl Up {
         ];
         let mut up = Up { child: None, dir, cgroup, pins, args };
         up.leftovers_removed();
+        client_machine()?;
         Ok(up)
     }
 
@@ -181,6 +207,16 @@ impl Up {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
+    /// An HTTP GET from the client machine to the node's address on its link: packets that
+    /// never passed a socket hook here, translated by the per-packet NodePort program.
+    fn remote_get(&self, port: u16, path: &str) -> String {
+        let script =
+            format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | exec /bin/busybox nc -w 5 {CLIENT_NODE_ADDR} {port}");
+        let out =
+            Command::new("ip").args(["netns", "exec", CLIENT_NS, "sh", "-c", &script]).output().expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     fn guestbook(&self, port: u16, query: &str) -> Option<Value> {
         serde_json::from_str(&self.get(port, &format!("/guestbook.php?{query}"))?).ok()
     }
@@ -213,6 +249,9 @@ impl Up {
             found.push(format!("pins {}", self.pins.display()));
             let _ = std::fs::remove_dir_all(&self.pins);
         }
+        // The test's own client machine (not Skiff's; removed quietly).
+        let _ = Command::new("ip").args(["netns", "del", CLIENT_NS]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["link", "del", CLIENT_VETH]).stderr(Stdio::null()).status();
         found
     }
 }
@@ -317,6 +356,13 @@ fn guestbook_on_skiff_up_survives_pod_loss_scaling_and_down_up() -> Result<()> {
             .then_some(())
     })?;
     assert_eq!(up.guestbook(port, "cmd=get&key=messages").map(|v| v["data"].clone()), Some("hello,skiff".into()));
+    // From another machine, through the per-packet NodePort program (SNAT to the node address,
+    // the pod's reply translated back as it enters from the pod bridge). Every frontend pod
+    // serves, so a few requests in a row exercise different backends.
+    for i in 0..6 {
+        let got = up.remote_get(port, "/guestbook.php?cmd=get&key=messages");
+        assert!(got.contains("hello,skiff"), "request {i} from the client machine: {got:?}");
+    }
 
     // A frontend pod deleted: replaced, and the NodePort keeps answering.
     let victim = up.kubectl(&["get", "pods", "-l", "name=frontend", "-o", "jsonpath={.items[0].metadata.name}"]);

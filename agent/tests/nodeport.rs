@@ -343,6 +343,12 @@ fn node_port_reaches_local_and_remote_backends_with_snat() {
     }
     let c = dp.services.counters(NODE1, 30080, Protocol::Tcp).unwrap().unwrap();
     assert_eq!(c.translated, 40, "one translation per TCP connection");
+    // Every packet of both directions is counted: at least SYN, ACK, answer, FINs per connection.
+    let p = dp.services.packet_counters(NODE1, 30080, Protocol::Tcp).unwrap().unwrap();
+    assert!(p.packets >= 40 * 5, "{p:?}");
+    assert!(p.bytes >= p.packets * 54, "at least Ethernet + IP + TCP headers per packet: {p:?}");
+    let u = dp.services.packet_counters(NODE1, 30080, Protocol::Udp).unwrap().unwrap();
+    assert_eq!(u.packets, 80, "40 requests and 40 replies: {u:?}");
 }
 
 #[test]

@@ -404,6 +404,7 @@ fn services_and_endpointslices_drive_the_dataplane() {
         cleanup_on_exit: true,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
 
@@ -538,6 +539,7 @@ fn node_ports_answer_on_the_node_addresses_at_the_socket() {
         cleanup_on_exit: true,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
     let fe = format!("frontend=\"127.0.0.1:{node_port}/TCP\"");
@@ -567,6 +569,7 @@ fn agent_helper() {
         cleanup_on_exit: false,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let proxy = Proxy::new(ProxyConfig { metrics_listen: Some(a[3].parse().unwrap()), ..Default::default() }).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

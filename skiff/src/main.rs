@@ -144,7 +144,9 @@ enum Command {
         /// First crash-loop back-off in seconds (Kubernetes: 10), doubling up to 300.
         #[arg(long, default_value_t = 10.0)]
         crashloop_backoff: f64,
-        /// `ebpf` (default), or `none` to leave service routing to another proxy.
+        /// `ebpf` (default; falls back to `nftables` when the eBPF programs cannot load),
+        /// `nftables` (rules in the table `ip skiff-proxy`), or `none` to leave service routing to
+        /// another proxy.
         #[arg(long, default_value = "ebpf")]
         proxy_mode: String,
         /// Interfaces whose tc ingress gets the per-packet NodePort program, comma-separated;
@@ -388,11 +390,11 @@ fn main() -> Result<()> {
             metrics_listen,
             cleanup_on_exit,
         } => {
-            if proxy_mode != "ebpf" && proxy_mode != "none" {
-                anyhow::bail!(
-                    "--proxy-mode {proxy_mode}: `ebpf` and `none` are implemented (the nftables mode is part of the dataplane issue)"
-                );
-            }
+            let mode = match proxy_mode.as_str() {
+                "ebpf" | "none" => skiff_agent::proxy::ProxyMode::Ebpf,
+                "nftables" => skiff_agent::proxy::ProxyMode::Nftables,
+                _ => anyhow::bail!("--proxy-mode {proxy_mode}: one of `ebpf`, `nftables`, `none`"),
+            };
             let nodeport_devices = nodeport_devices(&devices, &bridge)?;
             if !(crashloop_backoff > 0.0 && crashloop_backoff <= 300.0) {
                 anyhow::bail!("--crashloop-backoff {crashloop_backoff}: must be between 0 and 300 seconds");
@@ -422,7 +424,8 @@ fn main() -> Result<()> {
                     kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
                 let service_range =
                     service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {service_cidr:?}: {e}"))?;
-                let proxy = (proxy_mode == "ebpf").then(|| skiff_agent::proxy::NodeProxyConfig {
+                let proxy = (proxy_mode != "none").then(|| skiff_agent::proxy::NodeProxyConfig {
+                    mode,
                     cgroup,
                     nodeport_devices,
                     service_range,

@@ -41,7 +41,12 @@ enum Task {
     /// Build the eBPF dataplane programs (nightly, bpf-linker) into target/bpf/.
     BuildEbpf,
     /// Run a benchmark area: api, scheduler, pods, dataplane, dns, footprint.
-    Bench { area: String },
+    Bench {
+        area: String,
+        /// Extra arguments for the benchmark binary (`dataplane`: `--quick`, `--rounds N`, …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -77,7 +82,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("dnsperf", "load generator of the DNS benchmark"),
     ("knot", "Knot DNS, the DNS benchmark's baseline"),
     ("docker.io", "the agent runs pods on the Docker engine"),
-    ("iptables", "accept rules for the pod bridge in Docker's FORWARD chain"),
+    ("iptables", "accept rules for the pod bridge in Docker's FORWARD chain; the dataplane benchmark's baseline"),
+    ("iproute2", "`ip netns`/veth pairs of the dataplane benchmark"),
     ("nftables", "nft lists Skiff's table in tests"),
     ("busybox-static", "the local images are built from busybox"),
     ("redis-server", "the redis image carries Debian's redis-server"),
@@ -209,7 +215,7 @@ fn main() -> Result<()> {
                 .env("SKIFF_BIN", &bin);
             run(&mut c)
         }
-        Task::Bench { area } => bench(&area),
+        Task::Bench { area, args } => bench(&area, &args),
     }
 }
 
@@ -228,7 +234,10 @@ fn bench_bin(bin_name: &str, what: &str) -> Result<()> {
     run(&mut c)
 }
 
-fn bench(area: &str) -> Result<()> {
+fn bench(area: &str, args: &[String]) -> Result<()> {
+    if !args.is_empty() && area != "dataplane" {
+        bail!("benchmark area {area:?} takes no arguments (got {args:?})");
+    }
     match area {
         "api" => bench_bin("bench-api", "benchmark: api"),
         "pods" => bench_bin("bench-pods", "benchmark: pods (start latency vs raw docker run)"),
@@ -287,7 +296,18 @@ fn bench(area: &str) -> Result<()> {
             "benchmark: dns (10,000 services, 50,000 endpoints; skiff dns vs Knot DNS with the same records)",
         ),
         "dataplane" => {
-            bail!("benchmark area {area:?} is not implemented yet: its component has not landed (see the open issues)")
+            // No skiff binary needed: the benchmark loads the eBPF programs itself (agent crate).
+            setup()?;
+            step("building the eBPF programs");
+            let object = ebpf::build_ebpf()?;
+            step(
+                "benchmark: dataplane (short connections through a ClusterIP: direct, eBPF, kube-proxy iptables layout, nftables)",
+            );
+            let mut c = cargo();
+            c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-dataplane", "--"])
+                .args(args)
+                .env("SKIFF_EBPF_OBJECT", &object);
+            run(&mut c)
         }
         other => {
             bail!("unknown benchmark area {other:?}; expected one of: api, scheduler, pods, dataplane, dns, footprint")

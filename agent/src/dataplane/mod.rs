@@ -32,7 +32,7 @@ use aya::programs::links::LinkOrder;
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use skiff_dataplane_common::{MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_REVNAT, MAP_SERVICES};
+use skiff_dataplane_common::{MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_PACKETS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -243,7 +243,9 @@ impl Dataplane {
             .context("counters map type")?;
         let revnat = BpfHashMap::try_from(ebpf.take_map(MAP_REVNAT).context("map SKIFF_RNAT missing")?)
             .context("reverse-translation map type")?;
-        let services = ServiceTable::new(services, backends, counters, revnat)?;
+        let packets = PerCpuArray::try_from(ebpf.take_map(MAP_PACKETS).context("map SKIFF_PKT missing")?)
+            .context("packet counters map type")?;
+        let services = ServiceTable::new(services, backends, counters, packets, revnat)?;
         Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
     }
 
@@ -343,7 +345,16 @@ impl Dataplane {
         drop(ebpf);
         drop(services);
         let mut first_err = None;
-        for name in [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_COUNTERS, MAP_AFFINITY, MAP_CT, LEGACY_SERVICES_V1] {
+        for name in [
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_REVNAT,
+            MAP_COUNTERS,
+            MAP_AFFINITY,
+            MAP_CT,
+            MAP_PACKETS,
+            LEGACY_SERVICES_V1,
+        ] {
             let p = pin_dir.join(name);
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound

@@ -3,8 +3,8 @@
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use skiff_dataplane_common::{
-    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICE_ID, MAX_SERVICES, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue, flags, ipv4_from_map, port_from_map,
+    Backend, BackendKey, MAX_BACKEND_SLOTS, MAX_SERVICE_ID, MAX_SERVICES, PROTO_TCP, PROTO_UDP, PacketCounters,
+    RevNatKey, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, flags, ipv4_from_map, port_from_map,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -109,6 +109,7 @@ pub struct ServiceTable {
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     backends: BpfHashMap<MapData, BackendKey, Backend>,
     counters: PerCpuArray<MapData, ServiceCounters>,
+    packets: PerCpuArray<MapData, PacketCounters>,
     revnat: BpfHashMap<MapData, RevNatKey, RevNatValue>,
     nr_cpus: usize,
     state: HashMap<ServiceKey, ServiceState>,
@@ -124,6 +125,7 @@ impl ServiceTable {
         services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
         backends: BpfHashMap<MapData, BackendKey, Backend>,
         counters: PerCpuArray<MapData, ServiceCounters>,
+        packets: PerCpuArray<MapData, PacketCounters>,
         revnat: BpfHashMap<MapData, RevNatKey, RevNatValue>,
     ) -> Result<Self> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -131,6 +133,7 @@ impl ServiceTable {
             services,
             backends,
             counters,
+            packets,
             revnat,
             nr_cpus,
             state: HashMap::new(),
@@ -401,6 +404,18 @@ impl ServiceTable {
         })))
     }
 
+    /// Packets and bytes the per-packet NodePort program translated for a frontend's service,
+    /// summed over CPUs, or `None` if it is not in the map.
+    pub fn packet_counters(&self, vip: Ipv4Addr, port: u16, proto: Protocol) -> Result<Option<PacketCounters>> {
+        let key = Frontend { vip, port, proto }.key();
+        let Some(state) = self.state.get(&key) else { return Ok(None) };
+        let per_cpu = self.packets.get(&state.id, 0).context("reading the packet counters map")?;
+        Ok(Some(per_cpu.iter().fold(PacketCounters::default(), |a, c| PacketCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })))
+    }
+
     /// Hands out the next free id in `1..=MAX_SERVICE_ID` (round robin, so a just-freed id is not
     /// reused at once) and zeroes its counters.
     fn alloc_id(&mut self) -> Result<u32> {
@@ -413,6 +428,12 @@ impl ServiceTable {
                 if let Err(e) = self.counters.set(id, zero, 0) {
                     self.used_ids.remove(&id);
                     return Err(e).context("zeroing service counters");
+                }
+                let zero =
+                    PerCpuValues::try_from(vec![PacketCounters::default(); self.nr_cpus]).context("per-CPU values")?;
+                if let Err(e) = self.packets.set(id, zero, 0) {
+                    self.used_ids.remove(&id);
+                    return Err(e).context("zeroing packet counters");
                 }
                 return Ok(id);
             }

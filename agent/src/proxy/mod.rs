@@ -16,11 +16,15 @@
 
 pub mod desired;
 pub mod metrics;
+pub mod nft;
 mod node;
 
-pub use node::{DEFAULT_CGROUP, NodeProxyConfig, default_route_interface, local_ipv4_addresses, run_node_proxy};
+pub use nft::{NftConfig, NftServiceTable};
+pub use node::{
+    DEFAULT_CGROUP, NodeProxyConfig, ProxyMode, default_route_interface, local_ipv4_addresses, run_node_proxy,
+};
 
-use crate::dataplane::{Frontend, Protocol, ServiceTable};
+use crate::dataplane::{Frontend, FrontendPolicy, Protocol, ServiceTable, UpdateStats};
 use anyhow::{Context, Result};
 use desired::{Desired, ServicePortName};
 use futures::StreamExt;
@@ -109,7 +113,7 @@ impl Proxy {
     pub async fn run(
         &self,
         client: Client,
-        table: &mut ServiceTable,
+        table: &mut dyn ProxyTable,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let (svc_store, svc_writer) = reflector::store::<Service>();
@@ -255,7 +259,7 @@ impl Proxy {
                                     )
                                 })
                                 .unwrap_or_default();
-                            let (w, k) = owners.apply_service(&mut table, &mut names, key, want);
+                            let (w, k) = owners.apply_service(&mut **table, &mut names, key, want);
                             writes += w;
                             ok &= k;
                         }
@@ -349,13 +353,13 @@ impl Proxy {
     /// frontend upserted (a no-op where nothing differs). Returns whether everything applied.
     fn apply(
         &self,
-        table: &Mutex<&mut ServiceTable>,
+        table: &Mutex<&mut dyn ProxyTable>,
         names: &Mutex<BTreeMap<Frontend, ServicePortName>>,
         d: &Desired,
     ) -> bool {
         let t = Instant::now();
         let mut table = table.lock().unwrap();
-        let (writes, ok) = apply_desired(&mut table, d);
+        let (writes, ok) = apply_desired(&mut **table, d);
         let frontends = table.len();
         drop(table);
         *names.lock().unwrap() = d.iter().map(|(f, w)| (*f, w.service.clone())).collect();
@@ -369,7 +373,7 @@ impl Proxy {
         ok
     }
 
-    fn render(&self, table: &Mutex<&mut ServiceTable>, names: &Mutex<BTreeMap<Frontend, ServicePortName>>) -> String {
+    fn render(&self, table: &Mutex<&mut dyn ProxyTable>, names: &Mutex<BTreeMap<Frontend, ServicePortName>>) -> String {
         let mut out = String::new();
         self.metrics.render(&mut out);
         let names = names.lock().unwrap().clone();
@@ -377,6 +381,8 @@ impl Proxy {
         let mut translated = String::new();
         let mut refused = String::new();
         let mut backends = String::new();
+        let mut packets = String::new();
+        let mut bytes = String::new();
         for fe in table.frontends() {
             let (ns, svc, port) = match names.get(&fe) {
                 Some(n) => (n.namespace.as_str(), n.name.as_str(), n.port.as_str()),
@@ -398,6 +404,10 @@ impl Proxy {
                 let _ = writeln!(translated, "skiff_service_connections_translated_total{{{labels}}} {}", c.translated);
                 let _ = writeln!(refused, "skiff_service_connections_refused_total{{{labels}}} {}", c.refused);
             }
+            if let Ok(Some(p)) = table.packet_counters(fe.vip, fe.port, fe.proto) {
+                let _ = writeln!(packets, "skiff_service_packets_total{{{labels}}} {}", p.packets);
+                let _ = writeln!(bytes, "skiff_service_bytes_total{{{labels}}} {}", p.bytes);
+            }
             let n = table.backends(fe.vip, fe.port, fe.proto).map(|b| b.len()).unwrap_or(0);
             let _ = writeln!(backends, "skiff_service_backends{{{labels}}} {n}");
         }
@@ -407,6 +417,10 @@ impl Proxy {
              # TYPE skiff_service_connections_translated_total counter\n{translated}\
              # HELP skiff_service_connections_refused_total Connection attempts refused because the service had no ready backend.\n\
              # TYPE skiff_service_connections_refused_total counter\n{refused}\
+             # HELP skiff_service_packets_total Packets the per-packet NodePort program translated for the service (both directions).\n\
+             # TYPE skiff_service_packets_total counter\n{packets}\
+             # HELP skiff_service_bytes_total Bytes (whole frames) the per-packet NodePort program translated for the service.\n\
+             # TYPE skiff_service_bytes_total counter\n{bytes}\
              # HELP skiff_service_backends Ready backends programmed for the frontend.\n\
              # TYPE skiff_service_backends gauge\n{backends}"
         );
@@ -414,13 +428,110 @@ impl Proxy {
     }
 }
 
+/// What [`Proxy::run`] programs: the eBPF [`ServiceTable`] or the [`NftServiceTable`]
+/// (`--proxy-mode nftables`). Frontends in, frontends out; each implementation applies only
+/// the difference.
+pub trait ProxyTable: Send {
+    /// Number of frontends programmed.
+    fn len(&self) -> usize;
+    /// Whether no frontend is programmed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The frontends programmed, sorted.
+    fn frontends(&self) -> Vec<Frontend>;
+    /// A frontend's backends, or `None` if it is not programmed.
+    fn backends(&self, vip: std::net::Ipv4Addr, port: u16, proto: Protocol) -> Option<Vec<(std::net::Ipv4Addr, u16)>>;
+    /// Creates or updates a frontend with exactly these backends (none: it refuses connections).
+    fn upsert_frontend(
+        &mut self,
+        vip: std::net::Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+        backends: &[(std::net::Ipv4Addr, u16)],
+        policy: FrontendPolicy,
+    ) -> Result<UpdateStats>;
+    /// Removes a frontend (absent: a no-op).
+    fn remove_service(&mut self, vip: std::net::Ipv4Addr, port: u16, proto: Protocol) -> Result<UpdateStats>;
+    /// Removes every frontend not in `keep`; returns how many.
+    fn retain(&mut self, keep: &dyn Fn(&Frontend) -> bool) -> Result<usize>;
+    /// Connection counters of a frontend, `None` if it is not programmed (or not counted).
+    fn counters(
+        &self,
+        vip: std::net::Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+    ) -> Result<Option<skiff_dataplane_common::ServiceCounters>>;
+    /// Packets and bytes of the per-packet NodePort path, `None` where there is none.
+    fn packet_counters(
+        &self,
+        _vip: std::net::Ipv4Addr,
+        _port: u16,
+        _proto: Protocol,
+    ) -> Result<Option<skiff_dataplane_common::PacketCounters>> {
+        Ok(None)
+    }
+    /// Brings the table to `d` at once if the implementation batches better than frontend by
+    /// frontend ([`apply_desired`] does that otherwise); returns writes and success.
+    fn apply_batch(&mut self, _d: &Desired) -> Option<(usize, bool)> {
+        None
+    }
+}
+
+impl ProxyTable for ServiceTable {
+    fn len(&self) -> usize {
+        ServiceTable::len(self)
+    }
+    fn frontends(&self) -> Vec<Frontend> {
+        ServiceTable::frontends(self)
+    }
+    fn backends(&self, vip: std::net::Ipv4Addr, port: u16, proto: Protocol) -> Option<Vec<(std::net::Ipv4Addr, u16)>> {
+        ServiceTable::backends(self, vip, port, proto)
+    }
+    fn upsert_frontend(
+        &mut self,
+        vip: std::net::Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+        backends: &[(std::net::Ipv4Addr, u16)],
+        policy: FrontendPolicy,
+    ) -> Result<UpdateStats> {
+        ServiceTable::upsert_frontend(self, vip, port, proto, backends, policy)
+    }
+    fn remove_service(&mut self, vip: std::net::Ipv4Addr, port: u16, proto: Protocol) -> Result<UpdateStats> {
+        ServiceTable::remove_service(self, vip, port, proto)
+    }
+    fn retain(&mut self, keep: &dyn Fn(&Frontend) -> bool) -> Result<usize> {
+        ServiceTable::retain(self, keep)
+    }
+    fn counters(
+        &self,
+        vip: std::net::Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+    ) -> Result<Option<skiff_dataplane_common::ServiceCounters>> {
+        ServiceTable::counters(self, vip, port, proto)
+    }
+    fn packet_counters(
+        &self,
+        vip: std::net::Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+    ) -> Result<Option<skiff_dataplane_common::PacketCounters>> {
+        ServiceTable::packet_counters(self, vip, port, proto)
+    }
+}
+
 /// Brings `table` to `d`: stale frontends removed first (frees capacity), then every desired
 /// frontend upserted (a no-op where nothing differs). Failures are logged and the rest still
 /// applied. Returns the number of map entries written or deleted and whether everything applied.
-pub fn apply_desired(table: &mut ServiceTable, d: &Desired) -> (usize, bool) {
+pub fn apply_desired(table: &mut dyn ProxyTable, d: &Desired) -> (usize, bool) {
+    if let Some(done) = table.apply_batch(d) {
+        return done;
+    }
     let mut writes = 0usize;
     let mut ok = true;
-    match table.retain(|f| d.contains_key(f)) {
+    match table.retain(&|f| d.contains_key(f)) {
         Ok(n) => writes += n,
         Err(e) => {
             ok = false;
@@ -539,7 +650,7 @@ impl Owners {
     /// such conflicts in namespace/name order, as [`desired::compute`] does).
     fn apply_service(
         &mut self,
-        table: &mut ServiceTable,
+        table: &mut dyn ProxyTable,
         names: &mut BTreeMap<Frontend, ServicePortName>,
         key: &SvcKey,
         want: Vec<(Frontend, desired::DesiredFrontend)>,

@@ -10,6 +10,15 @@ use kube::Client;
 use std::future::Future;
 use std::path::PathBuf;
 
+/// Which dataplane [`run_node_proxy`] programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// The eBPF socket programs; falls back to nftables when the eBPF object cannot be loaded.
+    Ebpf,
+    /// nftables rules ([`super::nft`]).
+    Nftables,
+}
+
 /// Where the socket programs attach by default: the root cgroup v2 (hybrid mode's mount), so
 /// every process on the host gets ClusterIPs.
 pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup/unified";
@@ -36,6 +45,8 @@ pub struct NodeProxyConfig {
     /// node has a podCIDR) is attached then. Empty: NodePorts answer only through the socket
     /// programs, i.e. to clients on this machine. Tests name veths of their own namespaces here.
     pub nodeport_devices: Vec<String>,
+    /// eBPF (falling back to nftables where the programs cannot load) or nftables.
+    pub mode: ProxyMode,
 }
 
 impl Default for NodeProxyConfig {
@@ -47,6 +58,7 @@ impl Default for NodeProxyConfig {
             cleanup_on_exit: false,
             pin_links: true,
             nodeport_devices: Vec::new(),
+            mode: ProxyMode::Ebpf,
         }
     }
 }
@@ -67,7 +79,19 @@ pub async fn run_node_proxy(
         tracing::info!("added blackhole route {}", config.service_range);
     }
     let result = async {
-        let mut dp = Dataplane::load(&config.dataplane)?;
+        if config.mode == ProxyMode::Nftables {
+            return super::nft::run_node_proxy(client, config, proxy, shutdown).await;
+        }
+        let mut dp = match Dataplane::load(&config.dataplane) {
+            Ok(dp) => dp,
+            Err(e) => {
+                tracing::error!(
+                    "the eBPF service proxy cannot run on this kernel: loading the eBPF object failed: {e:#}; \
+                     falling back to the nftables service proxy (as --proxy-mode nftables)"
+                );
+                return super::nft::run_node_proxy(client, config, proxy, shutdown).await;
+            }
+        };
         let attached = if config.pin_links {
             dp.attach_cgroup_pinned(&config.cgroup).map(|o| {
                 tracing::info!(

@@ -11,6 +11,7 @@
 //! SKIFF_CNT_V1   service id (array index)           -> ServiceCounters, per CPU
 //! SKIFF_AFF_V1   AffinityKey {netns cookie, id}     -> AffinityValue {backend, slot, last used}
 //! SKIFF_CT4_V1   CtKey {packet's 5-tuple}           -> CtValue {rewritten 4-tuple, service id}
+//! SKIFF_PKT_V1   service id (array index)           -> PacketCounters, per CPU
 //! ```
 //!
 //! The first five serve the socket programs (ClusterIP, and NodePorts reached from the node
@@ -64,6 +65,10 @@ pub const MAX_CT: u32 = 262_144;
 pub const SNAT_PORT_MIN: u16 = 61_000;
 /// See [`SNAT_PORT_MIN`].
 pub const SNAT_PORT_COUNT: u16 = 4_536;
+
+/// Name of the per-service packet counters of the per-packet path ([`PacketCounters`] indexed by
+/// [`ServiceValue::id`]), `BPF_MAP_TYPE_PERCPU_ARRAY`.
+pub const MAP_PACKETS: &str = "SKIFF_PKT_V1";
 
 /// Name of the per-service counters ([`ServiceCounters`] indexed by [`ServiceValue::id`]),
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: one copy per CPU, so counting needs no atomic operation.
@@ -284,6 +289,15 @@ pub struct ServiceCounters {
     pub refused: u64,
 }
 
+/// Value of [`MAP_PACKETS`], per CPU: packets and bytes (whole frames) the NodePort program
+/// translated for a service, both directions. The agent zeroes an entry with its service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// An IPv4 address's octets as stored in the maps (network byte order in memory).
 #[inline]
 pub const fn ipv4_to_map(octets: [u8; 4]) -> u32 {
@@ -339,6 +353,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for PacketCounters {}
 }
 
 // The layouts are part of the contract: catch accidental changes at compile time.
@@ -353,7 +368,8 @@ const _: () = {
     assert!(core::mem::size_of::<RevNatValue>() == 8);
     assert!(core::mem::size_of::<ServiceCounters>() == 16);
     assert!(MAP_SERVICES.len() < 16 && MAP_BACKENDS.len() < 16 && MAP_REVNAT.len() < 16 && MAP_COUNTERS.len() < 16);
-    assert!(MAP_AFFINITY.len() < 16 && MAP_CT.len() < 16);
+    assert!(MAP_AFFINITY.len() < 16 && MAP_CT.len() < 16 && MAP_PACKETS.len() < 16);
+    assert!(core::mem::size_of::<PacketCounters>() == 16);
     assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtValue>() == 16);
 };

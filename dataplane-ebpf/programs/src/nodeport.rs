@@ -32,15 +32,31 @@ use aya_ebpf::{
         generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     },
     macros::{classifier, map},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use skiff_dataplane_common::{
-    CtKey, CtValue, MAX_CT, PROTO_TCP, PROTO_UDP, SNAT_PORT_COUNT, SNAT_PORT_MIN, ServiceKey, flags,
+    CtKey, CtValue, MAX_CT, MAX_SERVICES, PROTO_TCP, PROTO_UDP, PacketCounters, SNAT_PORT_COUNT, SNAT_PORT_MIN,
+    ServiceKey, flags,
 };
 
 #[map(name = "SKIFF_CT4_V1")]
 static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
+
+#[map(name = "SKIFF_PKT_V1")]
+static PACKETS: PerCpuArray<PacketCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+/// Counts one translated packet of service `id` (per-CPU memory: no atomics needed; see
+/// `bump_counter` on the rare lost increment).
+#[inline(always)]
+fn count_packet(ctx: &TcContext, id: u32) {
+    if let Some(c) = PACKETS.get_ptr_mut(id) {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += ctx.len() as u64;
+        }
+    }
+}
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -105,6 +121,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, i64> {
     let new_tcp = proto == PROTO_TCP && ctx.load::<u8>(TCP_FLAGS)? & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !new_tcp && let Some(v) = unsafe { CT.get(&key) } {
         let v = *v;
+        count_packet(ctx, v.service_id);
         rewrite(ctx, &key, &v)?;
         return Ok(forward(ctx, &v, proto));
     }
@@ -132,6 +149,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, i64> {
     // The reply entry first: a request entry without it would strand the backend's answer.
     CT.insert(&reply_key, &reply, 0)?;
     CT.insert(&key, &request, 0)?;
+    count_packet(ctx, id);
     rewrite(ctx, &key, &request)?;
     Ok(forward(ctx, &request, proto))
 }

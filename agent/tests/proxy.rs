@@ -404,6 +404,7 @@ fn services_and_endpointslices_drive_the_dataplane() {
         cleanup_on_exit: true,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        nodeport_xdp_devices: Vec::new(),
         mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
@@ -539,6 +540,7 @@ fn node_ports_answer_on_the_node_addresses_at_the_socket() {
         cleanup_on_exit: true,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        nodeport_xdp_devices: Vec::new(),
         mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let mut running = ProxyGuard::start(control.kubeconfig.clone(), node_config, proxy.clone());
@@ -569,6 +571,7 @@ fn agent_helper() {
         cleanup_on_exit: false,
         pin_links: true,
         nodeport_devices: Vec::new(),
+        nodeport_xdp_devices: Vec::new(),
         mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
     let proxy = Proxy::new(ProxyConfig { metrics_listen: Some(a[3].parse().unwrap()), ..Default::default() }).unwrap();

@@ -203,12 +203,12 @@ enum Command {
 }
 
 /// The node's InternalIP when none is given: the address of the default route's interface.
-/// The interfaces `--devices` names: `none`, `auto` (the default route's interface), or a
-/// comma-separated list; the pod bridge joins unless `none` (replies of local backends enter the
-/// node there).
-pub(crate) fn nodeport_devices(flag: &str, bridge: &str) -> Result<Vec<String>> {
+/// The interfaces `--devices` names (tc) and those of them that also get XDP: `none`, `auto`
+/// (the default route's interface), or a comma-separated list; the pod bridge joins the tc list
+/// unless `none` (replies of local backends enter the node there).
+pub(crate) fn nodeport_devices(flag: &str, bridge: &str) -> Result<(Vec<String>, Vec<String>)> {
     let mut out: Vec<String> = match flag {
-        "none" => return Ok(Vec::new()),
+        "none" => return Ok((Vec::new(), Vec::new())),
         "auto" => skiff_agent::proxy::default_route_interface().into_iter().collect(),
         list => list
             .split(',')
@@ -222,10 +222,11 @@ pub(crate) fn nodeport_devices(flag: &str, bridge: &str) -> Result<Vec<String>> 
             })
             .collect::<Result<_>>()?,
     };
+    let xdp: Vec<String> = out.iter().filter(|d| *d != bridge).cloned().collect();
     if !out.iter().any(|d| d == bridge) {
         out.push(bridge.to_string());
     }
-    Ok(out)
+    Ok((out, xdp))
 }
 
 pub(crate) fn default_ipv4() -> Option<std::net::Ipv4Addr> {
@@ -395,7 +396,7 @@ fn main() -> Result<()> {
                 "nftables" => skiff_agent::proxy::ProxyMode::Nftables,
                 _ => anyhow::bail!("--proxy-mode {proxy_mode}: one of `ebpf`, `nftables`, `none`"),
             };
-            let nodeport_devices = nodeport_devices(&devices, &bridge)?;
+            let (nodeport_devices, nodeport_xdp_devices) = nodeport_devices(&devices, &bridge)?;
             if !(crashloop_backoff > 0.0 && crashloop_backoff <= 300.0) {
                 anyhow::bail!("--crashloop-backoff {crashloop_backoff}: must be between 0 and 300 seconds");
             }
@@ -428,6 +429,7 @@ fn main() -> Result<()> {
                     mode,
                     cgroup,
                     nodeport_devices,
+                    nodeport_xdp_devices,
                     service_range,
                     cleanup_on_exit,
                     ..Default::default()

@@ -168,7 +168,7 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             data_dir.display()
         );
     }
-    let nodeport_devices = crate::nodeport_devices(&node.devices, &node.bridge)?;
+    let (nodeport_devices, nodeport_xdp_devices) = crate::nodeport_devices(&node.devices, &node.bridge)?;
     let node_name = node.node_name.clone().unwrap_or_else(skiff_agent::kubelet::hostname);
     let node_ip = node.node_ip.or_else(crate::default_ipv4).unwrap_or(Ipv4Addr::LOCALHOST);
     let service_range: skiff_agent::route::Ipv4Cidr =
@@ -221,6 +221,7 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             cgroup: node.cgroup.clone(),
             service_range,
             nodeport_devices,
+            nodeport_xdp_devices,
             cleanup_on_exit: true,
             ..Default::default()
         }),

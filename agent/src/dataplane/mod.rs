@@ -30,7 +30,8 @@ use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+pub use aya::programs::xdp::XdpMode;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use skiff_dataplane_common::{MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_PACKETS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
@@ -53,6 +54,10 @@ pub const SOCKET_PROGRAMS: &[&str] = &["skiff_getpeername4", "skiff_recvmsg4", "
 
 /// The per-packet NodePort program (tc ingress), attached by [`Dataplane::attach_nodeport`].
 pub const NODEPORT_PROGRAM: &str = "skiff_nodeport";
+
+/// The NodePort program's XDP companion (hairpin flows only), attached by
+/// [`NodePortAttacher::attach_nodeport_xdp`].
+pub const NODEPORT_XDP_PROGRAM: &str = "skiff_nodeport_xdp";
 
 /// Subdirectory of the pin directory holding pinned cgroup links.
 pub const LINKS_DIR: &str = "links";
@@ -235,6 +240,12 @@ impl Dataplane {
             .try_into()
             .with_context(|| format!("program {NODEPORT_PROGRAM} is not a tc classifier"))?;
         tc.load().with_context(|| format!("loading program {NODEPORT_PROGRAM} (verifier)"))?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(NODEPORT_XDP_PROGRAM)
+            .with_context(|| format!("program {NODEPORT_XDP_PROGRAM} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {NODEPORT_XDP_PROGRAM} is not an XDP program"))?;
+        xdp.load().with_context(|| format!("loading program {NODEPORT_XDP_PROGRAM} (verifier)"))?;
         let services = BpfHashMap::try_from(ebpf.take_map(MAP_SERVICES).context("map SKIFF_SVC missing")?)
             .context("service map type")?;
         let backends = BpfHashMap::try_from(ebpf.take_map(MAP_BACKENDS).context("map SKIFF_BE missing")?)
@@ -395,6 +406,47 @@ pub struct NodePortAttacher<'a> {
 impl NodePortAttacher<'_> {
     /// See [`Dataplane::attach_nodeport`].
     pub fn attach_nodeport(&mut self, interface: &str) -> Result<AttachOutcome> {
+        let (ifindex, dir) = self.link_dir("tc", interface)?;
+        let pin = dir.join(NODEPORT_PROGRAM);
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(NODEPORT_PROGRAM).context("program missing")?.try_into()?;
+        if let Some(outcome) = reuse_pinned_link(&pin, prog.fd().context("program fd")?.as_fd().as_raw_fd())? {
+            return Ok(outcome);
+        }
+        let id = prog
+            .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching {NODEPORT_PROGRAM} to the tc ingress of {interface} ({ifindex})"))?;
+        let link: FdLink = prog.take_link(id)?.try_into().context("the tcx link is not an fd link")?;
+        link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
+        Ok(AttachOutcome { attached: 1, reused: 0 })
+    }
+
+    /// Attaches the XDP companion of the NodePort program to `interface` (`mode`: `Driver` for
+    /// native XDP, which fails where the driver has none; `Skb` for generic XDP). It bounces
+    /// hairpin NodePort flows (in and out of this interface) before the stack sees them and
+    /// passes everything else to the tc program, which must be attached too. Pinned like
+    /// [`Dataplane::attach_nodeport`].
+    pub fn attach_nodeport_xdp(&mut self, interface: &str, mode: XdpMode) -> Result<AttachOutcome> {
+        let (ifindex, dir) = self.link_dir("xdp", interface)?;
+        let pin = dir.join(NODEPORT_XDP_PROGRAM);
+        let prog: &mut Xdp = self.ebpf.program_mut(NODEPORT_XDP_PROGRAM).context("program missing")?.try_into()?;
+        if let Some(outcome) = reuse_pinned_link(&pin, prog.fd().context("program fd")?.as_fd().as_raw_fd())? {
+            return Ok(outcome);
+        }
+        let id = prog
+            .attach_to_if_index(ifindex, mode)
+            .with_context(|| format!("attaching {NODEPORT_XDP_PROGRAM} to {interface} ({mode:?} mode)"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("the XDP link is a netlink attachment (kernel without XDP bpf_links), which cannot be pinned")?;
+        link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
+        Ok(AttachOutcome { attached: 1, reused: 0 })
+    }
+
+    /// The interface's index (in the calling thread's network namespace) and the pin directory
+    /// of its `kind` link: `<pin_dir>/links/<kind><netns inode>-<ifindex>/`.
+    fn link_dir(&self, kind: &str, interface: &str) -> Result<(u32, PathBuf)> {
         use std::os::unix::fs::MetadataExt;
         let c = CString::new(interface).context("interface name with NUL")?;
         // SAFETY: valid C string.
@@ -403,28 +455,22 @@ impl NodePortAttacher<'_> {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {interface}"));
         }
         let netns = std::fs::metadata("/proc/thread-self/ns/net").context("stat of the network namespace")?.ino();
-        let dir = self.pin_dir.join(LINKS_DIR).join(format!("tc{netns}-{ifindex}"));
+        let dir = self.pin_dir.join(LINKS_DIR).join(format!("{kind}{netns}-{ifindex}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let pin = dir.join(NODEPORT_PROGRAM);
-        let prog: &mut SchedClassifier =
-            self.ebpf.program_mut(NODEPORT_PROGRAM).context("program missing")?.try_into()?;
-        let mut outcome = AttachOutcome::default();
-        if pin.exists() {
-            let link = sys::obj_get(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-            let prog_fd = prog.fd().context("program fd")?.as_fd().as_raw_fd();
-            sys::link_update(link.as_raw_fd(), prog_fd)
-                .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
-            outcome.reused += 1;
-        } else {
-            let id = prog
-                .attach_with_options(interface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching {NODEPORT_PROGRAM} to the tc ingress of {interface}"))?;
-            let link: FdLink = prog.take_link(id)?.try_into().context("the tcx link is not an fd link")?;
-            link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
-            outcome.attached += 1;
-        }
-        Ok(outcome)
+        Ok((ifindex, dir))
     }
+}
+
+/// If a previous agent pinned a link at `pin`, switches it to `prog_fd` atomically
+/// (`BPF_LINK_UPDATE`) and says so; `None` if there is no such pin.
+fn reuse_pinned_link(pin: &Path, prog_fd: std::os::fd::RawFd) -> Result<Option<AttachOutcome>> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let link = sys::obj_get(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    sys::link_update(link.as_raw_fd(), prog_fd)
+        .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
+    Ok(Some(AttachOutcome { attached: 0, reused: 1 }))
 }
 
 fn statfs_type(path: &Path) -> Result<i64> {

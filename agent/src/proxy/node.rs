@@ -45,6 +45,10 @@ pub struct NodeProxyConfig {
     /// node has a podCIDR) is attached then. Empty: NodePorts answer only through the socket
     /// programs, i.e. to clients on this machine. Tests name veths of their own namespaces here.
     pub nodeport_devices: Vec<String>,
+    /// Those of `nodeport_devices` that also get the XDP companion in native (driver) mode, for
+    /// hairpin flows (in and out of the same interface: remote backends); where the driver has
+    /// no XDP, tc alone serves. Not the pod bridge (no native XDP there).
+    pub nodeport_xdp_devices: Vec<String>,
     /// eBPF (falling back to nftables where the programs cannot load) or nftables.
     pub mode: ProxyMode,
 }
@@ -58,6 +62,7 @@ impl Default for NodeProxyConfig {
             cleanup_on_exit: false,
             pin_links: true,
             nodeport_devices: Vec::new(),
+            nodeport_xdp_devices: Vec::new(),
             mode: ProxyMode::Ebpf,
         }
     }
@@ -108,7 +113,7 @@ pub async fn run_node_proxy(
             Ok(()) => {
                 let (mut attacher, services) = dp.split();
                 let devices = async {
-                    attach_devices(&mut attacher, &config.nodeport_devices).await;
+                    attach_devices(&mut attacher, &config.nodeport_devices, &config.nodeport_xdp_devices).await;
                     std::future::pending::<()>().await
                 };
                 tokio::select! {
@@ -136,13 +141,21 @@ pub async fn run_node_proxy(
 
 /// Attaches the NodePort program to each of `devices`, retrying every 2 s those that do not exist
 /// yet (or failed), until all are attached.
-async fn attach_devices(attacher: &mut dataplane::NodePortAttacher<'_>, devices: &[String]) {
+async fn attach_devices(attacher: &mut dataplane::NodePortAttacher<'_>, devices: &[String], xdp: &[String]) {
     let mut pending: Vec<&String> = devices.iter().collect();
     let mut reported = std::collections::HashSet::new();
     while !pending.is_empty() {
         pending.retain(|dev| match attacher.attach_nodeport(dev) {
             Ok(o) => {
                 tracing::info!(attached = o.attached, reused = o.reused, "NodePort program on the tc ingress of {dev}");
+                if xdp.contains(dev) {
+                    match attacher.attach_nodeport_xdp(dev, dataplane::XdpMode::Driver) {
+                        Ok(o) => {
+                            tracing::info!(attached = o.attached, reused = o.reused, "NodePort XDP (native) on {dev}")
+                        }
+                        Err(e) => tracing::info!("no native XDP on {dev} ({e:#}): NodePorts there are served at tc"),
+                    }
+                }
                 false
             }
             Err(e) => {

@@ -19,6 +19,7 @@
 #![no_main]
 
 mod nodeport;
+mod xdp;
 
 use aya_ebpf::{
     EbpfContext,

@@ -41,7 +41,7 @@ use skiff_dataplane_common::{
 };
 
 #[map(name = "SKIFF_CT4_V1")]
-static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
+pub(crate) static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT, 0);
 
 #[map(name = "SKIFF_PKT_V1")]
 static PACKETS: PerCpuArray<PacketCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
@@ -49,11 +49,11 @@ static PACKETS: PerCpuArray<PacketCounters> = PerCpuArray::pinned(MAX_SERVICES, 
 /// Counts one translated packet of service `id` (per-CPU memory: no atomics needed; see
 /// `bump_counter` on the rare lost increment).
 #[inline(always)]
-fn count_packet(ctx: &TcContext, id: u32) {
+pub(crate) fn count_packet(len: u64, id: u32) {
     if let Some(c) = PACKETS.get_ptr_mut(id) {
         unsafe {
             (*c).packets += 1;
-            (*c).bytes += ctx.len() as u64;
+            (*c).bytes += len;
         }
     }
 }
@@ -87,7 +87,7 @@ const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
 /// Affinity identifies a per-packet client by its address; the top bit keeps these keys apart
 /// from the socket programs' network-namespace cookies (small counters).
-const CLIENT_ADDR_TAG: u64 = 1 << 63;
+pub(crate) const CLIENT_ADDR_TAG: u64 = 1 << 63;
 
 #[classifier]
 pub fn skiff_nodeport(ctx: TcContext) -> i32 {
@@ -121,7 +121,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, i64> {
     let new_tcp = proto == PROTO_TCP && ctx.load::<u8>(TCP_FLAGS)? & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !new_tcp && let Some(v) = unsafe { CT.get(&key) } {
         let v = *v;
-        count_packet(ctx, v.service_id);
+        count_packet(ctx.len() as u64, v.service_id);
         rewrite(ctx, &key, &v)?;
         return Ok(forward(ctx, &v, proto));
     }
@@ -149,7 +149,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, i64> {
     // The reply entry first: a request entry without it would strand the backend's answer.
     CT.insert(&reply_key, &reply, 0)?;
     CT.insert(&key, &request, 0)?;
-    count_packet(ctx, id);
+    count_packet(ctx.len() as u64, id);
     rewrite(ctx, &key, &request)?;
     Ok(forward(ctx, &request, proto))
 }
@@ -157,7 +157,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, i64> {
 /// A source port on the node's address for a connection to `backend` that no tracked connection
 /// uses (a few random tries; the last one is taken regardless, at worst stealing an entry).
 #[inline(always)]
-fn snat_port(key: &CtKey, backend: &skiff_dataplane_common::Backend) -> u16 {
+pub(crate) fn snat_port(key: &CtKey, backend: &skiff_dataplane_common::Backend) -> u16 {
     let mut port = 0u16;
     for _ in 0..4 {
         port = (SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % SNAT_PORT_COUNT as u32) as u16).to_be();

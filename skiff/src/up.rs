@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// on this machine (socket programs). The pod bridge is added unless `none`.
     #[arg(long, default_value = "auto")]
     pub devices: String,
+    /// `ebpf` (default; falls back to `nftables` when the eBPF programs cannot load) or
+    /// `nftables`.
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables"])]
+    pub proxy_mode: String,
     /// The cgroup v2 the socket programs attach to (default: the root, so every process on this
     /// machine, pods included, reaches ClusterIPs).
     #[arg(long, default_value = skiff_agent::proxy::DEFAULT_CGROUP)]
@@ -222,6 +226,11 @@ pub async fn up(cfg: skiff_control::ControlConfig, node: NodeArgs, upstreams: Ve
             service_range,
             nodeport_devices,
             nodeport_xdp_devices,
+            mode: if node.proxy_mode == "nftables" {
+                skiff_agent::proxy::ProxyMode::Nftables
+            } else {
+                skiff_agent::proxy::ProxyMode::Ebpf
+            },
             cleanup_on_exit: true,
             ..Default::default()
         }),

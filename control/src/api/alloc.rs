@@ -1,20 +1,53 @@
 //! ClusterIP and NodePort allocation for Services.
 //!
 //! The allocated sets are derived from the Services themselves (read from the watch cache after
-//! it caught up with storage), under one lock that every Service write takes: no separate
-//! allocation state to leak when a request fails half-way, and nothing lost on restart.
+//! it caught up with storage), under one lock that every Service write takes for its choice: no
+//! separate allocation state to leak when a request fails half-way, and nothing lost on restart.
+//!
+//! A create does not hold the lock while its write commits (that serialised every create behind
+//! one storage commit): it leaves a [`ClaimGuard`] for what it chose, which later choices avoid,
+//! until its write has returned. Ordering makes this exact: a choice snapshots the claims *before*
+//! it reads the store's revision and waits for the cache to reach it, so a claim that is gone from
+//! the snapshot belongs to a write that had committed before that revision — the cache shows it.
 
 use crate::status::Cause;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 pub struct Allocator {
     pub service_cidr: (Ipv4Addr, u8),
-    /// Held across "read what is allocated" → "write the service".
+    /// Held across "read what is allocated" → choose (→ write the service, for updates).
     pub lock: tokio::sync::Mutex<()>,
+    /// What creates chose whose writes have not returned yet.
+    claims: std::sync::Mutex<Claims>,
+}
+
+#[derive(Default)]
+struct Claims {
+    next: u64,
+    held: HashMap<u64, (Vec<Ipv4Addr>, Vec<i64>)>,
+}
+
+/// Addresses and node ports held by in-flight creates ([`Allocator::claimed`]).
+#[derive(Default)]
+pub struct Claimed {
+    ips: HashSet<Ipv4Addr>,
+    ports: HashSet<i64>,
+}
+
+/// A create's claim on what it chose; released when dropped (after its write returned).
+pub struct ClaimGuard<'a> {
+    alloc: &'a Allocator,
+    id: u64,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        self.alloc.claims.lock().unwrap_or_else(|e| e.into_inner()).held.remove(&self.id);
+    }
 }
 
 impl Allocator {
@@ -25,7 +58,46 @@ impl Allocator {
         let len: u8 = len.parse()?;
         anyhow::ensure!((8..=30).contains(&len), "service CIDR prefix length must be between 8 and 30");
         let mask = u32::MAX << (32 - len);
-        Ok(Allocator { service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len), lock: tokio::sync::Mutex::new(()) })
+        Ok(Allocator {
+            service_cidr: (Ipv4Addr::from(u32::from(ip) & mask), len),
+            lock: tokio::sync::Mutex::new(()),
+            claims: std::sync::Mutex::new(Claims::default()),
+        })
+    }
+
+    /// A snapshot of the in-flight creates' claims. Take it before reading the store's revision
+    /// (see the module comment).
+    pub fn claimed(&self) -> Claimed {
+        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Claimed::default();
+        for (ips, ports) in claims.held.values() {
+            out.ips.extend(ips);
+            out.ports.extend(ports);
+        }
+        out
+    }
+
+    /// Claims the addresses and node ports `svc` holds until the guard is dropped.
+    pub fn claim(&self, svc: &Value) -> ClaimGuard<'_> {
+        let ips = svc["spec"]["clusterIPs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|ip| ip.as_str()?.parse().ok())
+            .collect();
+        let ports = svc["spec"]["ports"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.next += 1;
+        let id = claims.next;
+        claims.held.insert(id, (ips, ports));
+        ClaimGuard { alloc: self, id }
     }
 
     fn range(&self) -> (u32, u32) {
@@ -44,8 +116,15 @@ impl Allocator {
     }
 
     /// Fills in `clusterIP(s)` and node ports of `svc` (the new state), keeping what `old` had.
-    /// `existing` are all other services. Returns field causes for conflicts or out-of-range values.
-    pub fn assign(&self, svc: &mut Value, old: Option<&Value>, existing: &[std::sync::Arc<Value>]) -> Vec<Cause> {
+    /// `existing` are all other services, `claimed` what in-flight creates hold. Returns field
+    /// causes for conflicts or out-of-range values.
+    pub fn assign(
+        &self,
+        svc: &mut Value,
+        old: Option<&Value>,
+        existing: &[std::sync::Arc<Value>],
+        claimed: &Claimed,
+    ) -> Vec<Cause> {
         let mut causes = Vec::new();
         let me = (svc["metadata"]["namespace"].clone(), svc["metadata"]["name"].clone());
         let others =
@@ -62,6 +141,8 @@ impl Allocator {
                 }
             }
         }
+        used_ips.extend(claimed.ips.iter().map(|ip| Some(*ip)));
+        used_ports.extend(&claimed.ports);
         let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else { return causes };
         let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
 
@@ -250,7 +331,7 @@ mod tests {
     fn allocates_in_range_and_refuses_conflicts() {
         let a = Allocator::new("10.96.0.0/12").unwrap();
         let mut s = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
-        assert!(a.assign(&mut s, None, &[]).is_empty());
+        assert!(a.assign(&mut s, None, &[], &Claimed::default()).is_empty());
         let ip: Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
         assert!(
             u32::from(ip) > u32::from(Ipv4Addr::new(10, 96, 0, 16))
@@ -264,13 +345,13 @@ mod tests {
             "b",
             json!({"type": "NodePort", "clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "nodePort": np}]}),
         );
-        let causes = a.assign(&mut b, None, &existing);
+        let causes = a.assign(&mut b, None, &existing, &Claimed::default());
         assert_eq!(causes.len(), 2, "{causes:?}");
         assert!(causes[0].message.contains("provided IP is already allocated"));
         assert!(causes[1].message.contains("provided port is already allocated"));
 
         let mut c = svc("c", json!({"clusterIP": "192.168.0.1", "ports": [{"port": 80}]}));
-        let causes = a.assign(&mut c, None, &existing);
+        let causes = a.assign(&mut c, None, &existing, &Claimed::default());
         assert!(causes[0].message.contains("not in the valid range"), "{causes:?}");
     }
 
@@ -283,8 +364,29 @@ mod tests {
         );
         let mut new = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
         keep_allocated(&mut new, &old);
-        assert!(a.assign(&mut new, Some(&old), &[]).is_empty());
+        assert!(a.assign(&mut new, Some(&old), &[], &Claimed::default()).is_empty());
         assert_eq!(new["spec"]["clusterIP"], "10.96.5.5");
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 31000);
+    }
+
+    #[test]
+    fn claims_of_in_flight_creates_are_avoided_until_released() {
+        let a = Allocator::new("10.96.0.0/28").unwrap();
+        let mut first =
+            json!({"metadata": {"namespace": "d", "name": "a"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        assert!(a.assign(&mut first, None, &[], &a.claimed()).is_empty());
+        let guard = a.claim(&first);
+        let ip = first["spec"]["clusterIP"].clone();
+        let np = first["spec"]["ports"][0]["nodePort"].clone();
+        // While the first create's write is in flight, its address and port are taken.
+        let mut same = json!({"metadata": {"namespace": "d", "name": "b"},
+                              "spec": {"type": "NodePort", "clusterIP": ip, "ports": [{"port": 80, "nodePort": np}]}});
+        let causes = a.assign(&mut same, None, &[], &a.claimed());
+        assert_eq!(causes.len(), 2, "{causes:?}");
+        drop(guard);
+        // Released (the write returned; a committed one would be in the cache by now).
+        let mut again = json!({"metadata": {"namespace": "d", "name": "b"},
+                               "spec": {"type": "NodePort", "clusterIP": ip, "ports": [{"port": 80, "nodePort": np}]}});
+        assert!(a.assign(&mut again, None, &[], &a.claimed()).is_empty());
     }
 }

@@ -541,14 +541,20 @@ pub async fn create_object(
     }
     let mut obj = track_fields(kind, None, obj, manager)?;
     let key = key_of(kind, ns, &name);
-    let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
-    if kind.plural == "services" {
+    // A Service's addresses and ports are chosen under the allocator's lock, then held by a
+    // claim (not the lock) while the write commits, so creates commit concurrently.
+    let _claim = if kind.plural == "services" {
+        let _lock = state.allocator.lock.lock().await;
+        let claimed = state.allocator.claimed(); // before the revision is read (alloc.rs)
         let existing = all_services(state).await?;
-        let causes = state.allocator.assign(&mut obj, None, &existing);
+        let causes = state.allocator.assign(&mut obj, None, &existing, &claimed);
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind.group, kind.kind, &name, causes));
         }
-    }
+        (!dry_run).then(|| state.allocator.claim(&obj))
+    } else {
+        None
+    };
     if dry_run {
         if state.store.get(&key).await?.is_some() {
             return Err(ApiError::already_exists(kind.group, kind.plural, &name));
@@ -686,8 +692,9 @@ async fn write_update(
     let key = key_of(kind, ns, name);
     let _guard = if kind.plural == "services" { Some(state.allocator.lock.lock().await) } else { None };
     if kind.plural == "services" {
+        let claimed = state.allocator.claimed(); // before the revision is read (alloc.rs)
         let existing = all_services(state).await.map_err(WriteError::Api)?;
-        let causes = state.allocator.assign(&mut new, Some(old), &existing);
+        let causes = state.allocator.assign(&mut new, Some(old), &existing, &claimed);
         if !causes.is_empty() {
             return Err(WriteError::Api(ApiError::invalid(kind.group, kind.kind, name, causes)));
         }

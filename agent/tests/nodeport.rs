@@ -150,10 +150,21 @@ fn sweep_leftovers() {
     }
 }
 
-/// Five namespaces wired as in the module comment, deleted on drop with the backends in them.
+/// Namespaces standing for machines, deleted on drop with the backends in them.
 struct Machines {
     tag: String,
+    roles: &'static [&'static str],
     backends: Vec<Child>,
+}
+
+fn enable_forwarding(ns: &str) {
+    // bpf_fib_lookup refuses to forward (FWD_DISABLED) where forwarding is off.
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "enabling forwarding in {ns}");
 }
 
 impl Machines {
@@ -161,14 +172,21 @@ impl Machines {
         format!("{NS_PREFIX}-{}-{role}", self.tag)
     }
 
-    fn new() -> Machines {
+    /// One namespace per role, with loopback up.
+    fn empty(roles: &'static [&'static str]) -> Machines {
         sweep_leftovers();
-        let m = Machines { tag: std::process::id().to_string(), backends: Vec::new() };
-        let [c, n1, n2, p1, p2] = ["c", "n1", "n2", "p1", "p2"].map(|r| m.ns(r));
-        for ns in [&c, &n1, &n2, &p1, &p2] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let m = Machines { tag: std::process::id().to_string(), roles, backends: Vec::new() };
+        for r in roles {
+            ip(&["netns", "add", &m.ns(r)]);
+            ip(&["-n", &m.ns(r), "link", "set", "lo", "up"]);
         }
+        m
+    }
+
+    /// The machines of the module comment.
+    fn new() -> Machines {
+        let m = Machines::empty(&["c", "n1", "n2", "p1", "p2"]);
+        let [c, n1, n2, p1, p2] = ["c", "n1", "n2", "p1", "p2"].map(|r| m.ns(r));
         let veth = |a_ns: &str, a: &str, a_addr: &str, b_ns: &str, b: &str, b_addr: &str| {
             ip(&["link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns]);
             ip(&["-n", a_ns, "addr", "add", a_addr, "dev", a]);
@@ -184,15 +202,40 @@ impl Machines {
         ip(&["-n", &p2, "route", "add", "default", "via", "10.252.2.1"]);
         ip(&["-n", &n1, "route", "add", "10.252.2.0/24", "via", "10.251.1.2"]);
         ip(&["-n", &n2, "route", "add", "10.251.0.0/30", "via", "10.251.1.1"]);
-        for ns in [&n1, &n2] {
-            // bpf_fib_lookup refuses to forward (FWD_DISABLED) where forwarding is off.
-            let ok = Command::new("ip")
-                .args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "enabling forwarding in {ns}");
+        enable_forwarding(&n1);
+        enable_forwarding(&n2);
+        m
+    }
+
+    /// A LAN (a bridge in a namespace of its own) with the client, node 1 and node 2 on it; pod
+    /// 2 behind node 2. Node 1 reaches pod 2's subnet through node 2 over the same LAN, so
+    /// NodePort flows to pod 2 leave node 1 through the interface they came in on: XDP's
+    /// hairpin case.
+    fn lan() -> Machines {
+        let m = Machines::empty(&["c", "n1", "n2", "p2", "lan"]);
+        let [c, n1, n2, p2, l] = ["c", "n1", "n2", "p2", "lan"].map(|r| m.ns(r));
+        ip(&["-n", &l, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &l, "link", "set", "br0", "up"]);
+        for (ns, dev, addr, port) in [
+            (&c, "c0", "10.253.0.2/24", "lc"),
+            (&n1, "n1l", "10.253.0.1/24", "l1"),
+            (&n2, "n2l", "10.253.0.3/24", "l2"),
+        ] {
+            ip(&["link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", &l]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", &l, "link", "set", port, "master", "br0"]);
+            ip(&["-n", &l, "link", "set", port, "up"]);
         }
+        ip(&["link", "add", "n2p", "netns", &n2, "type", "veth", "peer", "name", "p2", "netns", &p2]);
+        ip(&["-n", &n2, "addr", "add", "10.252.2.1/24", "dev", "n2p"]);
+        ip(&["-n", &p2, "addr", "add", "10.252.2.2/24", "dev", "p2"]);
+        ip(&["-n", &n2, "link", "set", "n2p", "up"]);
+        ip(&["-n", &p2, "link", "set", "p2", "up"]);
+        ip(&["-n", &p2, "route", "add", "default", "via", "10.252.2.1"]);
+        ip(&["-n", &n1, "route", "add", "10.252.2.0/24", "via", "10.253.0.3"]);
+        enable_forwarding(&n1);
+        enable_forwarding(&n2);
         m
     }
 
@@ -234,7 +277,7 @@ impl Drop for Machines {
             let _ = b.kill();
             let _ = b.wait();
         }
-        for r in ["c", "n1", "n2", "p1", "p2"] {
+        for r in self.roles {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(r)]).status();
         }
     }
@@ -403,89 +446,14 @@ fn a_restarted_dataplane_keeps_node_ports_answering() {
     assert!(failed.is_empty(), "connections failed across the restart: {failed:?}");
 }
 
-/// A LAN (a bridge in a namespace of its own) with the client, node 1 and node 2 on it; pod 2
-/// behind node 2. Node 1 reaches pod 2's subnet through node 2 over the same LAN, so NodePort
-/// flows to pod 2 leave node 1 through the interface they came in on: XDP's hairpin case.
-struct Lan {
-    tag: String,
-    backend: Option<Child>,
-}
-
-impl Lan {
-    fn ns(&self, role: &str) -> String {
-        format!("{NS_PREFIX}-{}-x{role}", self.tag)
-    }
-
-    fn new() -> Lan {
-        sweep_leftovers();
-        let lan = Lan { tag: std::process::id().to_string(), backend: None };
-        let [c, n1, n2, p2, l] = ["c", "n1", "n2", "p2", "lan"].map(|r| lan.ns(r));
-        for ns in [&c, &n1, &n2, &p2, &l] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&["-n", &l, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &l, "link", "set", "br0", "up"]);
-        for (ns, dev, addr, port) in [
-            (&c, "c0", "10.253.0.2/24", "lc"),
-            (&n1, "n1l", "10.253.0.1/24", "l1"),
-            (&n2, "n2l", "10.253.0.3/24", "l2"),
-        ] {
-            ip(&["link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", &l]);
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", &l, "link", "set", port, "master", "br0"]);
-            ip(&["-n", &l, "link", "set", port, "up"]);
-        }
-        ip(&["link", "add", "n2p", "netns", &n2, "type", "veth", "peer", "name", "p2", "netns", &p2]);
-        ip(&["-n", &n2, "addr", "add", "10.252.2.1/24", "dev", "n2p"]);
-        ip(&["-n", &p2, "addr", "add", "10.252.2.2/24", "dev", "p2"]);
-        ip(&["-n", &n2, "link", "set", "n2p", "up"]);
-        ip(&["-n", &p2, "link", "set", "p2", "up"]);
-        ip(&["-n", &p2, "route", "add", "default", "via", "10.252.2.1"]);
-        ip(&["-n", &n1, "route", "add", "10.252.2.0/24", "via", "10.253.0.3"]);
-        for ns in [&n1, &n2] {
-            let ok = Command::new("ip")
-                .args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "enabling forwarding in {ns}");
-        }
-        lan
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        if let Some(b) = &mut self.backend {
-            let _ = b.kill();
-            let _ = b.wait();
-        }
-        for r in ["c", "n1", "n2", "p2", "lan"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(r)]).status();
-        }
-    }
-}
-
 #[test]
 fn xdp_bounces_hairpin_node_port_flows_on_its_own() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !preconditions() {
         return;
     }
-    let mut lan = Lan::new();
-    // The backend on node 2, through a Machines-style role child.
-    let mut child = role_command(&lan.ns("p2"), "backend be-remote 8080").stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("listening") {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "backend exited");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    lan.backend = Some(child);
+    let mut lan = Machines::lan();
+    lan.backend("p2", "be-remote", 8080);
 
     let mut dp = TestDataplane::load();
     let node1 = Ipv4Addr::new(10, 253, 0, 1);
@@ -495,18 +463,9 @@ fn xdp_bounces_hairpin_node_port_flows_on_its_own() {
     // node 2, replies in and out to the client) must be handled by XDP alone. Generic (skb) mode:
     // native XDP_TX on a veth needs NAPI on its peer, a property of the test's wiring, not of
     // the program.
-    let (m_path, n1) = (PathBuf::from("/run/netns").join(lan.ns("n1")), lan.ns("n1"));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&m_path).unwrap();
-            use std::os::fd::AsRawFd;
-            // SAFETY: valid fd; changes only this scoped thread's namespace.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns into {n1}");
-            let o = dp.split().0.attach_nodeport_xdp("n1l", XdpMode::Skb).expect("attaching XDP");
-            assert_eq!(o.attached, 1);
-        })
-        .join()
-        .unwrap()
+    lan.inside("n1", || {
+        let o = dp.split().0.attach_nodeport_xdp("n1l", XdpMode::Skb).expect("attaching XDP");
+        assert_eq!(o.attached, 1);
     });
     // XDP passes a packet whose next hop's MAC is unknown (tc, absent here, would take it): give
     // node 1 node 2's MAC, as any earlier traffic between them would have.

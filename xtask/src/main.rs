@@ -296,8 +296,10 @@ fn bench(area: &str, args: &[String]) -> Result<()> {
             "benchmark: dns (10,000 services, 50,000 endpoints; skiff dns vs Knot DNS with the same records)",
         ),
         "dataplane" => {
-            // No skiff binary needed: the benchmark loads the eBPF programs itself (agent crate).
+            // The benchmark loads the eBPF programs itself (agent crate); its API-event latency
+            // part runs a release `skiff control`.
             setup()?;
+            let bin = build(true)?;
             step("building the eBPF programs");
             let object = ebpf::build_ebpf()?;
             step(
@@ -306,7 +308,8 @@ fn bench(area: &str, args: &[String]) -> Result<()> {
             let mut c = cargo();
             c.args(["run", "--release", "-p", "skiff-tests", "--bin", "bench-dataplane", "--"])
                 .args(args)
-                .env("SKIFF_EBPF_OBJECT", &object);
+                .env("SKIFF_EBPF_OBJECT", &object)
+                .env("SKIFF_BIN", &bin);
             run(&mut c)
         }
         other => {

@@ -141,6 +141,15 @@ fn ip(args: &[&str]) {
 }
 
 fn sweep_leftovers() {
+    // Pins of a run that died before its guard could clean up (a load that failed half-way).
+    for e in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("skiff-test-np-")
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let out = Command::new("ip").args(["netns", "list"]).output().expect("running ip");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");

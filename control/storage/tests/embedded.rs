@@ -158,10 +158,12 @@ async fn file_size_is_bounded_under_churn() {
     }
     assert_eq!(store.current_revision().await.unwrap(), (ROUNDS * WRITERS * CYCLES * 4) as i64);
     let quarter = ROUNDS / 4;
-    let (early, last) = (sizes[quarter - 1], sizes[ROUNDS - 1]);
+    // The largest size of the first quarter: redb grows and shrinks its file by whole regions
+    // as compaction frees pages (seen: 4.4 MB, then 3.2 MB for most rounds, then 4.6 MB again).
+    let (early, last) = (*sizes[..quarter].iter().max().unwrap(), sizes[ROUNDS - 1]);
     eprintln!("file sizes per round: {sizes:?}");
     // Unbounded growth would make the last size about 4x the first quarter's.
-    assert!(last <= early + early / 4, "file grew from {early} after the first quarter to {last}: {sizes:?}");
+    assert!(last <= early + early / 4, "file grew from {early} in the first quarter to {last}: {sizes:?}");
 }
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_KILL9_CHILD";

@@ -54,14 +54,14 @@ fn role_helper() {
                 let mut buf = [0u8; 64];
                 loop {
                     if let Ok((_, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(format!("{uid} {}", from.ip()).as_bytes(), from);
+                        let _ = udp.send_to(format!("{uid} {} {}", from.ip(), from.port()).as_bytes(), from);
                     }
                 }
             });
             let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
             println!("{PREFIX}listening");
             for conn in tcp.incoming().flatten() {
-                let peer = conn.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+                let peer = conn.peer_addr().map(|p| format!("{} {}", p.ip(), p.port())).unwrap_or_default();
                 let mut conn = conn;
                 let _ = conn.write_all(format!("{id} {peer}").as_bytes());
             }
@@ -70,16 +70,24 @@ fn role_helper() {
         ["tcp", addr, n] => {
             let addr: SocketAddr = addr.parse().unwrap();
             for _ in 0..n.parse::<u32>().unwrap() {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                    Ok(mut s) => {
-                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                        let mut answer = String::new();
-                        let _ = s.read_to_string(&mut answer);
-                        println!("{PREFIX}ok {answer} {addr}");
-                    }
-                    Err(e) => println!("{PREFIX}err {:?}", e.kind()),
-                }
+                tcp_exchange(TcpStream::connect_timeout(&addr, Duration::from_secs(2)), addr);
             }
+        }
+        // One TCP connection to `addr` from source `from` (a fixed port).
+        ["tcp-from", from, addr] => {
+            let addr: SocketAddr = addr.parse().unwrap();
+            tcp_exchange(connect_from(from.parse().unwrap(), addr), addr);
+        }
+        // A connection from `from` to `addr` that stays open (not closed after the answer) until
+        // stdin closes: a socket of the machine itself on that tuple.
+        ["hold", from, addr] => {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut s = connect_from(from.parse().unwrap(), addr).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            println!("{PREFIX}ok {} {addr} {}", String::from_utf8_lossy(&buf[..n]), s.local_addr().unwrap().port());
+            let _ = std::io::stdin().read(&mut buf);
+            drop(s);
         }
         ["udp", addr, n] => {
             let addr: SocketAddr = addr.parse().unwrap();
@@ -90,7 +98,11 @@ fn role_helper() {
                 sock.send_to(b"ping", addr).unwrap();
                 let mut buf = [0u8; 64];
                 match sock.recv_from(&mut buf) {
-                    Ok((len, from)) => println!("{PREFIX}ok {} {from}", String::from_utf8_lossy(&buf[..len])),
+                    Ok((len, from)) => println!(
+                        "{PREFIX}ok {} {from} {}",
+                        String::from_utf8_lossy(&buf[..len]),
+                        sock.local_addr().unwrap().port()
+                    ),
                     Err(e) => println!("{PREFIX}err {:?}", e.kind()),
                 }
             }
@@ -99,12 +111,63 @@ fn role_helper() {
     }
 }
 
-/// One client result: which backend answered, the source it saw, and where the answer came from.
+/// Reads the backend's answer on a connected stream and prints it with the stream's local port.
+fn tcp_exchange(conn: std::io::Result<TcpStream>, addr: SocketAddr) {
+    match conn {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            println!("{PREFIX}ok {answer} {addr} {}", s.local_addr().unwrap().port());
+        }
+        Err(e) => println!("{PREFIX}err {:?}", e.kind()),
+    }
+}
+
+/// A TCP connection from a chosen local address and port (`SO_REUSEADDR`, as a client reusing a
+/// port would).
+fn connect_from(local: SocketAddr, remote: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (SocketAddr::V4(local), SocketAddr::V4(remote)) = (local, remote) else { panic!("IPv4 only") };
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns (closed by the TcpStream, or
+    // here on error).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), optlen);
+        let l = sockaddr(local);
+        if libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = sockaddr(remote);
+        if libc::connect(fd, (&r as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// One client result: which backend answered, the source address and port it saw, where the
+/// answer came from, and the client's own source port.
 #[derive(Debug)]
 struct Answer {
     backend: String,
     seen_source: String,
+    seen_port: u16,
     from: String,
+    local_port: u16,
 }
 
 fn role_command(ns: &str, role: &str) -> Command {
@@ -127,7 +190,13 @@ fn client(ns: &str, role: &str) -> Vec<Answer> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f[0], "ok", "a request failed: {l}\n{stdout}");
-            Answer { backend: f[1].into(), seen_source: f[2].into(), from: f[3].into() }
+            Answer {
+                backend: f[1].into(),
+                seen_source: f[2].into(),
+                seen_port: f[3].parse().unwrap(),
+                from: f[4].into(),
+                local_port: f[5].parse().unwrap(),
+            }
         })
         .collect()
 }
@@ -401,6 +470,87 @@ fn node_port_reaches_local_and_remote_backends_with_snat() {
     assert!(p.bytes >= p.packets * 54, "at least Ethernet + IP + TCP headers per packet: {p:?}");
     let u = dp.services.packet_counters(NODE1, 30080, Protocol::Udp).unwrap().unwrap();
     assert_eq!(u.packets, 80, "40 requests and 40 replies: {u:?}");
+}
+
+/// A `TcpExt` counter of `/proc/net/netstat` in namespace `ns`.
+fn tcp_ext(ns: &str, field: &str) -> u64 {
+    let out = Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/netstat"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no TcpExt {field}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn snat_keeps_the_client_port_so_reused_ports_are_not_rejected() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    let (m, mut dp) = cluster();
+    dp.services.upsert_frontend(NODE1, 30083, Protocol::Tcp, &[(POD2, 8080)], FrontendPolicy::default()).unwrap();
+    // The backend closes first, so it keeps a TIME_WAIT socket for every tuple it served; a
+    // client with 200 ports reuses each of them 10 times. Reuse of the same tuple by the same
+    // client is accepted (its sequence numbers and timestamps only grow); a tuple last used by
+    // another client connection is not, half the time (per-connection timestamp offsets), and
+    // such a SYN waits a 1-s retransmission.
+    let c = m.ns("c");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40199"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = (tcp_ext(&m.ns("p2"), "PAWSTimewait"), tcp_ext(&c, "TCPSynRetrans"));
+    let answers = client(&c, "tcp 10.251.0.1:30083 2000");
+    assert_eq!(answers.len(), 2000);
+    for a in &answers {
+        assert_eq!((a.seen_source.as_str(), a.seen_port), (NODE1.to_string().as_str(), a.local_port), "{a:?}");
+    }
+    let after = (tcp_ext(&m.ns("p2"), "PAWSTimewait"), tcp_ext(&c, "TCPSynRetrans"));
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "SYNs rejected in the backend's TIME_WAIT, SYNs the client retransmitted"
+    );
+}
+
+#[test]
+fn snat_leaves_a_port_the_node_itself_uses() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    let (m, mut dp) = cluster();
+    dp.services.upsert_frontend(NODE1, 30084, Protocol::Tcp, &[(POD2, 8080)], FrontendPolicy::default()).unwrap();
+    // Node 1 holds a connection of its own from its address, port 40123, to the backend.
+    let mut hold = role_command(&m.ns("n1"), "hold 10.251.0.1:40123 10.252.2.2:8080")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(hold.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(PREFIX) {
+        line.clear();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(line.contains("ok be-remote 10.251.0.1 40123"), "node 1's own connection: {line:?}");
+
+    // A client with the same source port: SNAT must not take the node's tuple (the backend would
+    // see one tuple for two connections, and the node's packets would be captured as replies).
+    let a = client(&m.ns("c"), "tcp-from 10.251.0.2:40123 10.251.0.1:30084");
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].local_port, a[0].seen_source.as_str()), (40123, NODE1.to_string().as_str()));
+    assert!((61000..=65535).contains(&a[0].seen_port), "a port above the ephemeral range: {a:?}");
+    drop(hold.stdin.take());
+    assert!(hold.wait().unwrap().success());
+
+    // Once the node's socket is gone, the client's port is kept.
+    let b = client(&m.ns("c"), "tcp-from 10.251.0.2:40124 10.251.0.1:30084");
+    assert_eq!((b[0].seen_port, b[0].local_port), (40124, 40124), "{b:?}");
 }
 
 #[test]

@@ -59,9 +59,11 @@ pub const MAP_CT: &str = "SKIFF_CT4_V1";
 /// LRU map: entries of finished connections are not deleted, they age out.
 pub const MAX_CT: u32 = 262_144;
 
-/// The source ports the NodePort program uses when it rewrites a connection's source to the
-/// node's address (`externalTrafficPolicy: Cluster`): above Linux's default ephemeral range
-/// (32768–60999), so they do not collide with the node's own outgoing connections.
+/// The source ports the NodePort program falls back to when it rewrites a connection's source to
+/// the node's address (`externalTrafficPolicy: Cluster`) and cannot keep the client's own port
+/// (another client's tracked connection, or a socket of the node, holds that tuple): above
+/// Linux's default ephemeral range (32768–60999), so they do not collide with the node's own
+/// outgoing connections.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 /// See [`SNAT_PORT_MIN`].
 pub const SNAT_PORT_COUNT: u16 = 4_536;

@@ -83,7 +83,7 @@ fn hairpin(ctx: &XdpContext) -> Option<u32> {
                 return pass;
             }
             let backend = choose_backend(svc, CLIENT_ADDR_TAG | key.saddr as u64)?;
-            let sport = snat_port(&key, &backend);
+            let sport = snat_port(ctx.as_ptr(), &key, &backend);
             let request =
                 CtValue { saddr: key.daddr, daddr: backend.addr, sport, dport: backend.port, service_id: svc.id };
             let reply_key =

@@ -323,6 +323,7 @@ fn desired(entries: &[(Frontend, Vec<(Ipv4Addr, u16)>)]) -> Desired {
             (
                 *fe,
                 DesiredFrontend {
+                    external: false,
                     service: ServicePortName {
                         namespace: "default".into(),
                         name: format!("s-{}-{}", fe.vip, fe.port),

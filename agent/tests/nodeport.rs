@@ -1,4 +1,5 @@
-//! Per-packet NodePort (tc ingress) between simulated machines, on the real kernel (root).
+//! Per-packet NodePort (tc ingress and XDP; and the nftables mode's NodePorts) between simulated
+//! machines, on the real kernel (root).
 //!
 //! Safe by construction (DESIGN.md §5): every machine is a network namespace this test creates,
 //! joined by veths with private addresses; none has a route off the machine, and nothing is
@@ -17,6 +18,7 @@
 //! source address they saw, so the test sees whether the client's address was kept or SNATed.
 
 use skiff_agent::dataplane::{Config, Dataplane, FrontendPolicy, ObjectSource, Protocol, XdpMode, default_object_path};
+use skiff_agent::proxy::{NftConfig, NftServiceTable, ProxyTable};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -603,6 +605,45 @@ fn a_restarted_dataplane_keeps_node_ports_answering() {
     assert_eq!(results.len(), 1000);
     let failed: Vec<&&str> = results.iter().filter(|r| !r.starts_with("ok ")).collect();
     assert!(failed.is_empty(), "connections failed across the restart: {failed:?}");
+}
+
+#[test]
+fn nftables_mode_node_ports_masquerade_for_cluster_and_keep_the_client_for_local() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !preconditions() {
+        return;
+    }
+    // The same machines, node 1 running the nftables mode instead of the eBPF programs.
+    let mut m = Machines::new();
+    m.backend("p1", "be-local", 8080);
+    m.backend("p2", "be-remote", 8080);
+    let cfg = NftConfig { table: "skiff-test-np".into(), ..Default::default() };
+    let mut t = m.inside("n1", || NftServiceTable::new(cfg).expect("nftables table in node 1"));
+    let both = [(POD1, 8080), (POD2, 8080)];
+    let cluster = FrontendPolicy { external: true, ..Default::default() };
+    let local = FrontendPolicy { external: true, external_local: true, ..Default::default() };
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        t.upsert_frontend(NODE1, 30085, proto, &both, cluster).unwrap();
+        t.upsert_frontend(NODE1, 30086, proto, &[(POD1, 8080)], local).unwrap();
+    }
+    // externalTrafficPolicy: Cluster — masqueraded to node 1's address toward each backend, so
+    // the remote backend's replies come back through node 1.
+    let node1 = ["10.251.0.1", "10.251.1.1", "10.252.1.1"];
+    for role in ["tcp 10.251.0.1:30085 40", "udp 10.251.0.1:30085 40"] {
+        let answers = client(&m.ns("c"), role);
+        assert_eq!(answers.len(), 40);
+        assert_eq!(by_backend(&answers).len(), 2, "both backends serve: {answers:?}");
+        for a in &answers {
+            assert!(node1.contains(&a.seen_source.as_str()), "the backend sees node 1, not the client: {a:?}");
+            assert_eq!(a.from, "10.251.0.1:30085", "{a:?}");
+        }
+    }
+    // externalTrafficPolicy: Local — the client's own address.
+    for role in ["tcp 10.251.0.1:30086 10", "udp 10.251.0.1:30086 10"] {
+        for a in client(&m.ns("c"), role) {
+            assert_eq!((a.backend.as_str(), a.seen_source.as_str()), ("be-local", CLIENT.to_string().as_str()));
+        }
+    }
 }
 
 #[test]

@@ -92,6 +92,12 @@ pub struct FrontendPolicy {
     /// `externalTrafficPolicy: Local` on a NodePort frontend: the per-packet program keeps the
     /// client's address (the backends given must be this node's own).
     pub external_local: bool,
+    /// The frontend is reached from outside the cluster (a NodePort on a node address, an
+    /// external IP): with `externalTrafficPolicy: Cluster` its connections are source-NATed to
+    /// the node, so that a remote backend's replies come back through it. The nftables mode
+    /// reads it (every service connection meets its hooks); the eBPF mode needs no flag, its
+    /// per-packet program only ever sees external traffic.
+    pub external: bool,
 }
 
 /// The service and backend maps, with an in-memory copy of their contents so that every change
@@ -240,7 +246,7 @@ impl ServiceTable {
         backends: &[(Ipv4Addr, u16)],
         affinity: Option<u32>,
     ) -> Result<UpdateStats> {
-        self.upsert_frontend(vip, port, proto, backends, FrontendPolicy { affinity, external_local: false })
+        self.upsert_frontend(vip, port, proto, backends, FrontendPolicy { affinity, ..Default::default() })
     }
 
     /// [`Self::upsert_service`] with every per-frontend policy.

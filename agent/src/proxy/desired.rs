@@ -43,12 +43,15 @@ pub struct DesiredFrontend {
     /// A NodePort frontend of an `externalTrafficPolicy: Local` service: `backends` are this
     /// node's endpoints only, and the client's address is kept.
     pub external_local: bool,
+    /// A frontend reached from outside the cluster: a NodePort on a node address, or an
+    /// external IP (see [`FrontendPolicy::external`]).
+    pub external: bool,
 }
 
 impl DesiredFrontend {
     /// The dataplane's view of the policies.
     pub fn policy(&self) -> FrontendPolicy {
-        FrontendPolicy { affinity: self.affinity_timeout, external_local: self.external_local }
+        FrontendPolicy { affinity: self.affinity_timeout, external_local: self.external_local, external: self.external }
     }
 }
 
@@ -143,14 +146,15 @@ pub fn compute_service(
     }
     let ns = svc.metadata.namespace.as_deref().unwrap_or("");
     let name = svc.metadata.name.as_deref().unwrap_or("");
-    let mut vips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+    let vips: Vec<Ipv4Addr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
         _ => spec.cluster_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
     };
     if vips.is_empty() {
         return out; // headless ("None") or IPv6-only
     }
-    vips.extend(spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()));
+    let external_ips: Vec<Ipv4Addr> =
+        spec.external_ips.iter().flatten().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).collect();
     let node_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
@@ -206,11 +210,13 @@ pub fn compute_service(
             .then(|| sp.node_port.and_then(|p| u16::try_from(p).ok()))
             .flatten()
             .filter(|p| *p != 0);
+        // (address, port, external, externalTrafficPolicy: Local applies)
         let frontends = vips
             .iter()
-            .map(|vip| (*vip, port, false))
-            .chain(node_port.into_iter().flat_map(|np| node_ips.iter().map(move |ip| (*ip, np, external_local))));
-        for (vip, port, local) in frontends {
+            .map(|vip| (*vip, port, false, false))
+            .chain(external_ips.iter().map(|ip| (*ip, port, true, false)))
+            .chain(node_port.into_iter().flat_map(|np| node_ips.iter().map(move |ip| (*ip, np, true, external_local))));
+        for (vip, port, external, local) in frontends {
             out.push((
                 Frontend { vip, port, proto },
                 DesiredFrontend {
@@ -218,6 +224,7 @@ pub fn compute_service(
                     backends: if local { local_backends.clone() } else { backends.clone() },
                     affinity_timeout,
                     external_local: local,
+                    external,
                 },
             ));
         }
@@ -278,10 +285,29 @@ mod tests {
         let d = super::compute(&[np], &[sl], &[node], Some("a"));
         let cluster_ip = &d[&Frontend { vip: Ipv4Addr::new(10, 96, 0, 31), port: 80, proto: Protocol::Tcp }];
         assert_eq!(cluster_ip.backends.len(), 2, "the ClusterIP keeps every endpoint");
-        assert!(!cluster_ip.external_local);
+        assert!(!cluster_ip.external_local && !cluster_ip.external);
         let node_port = &d[&Frontend { vip: node, port: 30002, proto: Protocol::Tcp }];
         assert_eq!(node_port.backends, [(Ipv4Addr::new(10, 244, 0, 9), 80)]);
-        assert!(node_port.external_local);
+        assert!(node_port.external_local && node_port.external);
+    }
+
+    #[test]
+    fn node_ports_and_external_ips_are_external_frontends() {
+        let np = svc(json!({
+            "metadata": {"namespace": "default", "name": "frontend"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.32", "externalIPs": ["198.51.100.7"],
+                     "ports": [{"port": 80, "nodePort": 30003}]}
+        }));
+        let node = Ipv4Addr::new(192, 168, 5, 2);
+        let d = super::compute(&[np], &[], &[node], Some("a"));
+        let external = |vip: Ipv4Addr, port: u16| {
+            let f = &d[&Frontend { vip, port, proto: Protocol::Tcp }];
+            assert!(!f.external_local, "externalTrafficPolicy defaults to Cluster");
+            f.policy().external
+        };
+        assert!(!external(Ipv4Addr::new(10, 96, 0, 32), 80), "a ClusterIP is internal");
+        assert!(external(Ipv4Addr::new(198, 51, 100, 7), 80), "an external IP");
+        assert!(external(node, 30003), "a NodePort");
     }
 
     #[test]

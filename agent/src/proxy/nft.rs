@@ -18,6 +18,10 @@
 //!   map service-ips { type ipv4_addr . inet_proto . inet_service : verdict }          # → goto service-…
 //!   chain nat-prerouting { type nat hook prerouting priority dstnat; ip daddr . meta l4proto . th dport vmap @service-ips }
 //!   chain nat-output     { type nat hook output priority dstnat;     (the same) }
+//!   chain service-192.168.5.2/tcp/30080 {                     # a NodePort, externalTrafficPolicy: Cluster
+//!     counter name "translated-192.168.5.2/tcp/30080"
+//!     jump mark-for-masquerade                                 # remote backends answer through this node
+//!     numgen random mod 2 vmap { … } }
 //!   chain service-10.96.0.10/udp/53 {
 //!     counter name "translated-10.96.0.10/udp/53"
 //!     ip saddr @affinity-10.96.0.10/udp/53__10.244.0.5/53 goto endpoint-10.96.0.10/udp/53__10.244.0.5/53   # ClientIP only
@@ -118,6 +122,10 @@ impl Tbl {
 struct Programmed {
     backends: Vec<(Ipv4Addr, u16)>,
     affinity: Option<u32>,
+    /// External traffic with `externalTrafficPolicy: Cluster`: every new connection is marked
+    /// for masquerade (kube-proxy's `external-…` chain), so a backend on another node answers
+    /// through this one, which reverses the translation.
+    masquerade: bool,
 }
 
 /// One endpoint chain of a frontend, as it exists in the kernel.
@@ -273,7 +281,7 @@ enum Op {
     AddAffinitySet { name: String, timeout: u32 },
     DelSet(String),
     EndpointRules { chain: String, proto: Protocol, backend: (Ipv4Addr, u16), affinity_set: Option<String> },
-    ServiceRules { chain: String, counter: String, endpoints: Vec<(String, Option<String>)> },
+    ServiceRules { chain: String, counter: String, masquerade: bool, endpoints: Vec<(String, Option<String>)> },
     RejectRules { chain: String, counter: String },
     AddElem(&'static str, Frontend),
     DelElem(&'static str, Frontend),
@@ -468,6 +476,7 @@ fn plan_upsert(fe: Frontend, before: Option<&FeState>, want: Programmed) -> Opti
             Op::ServiceRules {
                 chain,
                 counter: translated_counter(&fe),
+                masquerade: want.masquerade,
                 endpoints: want
                     .backends
                     .iter()
@@ -802,11 +811,16 @@ impl NftServiceTable {
                 r.add_expr(&netlink::dnat(R0, R1));
                 tx.add(&r, MsgType::Add);
             }
-            Op::ServiceRules { chain, counter, endpoints } => {
+            Op::ServiceRules { chain, counter, masquerade, endpoints } => {
                 let c = chain_of(chain);
                 let mut r = Rule::new(&c);
                 r.add_expr(&netlink::named_counter(counter));
                 tx.add(&r, MsgType::Add);
+                if *masquerade {
+                    let mut r = Rule::new(&c);
+                    r.add_expr(&netlink::to_chain(NFT_JUMP, MARK_FOR_MASQUERADE));
+                    tx.add(&r, MsgType::Add);
+                }
                 for (ep, set) in endpoints {
                     if let Some(set) = set {
                         let mut r = Rule::new(&c);
@@ -983,9 +997,13 @@ impl NftServiceTable {
     fn want(backends: &[(Ipv4Addr, u16)], policy: FrontendPolicy) -> Programmed {
         let mut seen = HashSet::new();
         let backends = backends.iter().copied().filter(|b| seen.insert(*b)).collect();
-        // externalTrafficPolicy: Local needs nothing here: the proxy gives this node's
-        // endpoints only, and NodePort traffic is not masqueraded, so clients keep their address.
-        Programmed { backends, affinity: policy.affinity.filter(|t| *t > 0) }
+        // externalTrafficPolicy: Local: the proxy gives this node's endpoints only, and without
+        // masquerade the backends see the client's own address.
+        Programmed {
+            backends,
+            affinity: policy.affinity.filter(|t| *t > 0),
+            masquerade: policy.external && !policy.external_local,
+        }
     }
 
     fn single(&mut self, plan: Plan) -> Result<UpdateStats> {
@@ -1190,7 +1208,7 @@ mod tests {
     fn plans_change_only_the_difference() {
         let f = fe(53);
         let b = |n: u8| (Ipv4Addr::new(10, 244, 0, n), 53);
-        let want = |bs: &[(Ipv4Addr, u16)], aff| Programmed { backends: bs.to_vec(), affinity: aff };
+        let want = |bs: &[(Ipv4Addr, u16)], aff| Programmed { backends: bs.to_vec(), affinity: aff, masquerade: false };
         let p = plan_upsert(f, None, want(&[b(1), b(2), b(3)], None)).unwrap();
         assert_eq!(count(&p, |_, o| matches!(o, Op::AddChain(_))), 4);
         assert_eq!(count(&p, |t, o| *t != Tbl::Main && matches!(o, Op::AddElem(SERVICE_IPS, _))), 1);
@@ -1237,9 +1255,12 @@ mod tests {
         let b = (Ipv4Addr::new(10, 244, 0, 1), 80);
         let mut st = FeState { chain: true, in_service_ips: true, translated: true, ..FeState::new(3) };
         st.endpoints.insert(b, EpState { chain: true, rules: None, affinity_set: None });
-        let p = plan_upsert(f, Some(&st), Programmed { backends: vec![b], affinity: None }).unwrap();
+        let p = plan_upsert(f, Some(&st), Programmed { backends: vec![b], affinity: None, masquerade: false }).unwrap();
         assert!(matches!(p.ops[0], (Tbl::Shard(3), Op::FlushChain(_))));
         assert_eq!(count(&p, |_, o| matches!(o, Op::AddChain(_) | Op::AddElem(..))), 0);
-        assert!(plan_upsert(f, p.after.as_ref(), Programmed { backends: vec![b], affinity: None }).is_none());
+        assert!(
+            plan_upsert(f, p.after.as_ref(), Programmed { backends: vec![b], affinity: None, masquerade: false })
+                .is_none()
+        );
     }
 }

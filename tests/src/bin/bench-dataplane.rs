@@ -29,9 +29,9 @@
 //! `direct` (the node routes, no NAT: the limit), the tc program `skiff_nodeport`
 //! (`Dataplane::attach_nodeport` on the node's veths) and the nftables mode's DNAT (the same
 //! frontend in an `NftServiceTable` in the node's netns); and the hairpin case (backend behind a
-//! second node on the same LAN, `Cluster` policy with SNAT) with `direct`, tc, and the native XDP
+//! second node on the same LAN, `Cluster` policy with SNAT) with `direct`, tc, the native XDP
 //! program `skiff_nodeport_xdp` (`NodePortAttacher::attach_nodeport_xdp`), which handles exactly
-//! that case. Measured: UDP datagrams per second reaching the backend's socket from a client
+//! that case, and the nftables mode (DNAT and masquerade). Measured: UDP datagrams per second reaching the backend's socket from a client
 //! blasting 64 flows (`sendmmsg`) on CPU 0 — on veths the whole path (send, node, delivery) runs
 //! in that CPU's softirq, so the rate is the inverse of the per-datagram cost — and TCP
 //! connections per second, 16 concurrent.
@@ -846,7 +846,7 @@ fn program_nftables(net: &NetPair, svcs: &[Service]) -> Result<(NftServiceTable,
             let service =
                 ServicePortName { namespace: format!("ns{}", i / 100), name: format!("svc{i}"), port: "http".into() };
             let fe = Frontend { vip: s.vip, port: s.port, proto: Protocol::Tcp };
-            (fe, DesiredFrontend { service, backends, affinity_timeout: None, external_local: false })
+            (fe, DesiredFrontend { service, backends, affinity_timeout: None, external_local: false, external: false })
         })
         .collect();
     let t = Instant::now();
@@ -1115,25 +1115,24 @@ impl NpScenario {
             NpScenario::Hairpin => Ipv4Addr::new(10, 253, 3, 2),
         }
     }
-    fn modes(self) -> [NpMode; 3] {
+    fn modes(self) -> &'static [NpMode] {
         match self {
-            NpScenario::Local => [NpMode::Direct, NpMode::Ebpf, NpMode::Nftables],
-            NpScenario::Hairpin => [NpMode::Direct, NpMode::Ebpf, NpMode::Xdp],
+            NpScenario::Local => &[NpMode::Direct, NpMode::Ebpf, NpMode::Nftables],
+            NpScenario::Hairpin => &[NpMode::Direct, NpMode::Ebpf, NpMode::Xdp, NpMode::Nftables],
         }
     }
     fn describe(self) -> String {
         match self {
             NpScenario::Local => format!(
                 "backend behind the node: client netns → node netns ({}:{NODE_PORT}) → backend netns ({}:{NP_BACKEND_PORT}), \
-                 externalTrafficPolicy: Local (no SNAT in any mode; the nftables mode does not masquerade NodePort traffic \
-                 either); direct = the client addresses the backend, the node routes",
+                 externalTrafficPolicy: Local (no SNAT in any mode); direct = the client addresses the backend, the node routes",
                 self.node_ip(),
                 self.backend_ip()
             ),
             NpScenario::Hairpin => format!(
                 "hairpin, backend behind another node on the same LAN: client, node ({}:{NODE_PORT}) and node 2 on a bridge, \
                  backend ({}:{NP_BACKEND_PORT}) behind node 2; externalTrafficPolicy: Cluster (the eBPF modes SNAT to the node \
-                 address, replies come back through the node); direct = the client addresses the backend and the node routes \
+                 address, the nftables mode masquerades; replies come back through the node); direct = the client addresses the backend and the node routes \
                  it out the interface it came in on (no NAT; replies go straight from node 2 to the client)",
                 self.node_ip(),
                 self.backend_ip()
@@ -1174,7 +1173,7 @@ impl NpMode {
             NpMode::Direct => "direct to backend, routed by the node (limit)",
             NpMode::Ebpf => "Skiff tc program (`skiff_nodeport`)",
             NpMode::Xdp => "Skiff XDP program (`skiff_nodeport_xdp`, native)",
-            NpMode::Nftables => "Skiff nftables mode (DNAT)",
+            NpMode::Nftables => "Skiff nftables mode (DNAT; masquerade under `Cluster`)",
         }
     }
 }
@@ -1537,10 +1536,10 @@ fn np_cell(scenario: NpScenario, mode: NpMode, o: &Opts) -> Result<NpRun> {
     let backends = [(backend_ip, NP_BACKEND_PORT)];
     let policy = match scenario {
         // externalTrafficPolicy: Local (the backend is the node's own): no SNAT, the backend sees
-        // the client's address — the nftables mode does not masquerade NodePort traffic either.
-        NpScenario::Local => FrontendPolicy { external_local: true, ..Default::default() },
-        // Cluster: SNAT to the node address, so replies return through the node.
-        NpScenario::Hairpin => FrontendPolicy::default(),
+        // the client's address, in every mode.
+        NpScenario::Local => FrontendPolicy { external: true, external_local: true, ..Default::default() },
+        // Cluster: SNAT (masquerade) to the node address, so replies return through the node.
+        NpScenario::Hairpin => FrontendPolicy { external: true, ..Default::default() },
     };
     // Dropped before the namespaces (declared after them).
     let mut ebpf: Option<Ebpf> = None;
@@ -2534,7 +2533,7 @@ fn report_nodeport(np: &NpResults) {
             "| mode | UDP datagrams/s received | × direct | CPU 0 ns per datagram | lost | TCP conn/s, {NP_CONCURRENCY} concurrent | × direct | connect p50 / p99 µs | SYNs retransmitted / PAWS-rejected at the backend, per 1,000 connections |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
-        for mode in modes {
+        for &mode in modes {
             if !np.contains_key(&(scenario, mode)) {
                 continue;
             }
@@ -2553,19 +2552,24 @@ fn report_nodeport(np: &NpResults) {
                 med(mode, &|r| r.paws_per_k),
             );
         }
-        let (a, b) = match scenario {
-            NpScenario::Local => (NpMode::Ebpf, NpMode::Nftables),
-            NpScenario::Hairpin => (NpMode::Xdp, NpMode::Ebpf),
+        let pairs: &[(NpMode, NpMode)] = match scenario {
+            NpScenario::Local => &[(NpMode::Ebpf, NpMode::Nftables)],
+            NpScenario::Hairpin => {
+                &[(NpMode::Ebpf, NpMode::Nftables), (NpMode::Xdp, NpMode::Nftables), (NpMode::Xdp, NpMode::Ebpf)]
+            }
         };
-        println!(
-            "\n{} vs {}: UDP {:.2}×, TCP conn/s {:.2}×.",
-            a.name(),
-            b.name(),
-            ratio(a, b, &|r| r.udp_rate),
-            ratio(a, b, &|r| r.tcp.rate)
-        );
+        println!();
+        for (a, b) in pairs {
+            println!(
+                "{} vs {}: UDP {:.2}×, TCP conn/s {:.2}×.",
+                a.name(),
+                b.name(),
+                ratio(*a, *b, &|r| r.udp_rate),
+                ratio(*a, *b, &|r| r.tcp.rate)
+            );
+        }
         println!("\nRounds (UDP datagrams/s; TCP conn/s):");
-        for mode in modes {
+        for &mode in modes {
             let Some(rounds) = np.get(&(scenario, mode)) else { continue };
             let v: Vec<String> = rounds.iter().map(|r| format!("{:.0}; {:.0}", r.udp_rate, r.tcp.rate)).collect();
             println!("- {}: {}", mode.name(), v.join(" | "));

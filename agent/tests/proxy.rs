@@ -44,9 +44,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn client_helper() {
     let Ok(script) = std::env::var(CLIENT_ENV) else { return };
     let parts: Vec<&str> = script.split_whitespace().collect();
-    let addr: SocketAddr = parts[0].parse().unwrap();
+    // One address, or several (comma-separated) taken in turn.
+    let addrs: Vec<SocketAddr> = parts[0].split(',').map(|a| a.parse().unwrap()).collect();
     let pause = Duration::from_millis(parts.get(2).map(|p| p.parse().unwrap()).unwrap_or(0));
-    for _ in 0..parts[1].parse::<u32>().unwrap() {
+    for i in 0..parts[1].parse::<usize>().unwrap() {
+        let addr = addrs[i % addrs.len()];
         std::thread::sleep(pause);
         let t = Instant::now();
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -75,7 +77,7 @@ fn run_client(cgroup: &Path, addr: SocketAddrV4, n: u32) -> Vec<Outcome> {
     collect_client(spawn_client(cgroup, &format!("{addr} {n}")))
 }
 
-/// Starts a client child in `cgroup` with the script "ADDR COUNT [PAUSE_MS]".
+/// Starts a client child in `cgroup` with the script "ADDR[,ADDR…] COUNT [PAUSE_MS]".
 fn spawn_client(cgroup: &Path, script: &str) -> std::process::Child {
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -574,7 +576,14 @@ fn agent_helper() {
         nodeport_xdp_devices: Vec::new(),
         mode: skiff_agent::proxy::ProxyMode::Ebpf,
     };
-    let proxy = Proxy::new(ProxyConfig { metrics_listen: Some(a[3].parse().unwrap()), ..Default::default() }).unwrap();
+    // NodePorts on the loopback address: reached at the socket from the test's cgroup, nothing
+    // on a real interface.
+    let proxy = Proxy::new(ProxyConfig {
+        metrics_listen: Some(a[3].parse().unwrap()),
+        node_addresses: vec![Ipv4Addr::LOCALHOST],
+        ..Default::default()
+    })
+    .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let kc = kube::config::Kubeconfig::read_from(a[0]).unwrap();
@@ -647,13 +656,15 @@ fn kill_9_and_restart_of_the_agent_fails_no_connection() {
     let backends = Backends::tcp(3);
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
     }))
     .unwrap();
     let svc = rt.block_on(services.create(&PostParams::default(), &svc)).unwrap();
-    let vip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let spec = svc.spec.unwrap();
+    let vip: Ipv4Addr = spec.cluster_ip.unwrap().parse().unwrap();
     assert!(default_service_range().contains(vip));
     let target = SocketAddrV4::new(vip, 80);
+    let node_port = SocketAddrV4::new(Ipv4Addr::LOCALHOST, spec.ports.unwrap()[0].node_port.unwrap() as u16);
     for (i, a) in backends.addrs.iter().enumerate() {
         let s: EndpointSlice = serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -677,8 +688,9 @@ fn kill_9_and_restart_of_the_agent_fails_no_connection() {
     let pins_before = pin_inodes(&pin_dir);
     assert_eq!(pins_before.iter().filter(|(p, _)| p.contains("/links/")).count(), 4, "{pins_before:?}");
 
-    // Continuous connections (bounded: 400 × ≥5 ms) across kill -9 and a restart.
-    let client_child = spawn_client(&cgroup.0, &format!("{target} 400 5"));
+    // Continuous connections (bounded: 400 × ≥5 ms), in turn through the ClusterIP and the
+    // NodePort, across kill -9 and a restart.
+    let client_child = spawn_client(&cgroup.0, &format!("{target},{node_port} 400 5"));
     std::thread::sleep(Duration::from_millis(500));
     agent.kill9();
     std::thread::sleep(Duration::from_millis(700));
@@ -691,6 +703,9 @@ fn kill_9_and_restart_of_the_agent_fails_no_connection() {
     eprintln!("across kill -9 + restart: {} ok, {} failed: {ok:?}", ok.values().sum::<u32>(), errs.len());
     assert!(errs.is_empty(), "failed connections across the restart: {errs:?}");
     assert_eq!(out.len(), 400);
+    let via_node_port =
+        out.iter().filter(|o| matches!(o, Outcome::Ok { peer, .. } if *peer == node_port.to_string())).count();
+    assert_eq!(via_node_port, 200, "every other connection went through the NodePort (getpeername shows it)");
     // The restarted agent reused the pinned links and maps instead of attaching or creating anew.
     assert_eq!(pin_inodes(&pin_dir), pins_before, "pins replaced by the restarted agent");
 

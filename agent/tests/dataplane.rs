@@ -13,7 +13,7 @@
 //! `SKIFF_DP_CLIENT` set, which makes the `client_helper` "test" act as a scripted client.
 
 mod common;
-use common::{Backends, CGROUP2_ROOT, TestCgroup};
+use common::{Backends, CGROUP2_ROOT, TestCgroup, test_cgroup};
 use skiff_agent::dataplane::{Config, Dataplane, ObjectSource, Protocol, default_object_path};
 use std::collections::HashMap;
 use std::io::Read;
@@ -303,7 +303,7 @@ fn env() -> Option<Env> {
     sweep_leftovers();
     let tag = SEQ.fetch_add(1, Ordering::Relaxed).to_string();
     let route = BlackholeRoute::ensure();
-    let cgroup = TestCgroup::new(&tag);
+    let cgroup = test_cgroup(&tag);
     let mut dp = DataplaneGuard::load(&tag);
     dp.attach_cgroup(&cgroup.0).expect("attaching to the test cgroup");
     Some(Env { dp, cgroup, _route: route, _serial: serial })

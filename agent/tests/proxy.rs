@@ -12,7 +12,7 @@
 //! `$SKIFF_BIN`); skips with a message when either is missing.
 
 mod common;
-use common::{Backends, CGROUP2_ROOT, TestCgroup};
+use common::{Backends, CGROUP2_ROOT, TestCgroup, test_cgroup};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -303,7 +303,7 @@ impl Harness {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         sweep_leftovers();
         let route = RouteGuard::ensure();
-        let cgroup = TestCgroup::new(name);
+        let cgroup = test_cgroup(name);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-{}-{name}", std::process::id()));
         let dp_config = Config { object: ObjectSource::Path(default_object_path()), pin_dir: pin_dir.clone() };
         Some(Harness { _pins: PinsGuard(pin_dir.clone()), cgroup, _route: route, _serial: serial, pin_dir, dp_config })

@@ -360,3 +360,38 @@ pub fn restart_dockerd() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Where cgroup v2 is mounted on these hybrid-mode machines. Tests and benchmarks attach socket
+/// programs only to children of it that they made, never to the root.
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup v2 directory of the caller's own, a direct child of [`CGROUP2_ROOT`], removed on
+/// drop (retrying while the kernel still counts its exited processes).
+pub struct OwnCgroup(pub PathBuf);
+
+impl OwnCgroup {
+    /// Creates `CGROUP2_ROOT/<name>`.
+    pub fn create(name: &str) -> Result<Self> {
+        let root = Path::new(CGROUP2_ROOT);
+        let p = root.join(name);
+        anyhow::ensure!(p.parent() == Some(root) && p != root, "{name:?} is not a child cgroup name");
+        std::fs::create_dir(&p).with_context(|| format!("creating cgroup {}", p.display()))?;
+        Ok(OwnCgroup(p))
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            match std::fs::remove_dir(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    eprintln!("removing {}: {e}", self.0.display());
+                    return;
+                }
+            }
+        }
+        eprintln!("cgroup {} still busy; left behind", self.0.display());
+    }
+}

@@ -5,42 +5,17 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// cgroup v2 lives here on this hybrid-mode machine; tests attach only to children they made.
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+#[allow(unused_imports)] // not every suite uses both
+pub use skiff_tests::{CGROUP2_ROOT, OwnCgroup as TestCgroup};
 
-/// A cgroup v2 directory of the test's own, removed on drop (after its processes exited).
-pub struct TestCgroup(pub PathBuf);
-
-impl TestCgroup {
-    pub fn new(tag: &str) -> Self {
-        let p = Path::new(CGROUP2_ROOT).join(format!("skiff-test-{}-{tag}", std::process::id()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
-        assert_ne!(p, Path::new(CGROUP2_ROOT), "never the root cgroup");
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The client children have exited (their output was collected), so the cgroup is empty.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("removing {}: {e}", self.0.display());
-                    return;
-                }
-            }
-        }
-        eprintln!("cgroup {} still busy; left behind", self.0.display());
-    }
+/// A cgroup v2 directory of the test's own (`skiff-test-<pid>-<tag>`), removed on drop.
+pub fn test_cgroup(tag: &str) -> TestCgroup {
+    TestCgroup::create(&format!("skiff-test-{}-{tag}", std::process::id())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Loopback backends that answer with their own id, and count what they served.

@@ -89,7 +89,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const ROLE_ENV: &str = "SKBENCH_ROLE";
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 const BPFFS: &str = "/sys/fs/bpf";
 /// Prefix of everything this benchmark creates: netns `skbench-{c,s}-<pid>-<n>`, cgroup and pin
 /// directories `skiff-bench-dp-<pid>[-<n>]`.
@@ -600,34 +599,6 @@ impl Drop for Server {
     }
 }
 
-/// The benchmark's cgroup v2 directory (a child of the cgroup2 root, never the root itself).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn create() -> Result<Self> {
-        let p = Path::new(CGROUP2_ROOT).join(format!("{DIR_PREFIX}{}", std::process::id()));
-        std::fs::create_dir(&p).with_context(|| format!("creating cgroup {}", p.display()))?;
-        ensure!(p.parent() == Some(Path::new(CGROUP2_ROOT)) && p != Path::new(CGROUP2_ROOT));
-        Ok(Cgroup(p))
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            match std::fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("removing {}: {e}", self.0.display());
-                    return;
-                }
-            }
-        }
-        eprintln!("cgroup {} still busy; left behind", self.0.display());
-    }
-}
-
 /// The loaded eBPF dataplane with a pin directory of its own; detached and unpinned on drop.
 struct Ebpf(Option<Dataplane>);
 
@@ -690,7 +661,7 @@ fn sweep_leftovers() {
         }
     }
     let tmp = std::env::temp_dir();
-    for root in [Path::new(CGROUP2_ROOT), Path::new(BPFFS), tmp.as_path()] {
+    for root in [Path::new(skiff_tests::CGROUP2_ROOT), Path::new(BPFFS), tmp.as_path()] {
         let Ok(entries) = std::fs::read_dir(root) else { continue };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -988,7 +959,7 @@ fn run_client_tolerating(
 }
 
 /// One (round, size, mode) cell: fresh namespaces, the mode programmed, both concurrencies.
-fn cell(mode: Mode, size: usize, cgroup: &Cgroup, o: &Opts) -> Result<(Vec<Run>, Option<Programming>)> {
+fn cell(mode: Mode, size: usize, cgroup: &skiff_tests::OwnCgroup, o: &Opts) -> Result<(Vec<Run>, Option<Programming>)> {
     let net = NetPair::create()?;
     let listen: Vec<SocketAddrV4> = BACKEND_PORTS.iter().map(|p| SocketAddrV4::new(SERVER_IP, *p)).collect();
     let _server = Server::start(&net.server, &listen, None)?;
@@ -2223,7 +2194,7 @@ struct ClusterResults {
 }
 
 fn clusterip_part(o: &Opts) -> Result<ClusterResults> {
-    let cgroup = Cgroup::create()?;
+    let cgroup = skiff_tests::OwnCgroup::create(&format!("{DIR_PREFIX}{}", std::process::id()))?;
     let mut r = ClusterResults { modes: vec![Mode::Direct, Mode::Ebpf, Mode::Iptables], ..Default::default() };
     if NFTABLES_MODE {
         r.modes.push(Mode::Nftables);

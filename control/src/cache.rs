@@ -76,6 +76,14 @@ struct State {
     history: VecDeque<Arc<CacheEvent>>,
     /// Events at or below this revision are no longer in `history`.
     oldest: Revision,
+    /// Objects the API server just wrote, by key, with the revision of that write: when the
+    /// watch delivers exactly that revision of that key, the offered object (the same value,
+    /// already serialized) is cached instead of decoding the stored bytes again.
+    offers: HashMap<String, (Revision, Obj)>,
+    /// Objects the API server is about to write, by key: the exact bytes going to storage and
+    /// the value they encode (without `resourceVersion`). A write of the key whose stored bytes
+    /// are these bytes decodes to this value, so the cache takes it instead of parsing.
+    expected: HashMap<String, (Bytes, Value)>,
 }
 
 impl State {
@@ -106,11 +114,20 @@ fn resource_of(key: &str) -> Option<&str> {
 
 /// Storage holds objects without `resourceVersion`; it is the revision of their last write.
 pub fn decode(kv: &KeyValue, revision: Revision) -> Option<Value> {
-    let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
+    decode_bytes(&kv.value, revision)
+}
+
+/// [`decode`] of a stored value's bytes.
+pub fn decode_bytes(bytes: &[u8], revision: Revision) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    set_resource_version(&mut v, revision);
+    Some(v)
+}
+
+fn set_resource_version(v: &mut Value, revision: Revision) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
     }
-    Some(v)
 }
 
 impl Cache {
@@ -137,6 +154,8 @@ impl Cache {
         st.revision = rev;
         st.history.clear();
         st.oldest = rev;
+        st.offers.retain(|_, (r, _)| *r > rev);
+        st.expected.clear();
         drop(st);
         self.revision.send_replace(rev);
         Ok(rev)
@@ -178,19 +197,43 @@ impl Cache {
     fn apply(&self, ev: Event) {
         let Some(resource) = resource_of(&ev.kv.key).map(str::to_string) else { return };
         let revision = ev.revision();
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Through a plain `&mut`, so that fields are borrowed separately.
+        let st = &mut *guard;
         if revision <= st.revision {
             return;
         }
+        let offered = match st.offers.remove(&ev.kv.key) {
+            Some((r, obj)) if r == revision => Some(obj),
+            // An offer for a later write of this key waits for its own event.
+            Some((r, obj)) if r > revision => {
+                st.offers.insert(ev.kv.key.clone(), (r, obj));
+                None
+            }
+            _ => None,
+        };
         let map = st.objects.entry(resource.clone()).or_default();
         let cached_prev = map.get(&ev.kv.key).cloned();
         let event = match ev.kind {
             EventKind::Put => {
-                let Some(obj) = decode(&ev.kv, revision) else {
-                    st.revision = revision;
-                    return;
+                let expected = match st.expected.get(&ev.kv.key) {
+                    Some((bytes, _)) if bytes[..] == ev.kv.value[..] => st.expected.remove(&ev.kv.key),
+                    _ => None,
                 };
-                let obj = Obj::new(obj);
+                let obj = match (offered, expected) {
+                    (Some(obj), _) => obj,
+                    (None, Some((_, mut value))) => {
+                        set_resource_version(&mut value, revision);
+                        Obj::new(value)
+                    }
+                    (None, None) => {
+                        let Some(obj) = decode(&ev.kv, revision) else {
+                            st.revision = revision;
+                            return;
+                        };
+                        Obj::new(obj)
+                    }
+                };
                 map.insert(ev.kv.key.clone(), obj.clone());
                 let kind = if cached_prev.is_some() { EventType::Modified } else { EventType::Added };
                 CacheEvent { resource, key: ev.kv.key, kind, object: obj, prev: cached_prev, revision }
@@ -228,12 +271,67 @@ impl Cache {
         }
         // Sent under the lock so subscribers that snapshot under the same lock see no gap.
         let _ = self.events.send(event);
-        drop(st);
+        drop(guard);
         self.revision.send_replace(revision);
     }
 
     pub fn revision(&self) -> Revision {
         *self.revision.borrow()
+    }
+
+    /// Tells the cache that `bytes`, the encoding of `value`, are about to be written at `key`
+    /// (call before the write; then [`Cache::settle`] or [`Cache::withdraw`]).
+    pub fn expect(&self, key: &str, bytes: Bytes, value: Value) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        st.expected.insert(key.to_string(), (bytes, value));
+    }
+
+    /// Forgets an [`Cache::expect`]ed write that failed.
+    pub fn withdraw(&self, key: &str, bytes: &[u8]) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if st.expected.get(key).is_some_and(|(b, _)| b[..] == *bytes) {
+            st.expected.remove(key);
+        }
+    }
+
+    /// After an [`Cache::expect`]ed write of `bytes` at `key` committed at `revision`: the
+    /// object as the cache holds (or will hold) it, built once for both. `None` when the cache
+    /// cannot tell (the key changed again meanwhile); the caller then decodes `bytes` itself.
+    pub fn settle(&self, key: &str, revision: Revision, bytes: &[u8]) -> Option<Obj> {
+        let value = {
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if st.revision >= revision {
+                // The watch was first: the cache took the expected value.
+                let rv = revision.to_string();
+                return st
+                    .objects
+                    .get(resource_of(key)?)
+                    .and_then(|m| m.get(key))
+                    .filter(|o| o.value["metadata"]["resourceVersion"].as_str() == Some(rv.as_str()))
+                    .cloned();
+            }
+            match st.expected.get(key) {
+                Some((b, _)) if b[..] == *bytes => st.expected.remove(key).map(|(_, v)| v),
+                _ => None,
+            }
+        };
+        let mut value = value?;
+        set_resource_version(&mut value, revision);
+        let obj = Obj::new(value);
+        // Serialized outside the lock; if the event came meanwhile, the cache decoded it itself.
+        self.offer(key, revision, obj.clone());
+        Some(obj)
+    }
+
+    /// Offers the object the API server wrote at `key` with revision `revision` — what
+    /// [`decode`] of that write would give, with `metadata.resourceVersion` set — so the cache
+    /// can take it when the watch delivers that write instead of parsing the stored bytes again.
+    /// Ignored if the cache is already past that revision (it decoded the write itself).
+    pub fn offer(&self, key: &str, revision: Revision, obj: Obj) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if revision > st.revision {
+            st.offers.insert(key.to_string(), (revision, obj));
+        }
     }
 
     /// Waits until the cache has seen `rev` (for consistent reads). False on timeout.
@@ -293,5 +391,114 @@ impl Cache {
     ) -> (Vec<Obj>, broadcast::Receiver<Arc<CacheEvent>>, Revision) {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
         (st.values_under(resource, prefix), self.events.subscribe(), st.revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use skiff_storage::EmbeddedStore;
+
+    struct TempFile(std::path::PathBuf);
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    async fn cache_on_fresh_store() -> (Arc<dyn Store>, Arc<Cache>, TempFile) {
+        let path =
+            std::env::temp_dir().join(format!("skiff-cache-test-{}-{}.redb", std::process::id(), uuid::Uuid::new_v4()));
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
+        let cache = Cache::start(store.clone()).await.unwrap();
+        (store, cache, TempFile(path))
+    }
+
+    fn with_rv(mut v: Value, rev: Revision) -> Value {
+        v["metadata"]["resourceVersion"] = json!(rev.to_string());
+        v
+    }
+
+    #[tokio::test]
+    async fn an_offered_write_is_cached_as_offered_and_equals_the_decoded_one() {
+        let (store, cache, _f) = cache_on_fresh_store().await;
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default"}, "spec": {"x": 1}});
+        let key = "/registry/pods/default/a";
+        // The next write of this fresh store is revision 1: offered before the write, the offer
+        // is certain to come before the watch event.
+        let next = store.current_revision().await.unwrap() + 1;
+        let offered = Obj::new(with_rv(pod.clone(), next));
+        cache.offer(key, next, offered.clone());
+        let rev = store.create(key, serde_json::to_vec(&pod).unwrap()).await.unwrap();
+        assert_eq!(rev, next);
+        assert!(cache.wait_for(rev, Duration::from_secs(5)).await);
+        let cached = cache.get("pods", key).unwrap();
+        assert!(Arc::ptr_eq(&cached.value, &offered.value), "the offered object is cached");
+        assert!(cache.state.read().unwrap().offers.is_empty());
+        // ... and it is what decoding the stored bytes gives.
+        let kv = store.get(key).await.unwrap().unwrap();
+        let decoded = Obj::new(decode(&kv, kv.mod_revision).unwrap());
+        assert_eq!(*cached.value, *decoded.value);
+        assert_eq!(cached.json, decoded.json);
+    }
+
+    #[tokio::test]
+    async fn an_expected_write_is_built_once_for_the_cache_and_the_writer() {
+        let (store, cache, _f) = cache_on_fresh_store().await;
+        for i in 0..50 {
+            let key = format!("/registry/pods/default/p{i}");
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "default"}, "spec": {"n": i}});
+            let bytes = Bytes::from(serde_json::to_vec(&pod).unwrap());
+            cache.expect(&key, bytes.clone(), pod.clone());
+            let rev = store.create(&key, bytes.to_vec()).await.unwrap();
+            // Whether the watch or the writer came first, both end up with the same object.
+            let settled = cache.settle(&key, rev, &bytes).expect("settled");
+            assert!(cache.wait_for(rev, Duration::from_secs(5)).await);
+            let cached = cache.get("pods", &key).unwrap();
+            assert!(Arc::ptr_eq(&cached.value, &settled.value), "one object for both");
+            let decoded = Obj::new(decode_bytes(&bytes, rev).unwrap());
+            assert_eq!(*cached.value, *decoded.value);
+            assert_eq!(cached.json, decoded.json);
+        }
+        let st = cache.state.read().unwrap();
+        assert!(st.expected.is_empty() && st.offers.is_empty(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn an_expected_value_is_used_only_for_its_exact_bytes() {
+        let (store, cache, _f) = cache_on_fresh_store().await;
+        let key = "/registry/pods/default/a";
+        let expected = json!({"metadata": {"name": "a"}, "spec": {"v": "expected"}});
+        let written = json!({"metadata": {"name": "a"}, "spec": {"v": "written"}});
+        let expected_bytes = Bytes::from(serde_json::to_vec(&expected).unwrap());
+        cache.expect(key, expected_bytes.clone(), expected.clone());
+        // Another writer's bytes land instead (e.g. a racing create of the same name).
+        let rev = store.create(key, serde_json::to_vec(&written).unwrap()).await.unwrap();
+        assert!(cache.wait_for(rev, Duration::from_secs(5)).await);
+        assert_eq!(*cache.get("pods", key).unwrap().value, with_rv(written, rev));
+        assert!(cache.state.read().unwrap().expected.contains_key(key), "not taken for other bytes");
+        cache.withdraw(key, &expected_bytes);
+        assert!(cache.state.read().unwrap().expected.is_empty());
+    }
+
+    #[tokio::test]
+    async fn offers_for_applied_or_other_revisions_are_not_used() {
+        let (store, cache, _f) = cache_on_fresh_store().await;
+        let key = "/registry/configmaps/default/c";
+        let v1 = json!({"metadata": {"name": "c", "namespace": "default"}, "data": {"v": "1"}});
+        let rev = store.create(key, serde_json::to_vec(&v1).unwrap()).await.unwrap();
+        assert!(cache.wait_for(rev, Duration::from_secs(5)).await);
+        // Already applied: a late offer is dropped.
+        cache.offer(key, rev, Obj::new(json!({"bogus": true})));
+        assert!(cache.state.read().unwrap().offers.is_empty());
+        assert_eq!(*cache.get("configmaps", key).unwrap().value, with_rv(v1.clone(), rev));
+        // An offer for a later revision does not stand in for an earlier write of the key.
+        let v2 = json!({"metadata": {"name": "c", "namespace": "default"}, "data": {"v": "2"}});
+        cache.offer(key, rev + 100, Obj::new(json!({"bogus": true})));
+        let rev2 = store.update(key, serde_json::to_vec(&v2).unwrap(), rev).await.unwrap();
+        assert!(cache.wait_for(rev2, Duration::from_secs(5)).await);
+        assert_eq!(*cache.get("configmaps", key).unwrap().value, with_rv(v2, rev2));
+        assert!(cache.state.read().unwrap().offers.contains_key(key), "kept for its own revision");
     }
 }

@@ -177,6 +177,12 @@ pub fn apply(live: Option<&Value>, applied: &Value, manager: &str, kind: &GroupK
 /// rewrite them; `[{}]` clears them), as in Kubernetes.
 pub fn update_managed_fields(old: Option<&Value>, new: &Value, manager: &str, kind: &GroupKind) -> Result<Value> {
     check_depth(new, "object")?;
+    update_managed_fields_owned(old, new.clone(), manager, kind)
+}
+
+/// [`update_managed_fields`] of an object the caller hands over (no copy of it is made).
+pub fn update_managed_fields_owned(old: Option<&Value>, new: Value, manager: &str, kind: &GroupKind) -> Result<Value> {
+    check_depth(&new, "object")?;
     if let Some(old) = old {
         check_depth(old, "object")?;
     }
@@ -192,69 +198,74 @@ pub fn update_managed_fields(old: Option<&Value>, new: &Value, manager: &str, ki
     });
     let previous = old.and_then(|o| o.pointer("/metadata/managedFields"));
     let mut entries = match requested {
-        Some(r) if Some(r) != previous => parse_entries(new),
+        Some(r) if Some(r) != previous => parse_entries(&new),
         _ => old.map(parse_entries).unwrap_or_default(),
     };
 
     let ty = schema::root(kind);
-    let mut new_obj = new.clone();
+    let mut new_obj = new;
     remove_managed_fields(&mut new_obj);
     let old_obj = old.map(|o| {
         let mut o = o.clone();
         remove_managed_fields(&mut o);
         o
     });
-    let new_fields = object_field_set(&new_obj, ty, false)?;
-    let old_fields = match &old_obj {
-        Some(o) if o.is_object() => object_field_set(o, ty, false)?,
-        _ => FieldSet::default(),
-    };
+    let mut new_fields = object_field_set(&new_obj, ty, false)?;
 
-    let mut changed = FieldSet::default();
-    let members = match &old_obj {
-        Some(_) => new_fields.members(),
-        None => {
-            // A create: every field is new, no need to compare them one by one.
-            changed = new_fields.clone();
-            Vec::new()
+    // On a create every field is new: what changed is `new_fields` itself (no copy, no compare).
+    let changed = match &old_obj {
+        None => None,
+        Some(old_obj) => {
+            let old_fields =
+                if old_obj.is_object() { object_field_set(old_obj, ty, false)? } else { FieldSet::default() };
+            let mut changed = FieldSet::default();
+            for p in new_fields.members() {
+                let is_leaf = new_fields.contains_leaf(&p);
+                let differs = if is_leaf {
+                    !opt_json_eq(value_at(old_obj, &p), value_at(&new_obj, &p))
+                } else {
+                    !old_fields.contains(&p)
+                };
+                if differs {
+                    changed.insert(&p);
+                }
+            }
+            Some(changed)
         }
     };
-    for p in members {
-        let is_leaf = new_fields.contains_leaf(&p);
-        let differs = if is_leaf {
-            !opt_json_eq(old_obj.as_ref().and_then(|o| value_at(o, &p)), value_at(&new_obj, &p))
-        } else {
-            !old_fields.contains(&p)
-        };
-        if differs {
-            changed.insert(&p);
-        }
-    }
 
     let mine = entries.iter().position(|e| e.is(manager, UPDATE));
-    for (i, e) in entries.iter_mut().enumerate() {
-        let mut set = e.set.intersection(&new_fields);
-        if Some(i) != mine {
-            set = set.difference(&changed);
-        }
-        if set != e.set {
-            e.set = set;
-            e.changed = true;
+    {
+        let changed = changed.as_ref().unwrap_or(&new_fields);
+        for (i, e) in entries.iter_mut().enumerate() {
+            let mut set = e.set.intersection(&new_fields);
+            if Some(i) != mine {
+                set = set.difference(changed);
+            }
+            if set != e.set {
+                e.set = set;
+                e.changed = true;
+            }
         }
     }
     let api_version = new_obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
     match mine {
         Some(i) => {
+            let changed = changed.as_ref().unwrap_or(&new_fields);
             let e = &mut entries[i];
             let before = e.set.clone();
-            e.set.union_with(&changed);
+            e.set.union_with(changed);
             if e.set != before {
                 e.changed = true;
                 e.api_version = api_version;
             }
         }
-        None if !changed.is_empty() => entries.push(Entry::new(manager, UPDATE, &api_version, changed)),
-        None => {}
+        None => {
+            let changed = changed.unwrap_or_else(|| std::mem::take(&mut new_fields));
+            if !changed.is_empty() {
+                entries.push(Entry::new(manager, UPDATE, &api_version, changed));
+            }
+        }
     }
     Ok(with_managed_fields(new_obj, &mut entries, &now_rfc3339()))
 }
@@ -322,19 +333,19 @@ impl Entry {
         s
     }
 
-    fn render(&self, now: &str) -> Value {
-        let mut m = self.raw.clone();
-        let s = |v: &str| Value::String(v.to_string());
-        m.insert("manager".into(), s(&self.manager));
-        m.insert("operation".into(), s(&self.operation));
+    fn render(self, now: &str) -> Value {
+        let mut m = self.raw;
+        let s = |v: String| Value::String(v);
+        m.insert("manager".into(), s(self.manager));
+        m.insert("operation".into(), s(self.operation));
         if !self.api_version.is_empty() {
-            m.insert("apiVersion".into(), s(&self.api_version));
+            m.insert("apiVersion".into(), s(self.api_version));
         }
         if self.changed || !m.contains_key("time") {
-            m.insert("time".into(), s(now));
+            m.insert("time".into(), s(now.to_string()));
         }
-        m.insert("fieldsType".into(), s("FieldsV1"));
-        m.insert("fieldsV1".into(), self.set.to_fields_v1());
+        m.insert("fieldsType".into(), s("FieldsV1".to_string()));
+        m.insert("fieldsV1".into(), self.set.into_fields_v1());
         Value::Object(m)
     }
 }
@@ -419,7 +430,7 @@ fn with_managed_fields(mut obj: Value, entries: &mut Vec<Entry>, now: &str) -> V
         }
         return obj;
     }
-    let rendered = Value::Array(entries.iter().map(|e| e.render(now)).collect());
+    let rendered = Value::Array(entries.drain(..).map(|e| e.render(now)).collect());
     let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
@@ -446,10 +457,134 @@ const STRIPPED_METADATA: &[&str] = &[
     "resourceVersion",
 ];
 
+/// `f:` and the stripped metadata fields' path elements, as [`object_field_set`] removes them.
+const STRIPPED_ROOT: &[&str] = &["f:apiVersion", "f:kind", "f:metadata"];
+
 fn object_field_set(obj: &Value, ty: Ty, strict: bool) -> Result<FieldSet> {
     let mut set = FieldSet::default();
     if let Value::Object(m) = obj {
-        collect_map(m, Some(ty), &mut Vec::new(), &mut set, strict, 0)?;
+        // Built in one walk, each node reached from its parent (no path copies from the root).
+        collect_map(m, Some(ty), &mut set, strict, 0)?;
+    }
+    for pe in STRIPPED_ROOT {
+        set.remove(&[*pe]);
+    }
+    for f in STRIPPED_METADATA {
+        set.remove(&["f:metadata", &field_pe(f)]);
+    }
+    Ok(set)
+}
+
+/// Adds the fields of `m` below `node` (the node of the path leading to `m`).
+fn collect_map(m: &Map<String, Value>, ty: Option<Ty>, node: &mut FieldSet, strict: bool, depth: usize) -> Result<()> {
+    guard(depth)?;
+    for (k, v) in m {
+        if v.is_null() {
+            continue;
+        }
+        let meta = schema::field(ty, k);
+        let child = node.child_owned(field_pe(k));
+        let r = collect_value(v, &meta, child, strict, depth + 1);
+        // A non-empty map whose fields are all null adds nothing, not even its own path.
+        if child.is_empty() {
+            node.children.remove(&field_pe(k));
+        }
+        r?;
+    }
+    Ok(())
+}
+
+/// Adds `v` at `node` (the node of `v`'s path).
+fn collect_value(v: &Value, meta: &FieldMeta, node: &mut FieldSet, strict: bool, depth: usize) -> Result<()> {
+    match v {
+        // An empty map is owned as a whole (e.g. `emptyDir: {}`), a non-empty one through its
+        // fields.
+        Value::Object(m) if m.is_empty() => node.member = true,
+        Value::Object(m) => collect_map(m, meta.ty, node, strict, depth + 1)?,
+        Value::Array(items) => match list_kind(items, meta, strict)? {
+            ListKind::Keyed(key) => {
+                for item in items {
+                    let Value::Object(m) = item else { continue };
+                    let Some(pe) = element_key(m, key) else { continue };
+                    let child = node.child_owned(pe);
+                    child.member = true;
+                    collect_map(m, meta.ty, child, strict, depth + 1)?;
+                }
+            }
+            ListKind::Set => {
+                for item in items {
+                    node.child_owned(value_pe(item)).member = true;
+                }
+            }
+            ListKind::Atomic => node.member = true,
+        },
+        _ => node.member = true,
+    }
+    Ok(())
+}
+
+/// The path-by-path construction [`object_field_set`] replaced: every member inserted from the
+/// root. Kept as the reference the one-walk construction is tested against.
+#[cfg(test)]
+fn object_field_set_by_paths(obj: &Value, ty: Ty, strict: bool) -> Result<FieldSet> {
+    fn map(
+        m: &Map<String, Value>,
+        ty: Option<Ty>,
+        prefix: &mut Path,
+        set: &mut FieldSet,
+        strict: bool,
+        depth: usize,
+    ) -> Result<()> {
+        guard(depth)?;
+        for (k, v) in m {
+            if v.is_null() {
+                continue;
+            }
+            let meta = schema::field(ty, k);
+            prefix.push(field_pe(k));
+            value(v, &meta, prefix, set, strict, depth + 1)?;
+            prefix.pop();
+        }
+        Ok(())
+    }
+    fn value(
+        v: &Value,
+        meta: &FieldMeta,
+        prefix: &mut Path,
+        set: &mut FieldSet,
+        strict: bool,
+        depth: usize,
+    ) -> Result<()> {
+        match v {
+            Value::Object(m) if m.is_empty() => set.insert(prefix),
+            Value::Object(m) => map(m, meta.ty, prefix, set, strict, depth + 1)?,
+            Value::Array(items) => match list_kind(items, meta, strict)? {
+                ListKind::Keyed(key) => {
+                    for item in items {
+                        let Value::Object(m) = item else { continue };
+                        let Some(pe) = element_key(m, key) else { continue };
+                        prefix.push(pe);
+                        set.insert(prefix);
+                        map(m, meta.ty, prefix, set, strict, depth + 1)?;
+                        prefix.pop();
+                    }
+                }
+                ListKind::Set => {
+                    for item in items {
+                        prefix.push(value_pe(item));
+                        set.insert(prefix);
+                        prefix.pop();
+                    }
+                }
+                ListKind::Atomic => set.insert(prefix),
+            },
+            _ => set.insert(prefix),
+        }
+        Ok(())
+    }
+    let mut set = FieldSet::default();
+    if let Value::Object(m) = obj {
+        map(m, Some(ty), &mut Vec::new(), &mut set, strict, 0)?;
     }
     set.remove(&[field_pe("apiVersion")]);
     set.remove(&[field_pe("kind")]);
@@ -458,65 +593,6 @@ fn object_field_set(obj: &Value, ty: Ty, strict: bool) -> Result<FieldSet> {
         set.remove(&[field_pe("metadata"), field_pe(f)]);
     }
     Ok(set)
-}
-
-fn collect_map(
-    m: &Map<String, Value>,
-    ty: Option<Ty>,
-    prefix: &mut Path,
-    set: &mut FieldSet,
-    strict: bool,
-    depth: usize,
-) -> Result<()> {
-    guard(depth)?;
-    for (k, v) in m {
-        if v.is_null() {
-            continue;
-        }
-        let meta = schema::field(ty, k);
-        prefix.push(field_pe(k));
-        collect_value(v, &meta, prefix, set, strict, depth + 1)?;
-        prefix.pop();
-    }
-    Ok(())
-}
-
-fn collect_value(
-    v: &Value,
-    meta: &FieldMeta,
-    prefix: &mut Path,
-    set: &mut FieldSet,
-    strict: bool,
-    depth: usize,
-) -> Result<()> {
-    match v {
-        // An empty map is owned as a whole (e.g. `emptyDir: {}`), a non-empty one through its
-        // fields.
-        Value::Object(m) if m.is_empty() => set.insert(prefix),
-        Value::Object(m) => collect_map(m, meta.ty, prefix, set, strict, depth + 1)?,
-        Value::Array(items) => match list_kind(items, meta, strict)? {
-            ListKind::Keyed(key) => {
-                for item in items {
-                    let Value::Object(m) = item else { continue };
-                    let Some(pe) = element_key(m, key) else { continue };
-                    prefix.push(pe);
-                    set.insert(prefix);
-                    collect_map(m, meta.ty, prefix, set, strict, depth + 1)?;
-                    prefix.pop();
-                }
-            }
-            ListKind::Set => {
-                for item in items {
-                    prefix.push(value_pe(item));
-                    set.insert(prefix);
-                    prefix.pop();
-                }
-            }
-            ListKind::Atomic => set.insert(prefix),
-        },
-        _ => set.insert(prefix),
-    }
-    Ok(())
 }
 
 /// An element's identity in an associative list, as its field-path element. Server-side apply
@@ -750,6 +826,111 @@ mod tests {
             "metadata":{"name":"nginx","namespace":"default","labels":{"app":"web"}},
             "spec":{"containers":[{"name":"nginx","image":image,"ports":[{"containerPort":80}]}]}
         })
+    }
+
+    /// Objects of several kinds and shapes: keyed lists (containers, ports with and without a
+    /// protocol), sets (finalizers), atomic lists (args, tolerations), empty maps (emptyDir),
+    /// nulls, maps whose fields are all null, empty lists, duplicate keys in a stored object.
+    fn field_set_samples() -> Vec<(GroupKind, Value)> {
+        vec![
+            (pod(), nginx("nginx:1.7.9")),
+            (
+                pod(),
+                json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "p", "namespace": "default", "uid": "u", "generation": 1,
+                        "creationTimestamp": "2026-11-27T00:00:00Z", "resourceVersion": "5",
+                        "labels": {"app": "bench", "tier": "web"}, "annotations": {"a": "b"},
+                        "finalizers": ["x/y", "x/z"], "ownerReferences": [{"uid": "o", "name": "rs", "kind": "ReplicaSet", "apiVersion": "apps/v1"}]},
+                    "spec": {
+                        "containers": [
+                            {"name": "a", "image": "nginx", "args": ["-x", "-y"], "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+                             "env": [{"name": "E", "value": "1"}, {"name": "F", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}, "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
+                            {"name": "b", "image": "busybox", "resources": {}, "securityContext": {"privileged": null}}
+                        ],
+                        "volumes": [{"name": "v", "emptyDir": {}}],
+                        "tolerations": [{"key": "k", "operator": "Exists"}],
+                        "nodeSelector": null, "affinity": {"nodeAffinity": null},
+                        "initContainers": [], "restartPolicy": "Always"
+                    },
+                    "status": {"phase": "Pending", "qosClass": "Burstable", "conditions": [{"type": "Ready", "status": "False"}]}
+                }),
+            ),
+            (
+                pod(),
+                // A stored object with a keyed list that cannot be associative: atomic.
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d"},
+                    "spec": {"containers": [{"name": "a"}, {"name": "a"}, {"image": "x"}]}}),
+            ),
+            (
+                GroupKind::new("apps", "Deployment"),
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+                    "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}]}}}}),
+            ),
+            (
+                GroupKind::new("", "Service"),
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+                    "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}], "selector": {"app": "dns"}, "clusterIPs": ["10.0.0.10"]}}),
+            ),
+            (
+                cm(),
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": ""}}),
+            ),
+            (cm(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})),
+        ]
+    }
+
+    #[test]
+    fn one_walk_field_set_is_the_path_by_path_one() {
+        for (gk, obj) in field_set_samples() {
+            let ty = schema::root(&gk);
+            for strict in [false, true] {
+                let fast = object_field_set(&obj, ty, strict);
+                let reference = object_field_set_by_paths(&obj, ty, strict);
+                match (fast, reference) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{obj}"),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => panic!("{obj}: {a:?} vs {b:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn create_records_what_a_field_by_field_comparison_records() {
+        // On a create every field is the creator's; the general path (comparing each field with
+        // an object that has none) must agree, entry for entry, with the shortcut.
+        let strip_time = |mut v: Value| {
+            for e in v["metadata"]["managedFields"].as_array_mut().into_iter().flatten() {
+                e.as_object_mut().unwrap().remove("time");
+            }
+            v
+        };
+        for (gk, obj) in field_set_samples() {
+            let created = update_managed_fields(None, &obj, "creator", &gk).unwrap();
+            let owned = update_managed_fields_owned(None, obj.clone(), "creator", &gk).unwrap();
+            let compared = update_managed_fields(Some(&json!({})), &obj, "creator", &gk).unwrap();
+            assert_eq!(strip_time(created.clone()), strip_time(compared), "{obj}");
+            assert_eq!(strip_time(created.clone()), strip_time(owned));
+            let reference = object_field_set_by_paths(&obj, schema::root(&gk), false).unwrap();
+            if reference.is_empty() {
+                assert!(created["metadata"].get("managedFields").is_none(), "no fields, no entry: {created}");
+            } else {
+                let fields = &created["metadata"]["managedFields"][0]["fieldsV1"];
+                assert_eq!(fields, &reference.into_fields_v1());
+            }
+        }
+        // With managedFields in the request (the creator's entry and another manager's).
+        let mut obj = nginx("nginx:1");
+        obj["metadata"]["managedFields"] = json!([
+            {"manager": "creator", "operation": "Update", "apiVersion": "v1", "time": "2020-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}, "subresource": ""},
+            {"manager": "other", "operation": "Apply", "apiVersion": "v1", "time": "2020-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}
+        ]);
+        let created = update_managed_fields_owned(None, obj.clone(), "creator", &pod()).unwrap();
+        let compared = update_managed_fields(Some(&json!({})), &obj, "creator", &pod()).unwrap();
+        assert_eq!(strip_time(created), strip_time(compared));
     }
 
     #[test]

@@ -40,9 +40,22 @@ impl FieldSet {
     pub fn insert(&mut self, path: &[String]) {
         let mut node = self;
         for pe in path {
-            node = node.children.entry(pe.clone()).or_default();
+            node = node.child_mut(pe);
         }
         node.member = true;
+    }
+
+    /// The child at `pe`, created empty if absent (the key is copied only then).
+    pub fn child_mut(&mut self, pe: &str) -> &mut FieldSet {
+        if !self.children.contains_key(pe) {
+            self.children.insert(pe.to_string(), FieldSet::default());
+        }
+        self.children.get_mut(pe).expect("just inserted")
+    }
+
+    /// The child at `pe` (an owned key), created empty if absent.
+    pub fn child_owned(&mut self, pe: String) -> &mut FieldSet {
+        self.children.entry(pe).or_default()
     }
 
     pub fn node(&self, path: &[String]) -> Option<&FieldSet> {
@@ -67,11 +80,12 @@ impl FieldSet {
     }
 
     /// Removes `path` from the set (its descendants stay), pruning nodes left empty.
-    pub fn remove(&mut self, path: &[String]) {
+    pub fn remove<S: AsRef<str>>(&mut self, path: &[S]) {
         let Some((head, rest)) = path.split_first() else {
             self.member = false;
             return;
         };
+        let head = head.as_ref();
         if let Some(child) = self.children.get_mut(head) {
             child.remove(rest);
             if child.is_empty() {
@@ -163,13 +177,14 @@ impl FieldSet {
         }
     }
 
-    pub fn to_fields_v1(&self) -> Value {
+    /// The set in the FieldsV1 format (consumes it: its keys move instead of being copied).
+    pub fn into_fields_v1(self) -> Value {
         let mut m = Map::new();
         if self.member && !self.children.is_empty() {
             m.insert(".".into(), Value::Object(Map::new()));
         }
-        for (k, child) in &self.children {
-            m.insert(k.clone(), child.to_fields_v1());
+        for (k, child) in self.children {
+            m.insert(k, child.into_fields_v1());
         }
         Value::Object(m)
     }
@@ -477,7 +492,7 @@ mod tests {
         assert!(set.contains(&p(&["f:metadata", "f:labels", "f:app"])));
         assert!(!set.contains(&p(&["f:metadata", "f:labels"])));
         assert!(set.contains(&p(&["f:spec", "f:containers", "k:{\"name\":\"c\"}"])));
-        assert_eq!(set.to_fields_v1(), v);
+        assert_eq!(set.clone().into_fields_v1(), v);
         assert_eq!(set.members().len(), 4);
         assert!(FieldSet::from_fields_v1(&json!({"bogus":{}})).is_none());
         assert!(FieldSet::from_fields_v1(&json!({"f:a":[]})).is_none());

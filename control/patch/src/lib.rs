@@ -60,7 +60,7 @@ mod schema;
 mod strategic;
 mod util;
 
-pub use apply::{apply, update_managed_fields};
+pub use apply::{apply, update_managed_fields, update_managed_fields_owned};
 pub use json_patch::{MAX_JSON_PATCH_OPERATIONS, json_patch};
 pub use merge_patch::merge_patch;
 pub use schema::{ListStrategy, list_strategy, retains_keys};

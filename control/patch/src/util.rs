@@ -20,17 +20,26 @@ pub(crate) const MAX_RECURSION: usize = 8 * MAX_DEPTH;
 
 /// Rejects values nested deeper than [`MAX_DEPTH`], without recursing.
 pub(crate) fn check_depth(v: &Value, what: &str) -> Result<(), PatchError> {
+    let too_deep = || Err(PatchError::Invalid(format!("{what} is nested deeper than {MAX_DEPTH} levels")));
+    // Only containers go on the stack: scalars cannot be too deep.
+    let is_container = |c: &&Value| c.is_array() || c.is_object();
     let mut stack: Vec<(&Value, usize)> = vec![(v, 1)];
     while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(m) => Box::new(m.values()),
-            _ => continue,
-        };
-        if d > MAX_DEPTH {
-            return Err(PatchError::Invalid(format!("{what} is nested deeper than {MAX_DEPTH} levels")));
+        match v {
+            Value::Array(a) => {
+                if d > MAX_DEPTH {
+                    return too_deep();
+                }
+                stack.extend(a.iter().filter(is_container).map(|c| (c, d + 1)));
+            }
+            Value::Object(m) => {
+                if d > MAX_DEPTH {
+                    return too_deep();
+                }
+                stack.extend(m.values().filter(is_container).map(|c| (c, d + 1)));
+            }
+            _ => {}
         }
-        stack.extend(children.map(|c| (c, d + 1)));
     }
     Ok(())
 }

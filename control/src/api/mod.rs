@@ -54,7 +54,7 @@ async fn handle(axum::extract::State(state): axum::extract::State<Shared>, req: 
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
-    (code, [("content-type", "application/json")], v.to_string()).into_response()
+    (code, [("content-type", "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
 }
 
 fn ok(v: &Value) -> Response {

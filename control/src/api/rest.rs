@@ -63,7 +63,7 @@ pub async fn serve(
         (None, None, Method::DELETE) => delete_collection(state, kind, t.namespace.as_deref(), &q, &body).await,
         (Some(name), None | Some("status"), Method::GET) => {
             let obj = get(state, kind, t.namespace.as_deref(), name, &q).await?;
-            Ok(respond_object(kind, &obj, accept, StatusCode::OK))
+            Ok(respond_object(kind, obj, accept, StatusCode::OK))
         }
         (Some(name), sub @ (None | Some("status")), Method::PUT) => update(&w, name, sub).await,
         (Some(name), sub @ (None | Some("status")), Method::PATCH) => patch(&w, name, sub).await,
@@ -126,16 +126,21 @@ fn field_manager(q: &Query, headers: &HeaderMap) -> ApiResult<String> {
 fn track_fields(kind: &Kind, old: Option<&Value>, new: Value, manager: Option<&str>) -> ApiResult<Value> {
     let Some(manager) = manager else { return Ok(new) };
     let gk = skiff_patch::GroupKind::new(kind.group, kind.kind);
-    skiff_patch::update_managed_fields(old, &new, manager, &gk).map_err(patch_error)
+    skiff_patch::update_managed_fields_owned(old, new, manager, &gk).map_err(patch_error)
 }
 
 // ---------- encoding ----------
 
 /// The object as clients of `kind`'s version see it.
 pub fn present(kind: &Kind, obj: &Value) -> Value {
+    present_owned(kind, obj.clone())
+}
+
+/// [`present`] of an object the caller no longer needs (no copy).
+pub fn present_owned(kind: &Kind, obj: Value) -> Value {
     let mut v = match kind.convert {
-        Some(c) => c.from_storage(obj.clone()),
-        None => obj.clone(),
+        Some(c) => c.from_storage(obj),
+        None => obj,
     };
     if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), json!(kind.api_version()));
@@ -155,11 +160,17 @@ fn to_storage(kind: &Kind, obj: Value) -> Value {
 /// maps and lists are dropped, as Go's `omitempty` does, so `labels: {}` never shows up.
 fn encode(obj: &Value) -> Vec<u8> {
     let mut v = obj.clone();
-    omit_empty_metadata(&mut v);
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+    encode_in_place(&mut v)
+}
+
+/// [`encode`] without the copy: drops empty metadata and `resourceVersion` from `obj` itself
+/// (which [`with_rv`] puts back once the write has its revision).
+fn encode_in_place(obj: &mut Value) -> Vec<u8> {
+    omit_empty_metadata(obj);
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    serde_json::to_vec(obj).unwrap_or_default()
 }
 
 fn omit_empty_metadata(obj: &mut Value) {
@@ -178,8 +189,8 @@ fn with_rv(mut obj: Value, rev: i64) -> Value {
     obj
 }
 
-fn respond_object(kind: &Kind, obj: &Value, accept: &str, code: StatusCode) -> Response {
-    let v = present(kind, obj);
+fn respond_object(kind: &Kind, obj: Value, accept: &str, code: StatusCode) -> Response {
+    let v = present_owned(kind, obj);
     if output(accept) == Output::Table {
         let now = chrono::Utc::now();
         let t = skiff_apimachinery::table::table(
@@ -468,8 +479,33 @@ async fn create(w: &Write<'_>) -> ApiResult<Response> {
     let fv = FieldValidation::from_query(q)?;
     let (raw, dups) = decode_checked(ct, body)?;
     let (obj, warnings) = accept_input(kind, raw, dups, fv)?;
-    let created = create_object(state, kind, ns, obj, q.dry_run()?, Some(manager)).await?;
-    Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings))
+    let created = create_stored(state, kind, ns, obj, q.dry_run()?, Some(manager)).await?;
+    let resp = match (created, kind.convert) {
+        // The response is the stored object as clients see it: for a kind served in its storage
+        // version that is the object the cache was offered, already serialized.
+        (Created::Stored(o), None) => {
+            (StatusCode::CREATED, [("content-type", "application/json")], o.json).into_response()
+        }
+        (created, _) => respond_object(kind, created.into_value(), "", StatusCode::CREATED),
+    };
+    Ok(with_warnings(resp, &warnings))
+}
+
+/// What [`create_stored`] made.
+enum Created {
+    /// Written: the object with its `resourceVersion`, as also offered to the watch cache.
+    Stored(Obj),
+    /// A dry run's object (nothing was written).
+    DryRun(Value),
+}
+
+impl Created {
+    fn into_value(self) -> Value {
+        match self {
+            Created::Stored(o) => Arc::try_unwrap(o.value).unwrap_or_else(|shared| (*shared).clone()),
+            Created::DryRun(v) => v,
+        }
+    }
 }
 
 /// The create path shared by POST, PUT-creates and apply-creates. `manager` records field
@@ -478,10 +514,21 @@ pub async fn create_object(
     state: &Shared,
     kind: &'static Kind,
     ns: Option<&str>,
-    mut obj: Value,
+    obj: Value,
     dry_run: bool,
     manager: Option<&str>,
 ) -> ApiResult<Value> {
+    Ok(create_stored(state, kind, ns, obj, dry_run, manager).await?.into_value())
+}
+
+async fn create_stored(
+    state: &Shared,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+    manager: Option<&str>,
+) -> ApiResult<Created> {
     let meta = obj.as_object_mut().and_then(|m| {
         m.entry("metadata").or_insert_with(|| json!({}));
         m.get_mut("metadata")?.as_object_mut()
@@ -559,10 +606,32 @@ pub async fn create_object(
         if state.store.get(&key).await?.is_some() {
             return Err(ApiError::already_exists(kind.group, kind.plural, &name));
         }
-        return Ok(obj);
+        return Ok(Created::DryRun(obj));
     }
-    match state.store.create(&key, encode(&obj)).await {
-        Ok(rev) => Ok(with_rv(obj, rev)),
+    // The cache is told what is being written, so that whichever of it (through its watch) and
+    // this request gets there first builds the stored object once, for both: the cache does not
+    // parse the bytes back, the response is not encoded again.
+    let bytes = Bytes::from(encode_in_place(&mut obj));
+    state.cache.expect(&key, bytes.clone(), obj);
+    // Should this request be dropped mid-write, the expectation goes with it.
+    struct Withdraw<'a>(&'a crate::cache::Cache, &'a str, &'a [u8]);
+    impl Drop for Withdraw<'_> {
+        fn drop(&mut self) {
+            self.0.withdraw(self.1, self.2);
+        }
+    }
+    let _withdraw = Withdraw(&state.cache, &key, &bytes);
+    match state.store.create(&key, bytes.to_vec()).await {
+        Ok(rev) => {
+            let stored = match state.cache.settle(&key, rev, &bytes) {
+                Some(o) => o,
+                None => Obj::new(
+                    crate::cache::decode_bytes(&bytes, rev)
+                        .ok_or_else(|| ApiError::internal(format!("stored object {key} is not valid JSON")))?,
+                ),
+            };
+            Ok(Created::Stored(stored))
+        }
         Err(StoreError::AlreadyExists(_)) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
         Err(e) => Err(e.into()),
     }
@@ -579,14 +648,14 @@ async fn ensure_namespace_accepts(state: &Shared, ns: &str, kind: &Kind) -> ApiR
         crate::registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces kind missing"))?;
     // The cache answers for namespaces that exist (Kubernetes' lifecycle admission reads an
     // informer too); storage is asked only when the cache has not seen the namespace yet.
-    let cached = state.cache.get(nsk.storage, &key_of(nsk, None, ns)).map(|o| (*o.value).clone());
+    let cached = state.cache.get(nsk.storage, &key_of(nsk, None, ns)).map(|o| o.value);
     let found = match cached {
         Some(o) => Some(o),
-        None => load(state, nsk, None, ns).await?.map(|(o, _)| o),
+        None => load(state, nsk, None, ns).await?.map(|(o, _)| Arc::new(o)),
     };
-    match found.map(|o| (o, 0)) {
+    match found {
         None => Err(ApiError::not_found("", "namespaces", ns)),
-        Some((obj, _)) if !obj["metadata"]["deletionTimestamp"].is_null() => Err(ApiError::forbidden(
+        Some(obj) if !obj["metadata"]["deletionTimestamp"].is_null() => Err(ApiError::forbidden(
             kind.group,
             kind.plural,
             "",
@@ -781,7 +850,7 @@ async fn update(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Respo
                     m.remove("resourceVersion");
                 }
                 let created = create_object(state, kind, ns, o, dry_run, Some(manager)).await?;
-                return Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings));
+                return Ok(with_warnings(respond_object(kind, created, "", StatusCode::CREATED), &warnings));
             }
             return Err(ApiError::not_found(kind.group, kind.plural, name));
         };
@@ -800,7 +869,7 @@ async fn update(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Respo
         };
         let new = prepare_update(kind, to_storage(kind, obj.clone()), &old, part, Some(manager))?;
         match write_update(state, kind, ns, name, new, &old, expected, dry_run).await {
-            Ok(v) => return Ok(with_warnings(respond_object(kind, &v, "", StatusCode::OK), &warnings)),
+            Ok(v) => return Ok(with_warnings(respond_object(kind, v, "", StatusCode::OK), &warnings)),
             Err(WriteError::Conflict) if requested_rv.is_none() => continue,
             Err(WriteError::Conflict) => return Err(ApiError::modified(kind.group, kind.plural, name)),
             Err(WriteError::Api(e)) => return Err(e),
@@ -891,7 +960,7 @@ async fn patch(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Respon
                 let mut obj = obj;
                 obj["metadata"]["name"] = json!(name);
                 let created = create_object(state, kind, ns, obj, dry_run, None).await?;
-                return Ok(with_warnings(respond_object(kind, &created, "", StatusCode::CREATED), &warnings));
+                return Ok(with_warnings(respond_object(kind, created, "", StatusCode::CREATED), &warnings));
             }
             return Err(ApiError::not_found(kind.group, kind.plural, name));
         };
@@ -909,7 +978,7 @@ async fn patch(w: &Write<'_>, name: &str, sub: Option<&str>) -> ApiResult<Respon
         }
         let new = prepare_update(kind, to_storage(kind, patched), &old, part, tracked)?;
         match write_update(state, kind, ns, name, new, &old, rev, dry_run).await {
-            Ok(v) => return Ok(with_warnings(respond_object(kind, &v, "", StatusCode::OK), &warnings)),
+            Ok(v) => return Ok(with_warnings(respond_object(kind, v, "", StatusCode::OK), &warnings)),
             Err(WriteError::Conflict) => continue,
             Err(WriteError::Api(e)) => return Err(e),
         }
@@ -980,7 +1049,7 @@ async fn delete(
         && !opts.dry_run
         && load(state, kind, ns, name).await?.is_some();
     if still_present || kind.strategy.return_deleted_object() {
-        return Ok(respond_object(kind, &obj, "", StatusCode::OK));
+        return Ok(respond_object(kind, obj, "", StatusCode::OK));
     }
     let mut details = json!({"name": name, "kind": kind.plural, "uid": obj["metadata"]["uid"]});
     if !kind.group.is_empty() {

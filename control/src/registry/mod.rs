@@ -43,7 +43,8 @@ impl Subresource {
 pub type RoundTrip = fn(&Value) -> Result<Value, serde_json::Error>;
 
 pub fn round_trip<K: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Result<Value, serde_json::Error> {
-    let typed: K = serde_json::from_value(v.clone())?;
+    // Decoded straight from the borrowed value: no deep copy of the request first.
+    let typed = K::deserialize(v)?;
     serde_json::to_value(typed)
 }
 

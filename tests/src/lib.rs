@@ -348,7 +348,24 @@ pub fn restart_dockerd() -> Result<()> {
     Command::new("kill").arg("-TERM").args(before.split_whitespace()).status()?;
     wait_for(Duration::from_secs(60), "dockerd to exit", || pids("dockerd").ok().filter(|p| p.is_empty()))?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open("/var/log/skiff-dockerd.log")?;
-    Command::new("setsid").arg("dockerd").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
+    let mut cmd = Command::new("setsid");
+    cmd.arg("dockerd").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // As xtask does: the daemon outlives this test, so it must not hold the descriptors the test
+    // inherited without close-on-exec (a `flock` wrapper's lock, the runner's pipes).
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only fcntl and close between fork and exec, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for fd in 3..1024 {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()?;
     wait_for(Duration::from_secs(60), "dockerd to answer", || {
         Command::new("docker")
             .arg("version")

@@ -77,15 +77,10 @@ fn start(args: &[&str]) -> Result<Started> {
     // setsid execs dockerd in a new session (xtask's child is no process-group leader, so setsid
     // does not fork): no controlling terminal, no SIGHUP or Ctrl-C from ours; when xtask exits
     // the daemon is reparented to init and keeps running.
-    let mut child = Command::new("setsid")
-        .arg("dockerd")
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("spawning setsid dockerd")?;
+    let mut cmd = Command::new("setsid");
+    cmd.arg("dockerd").args(args).current_dir("/").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    close_inherited_fds(&mut cmd);
+    let mut child = cmd.spawn().context("spawning setsid dockerd")?;
     let started = Instant::now();
     while !answers() {
         if let Some(status) = child.try_wait()? {
@@ -113,6 +108,25 @@ fn start(args: &[&str]) -> Result<Started> {
         let _ = child.wait();
     });
     Ok(Started::Answers)
+}
+
+/// The daemon must not keep descriptors xtask inherited: a `flock` wrapper's lock file (held by
+/// dockerd, it blocked every later `flock` on it for as long as the daemon lived), a CI runner's
+/// output pipe. Those lack close-on-exec; Rust's own descriptors have it and are left to exec.
+fn close_inherited_fds(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only fcntl and close between fork and exec, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for fd in 3..1024 {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The last lines this dockerd wrote (the log is shared with earlier daemons).

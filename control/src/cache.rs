@@ -448,7 +448,10 @@ mod tests {
         let (store, cache, _f) = cache_on_fresh_store().await;
         for i in 0..50 {
             let key = format!("/registry/pods/default/p{i}");
-            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "default"}, "spec": {"n": i}});
+            // Floats too: the handed-over value must be what parsing the bytes gives, which
+            // serde_json guarantees with `float_roundtrip` (its default parser may miss by 1 ulp).
+            let f = i as f64 / 7.0 + 0.1;
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "namespace": "default"}, "spec": {"n": i, "f": [f, f * 1e-300, 1.0 / (i as f64 + 3.0)]}});
             let bytes = Bytes::from(serde_json::to_vec(&pod).unwrap());
             cache.expect(&key, bytes.clone(), pod.clone());
             let rev = store.create(&key, bytes.to_vec()).await.unwrap();

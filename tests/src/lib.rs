@@ -353,18 +353,13 @@ pub fn restart_dockerd() -> Result<()> {
     // As xtask does: the daemon outlives this test, so it must not hold the descriptors the test
     // inherited without close-on-exec (a `flock` wrapper's lock, the runner's pipes).
     use std::os::unix::process::CommandExt;
-    // SAFETY: only fcntl and close between fork and exec, both async-signal-safe.
+    // SAFETY: one async-signal-safe syscall between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            for fd in 3..1024 {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                    libc::close(fd);
-                }
-            }
+            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32);
             Ok(())
-        });
-    }
+        })
+    };
     cmd.spawn()?;
     wait_for(Duration::from_secs(60), "dockerd to answer", || {
         Command::new("docker")

@@ -112,7 +112,7 @@ fn start(args: &[&str]) -> Result<Started> {
 
 /// The daemon must not keep descriptors xtask inherited: a `flock` wrapper's lock file (held by
 /// dockerd, it blocked every later `flock` on it for as long as the daemon lived), a CI runner's
-/// output pipe. Those lack close-on-exec; Rust's own descriptors have it and are left to exec.
+/// output pipe. Those lack close-on-exec, so every descriptor above stderr is given it here.
 fn close_inherited_fds(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: one syscall between fork and exec (async-signal-safe): every descriptor above

@@ -66,6 +66,16 @@ fn client_helper() {
                     }
                 }
             }
+            // One connection held open for `ms`: its peer address is printed when it opens (so
+            // the test knows it is up), the connection closed after the pause.
+            ["tcp-hold", addr, ms] => {
+                let addr: SocketAddr = addr.parse().unwrap();
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                println!("{PREFIX}ok held {} 0", s.peer_addr().unwrap());
+                std::io::Write::flush(&mut std::io::stdout()).unwrap();
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+                drop(s);
+            }
             ["udp-unconnected", addr, n] => {
                 let addr: SocketAddr = addr.parse().unwrap();
                 let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -563,6 +573,47 @@ fn connected_udp_sockets_leave_a_removed_backend() {
     // Sockets connected to the backends directly, not through the service, are left alone.
     let direct_ok = served(&directs);
     assert_eq!(direct_ok.values().sum::<u32>(), 3, "{directs:?}");
+}
+
+#[test]
+fn a_closed_socket_takes_its_reverse_entry_with_it() {
+    let Some(mut env) = env() else { return };
+    let vip = Ipv4Addr::new(10, 96, 100, 4);
+    let backends = Backends::tcp(2);
+    env.dp.services.upsert_service(vip, 80, Protocol::Tcp, &backends.list(), None).unwrap();
+    let before = env.dp.services.reverse_entries();
+
+    // While a translated connection is open, its reverse entry exists (getpeername needs it).
+    let mut child = client_command(&env.cgroup.0, "tcp-hold 10.96.100.4:80 1500")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the holding client");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !first.contains(PREFIX) {
+        first.clear();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut first).unwrap() > 0, "holding client ended early");
+    }
+    match parse_outcome(&first) {
+        Some(Outcome::Ok { peer, .. }) => assert_eq!(peer, "10.96.100.4:80", "getpeername of the held connection"),
+        other => panic!("held connection: {other:?}"),
+    }
+    assert_eq!(env.dp.services.reverse_entries(), before + 1, "the open connection's reverse entry");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(env.dp.services.reverse_entries(), before, "closing the connection removed its entry");
+
+    // 300 short connections: each showed the service address while open, none left an entry.
+    let out = run_client(&env.cgroup.0, "tcp 10.96.100.4:80 300");
+    let (ok, errs) = tally(&out);
+    assert!(errs.is_empty(), "failed connections: {errs:?}");
+    assert_eq!(ok.values().sum::<u32>(), 300);
+    for o in &out {
+        if let Outcome::Ok { peer, .. } = o {
+            assert_eq!(peer, "10.96.100.4:80", "getpeername must return the service address");
+        }
+    }
+    assert_eq!(env.dp.services.reverse_entries(), before, "closed sockets left reverse entries behind");
+    env.dp.services.remove_service(vip, 80, Protocol::Tcp).unwrap();
 }
 
 #[test]

@@ -43,7 +43,8 @@ enum Task {
     /// Run a benchmark area: api, scheduler, pods, dataplane, dns, footprint.
     Bench {
         area: String,
-        /// Extra arguments for the benchmark binary (`dataplane`: `--quick`, `--rounds N`, …).
+        /// Extra arguments for the benchmark binary (`dataplane`: `--quick`, `--rounds N`, …;
+        /// `api`: `--rounds N`, `--backends embedded,etcd`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -225,27 +226,27 @@ fn exec(cmd: &mut Command) -> anyhow::Error {
 }
 
 /// Setup, a release build of `skiff`, then a benchmark binary of `tests/` (release) against it.
-fn bench_bin(bin_name: &str, what: &str) -> Result<()> {
+fn bench_bin(bin_name: &str, what: &str, args: &[String]) -> Result<()> {
     setup()?;
     let bin = build(true)?;
     step(what);
     let mut c = cargo();
-    c.args(["run", "--release", "-p", "skiff-tests", "--bin", bin_name, "--"]).env("SKIFF_BIN", &bin);
+    c.args(["run", "--release", "-p", "skiff-tests", "--bin", bin_name, "--"]).args(args).env("SKIFF_BIN", &bin);
     run(&mut c)
 }
 
 fn bench(area: &str, args: &[String]) -> Result<()> {
-    if !args.is_empty() && area != "dataplane" {
+    if !args.is_empty() && !["dataplane", "api"].contains(&area) {
         bail!("benchmark area {area:?} takes no arguments (got {args:?})");
     }
     match area {
-        "api" => bench_bin("bench-api", "benchmark: api"),
-        "pods" => bench_bin("bench-pods", "benchmark: pods (start latency vs raw docker run)"),
+        "api" => bench_bin("bench-api", "benchmark: api", args),
+        "pods" => bench_bin("bench-pods", "benchmark: pods (start latency vs raw docker run)", &[]),
         "footprint" => {
             setup()?;
             step("building the eBPF programs");
             ebpf::build_ebpf()?;
-            bench_bin("bench-footprint", "benchmark: footprint of the idle single-node cluster")
+            bench_bin("bench-footprint", "benchmark: footprint of the idle single-node cluster", &[])
         }
         "scheduler" => {
             setup()?;
@@ -294,6 +295,7 @@ fn bench(area: &str, args: &[String]) -> Result<()> {
         "dns" => bench_bin(
             "bench-dns",
             "benchmark: dns (10,000 services, 50,000 endpoints; skiff dns vs Knot DNS with the same records)",
+            &[],
         ),
         "dataplane" => {
             // The benchmark loads the eBPF programs itself (agent crate); its API-event latency

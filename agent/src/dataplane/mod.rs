@@ -31,7 +31,7 @@ use aya::programs::links::FdLink;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::TcAttachOptions;
 pub use aya::programs::xdp::XdpMode;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use skiff_dataplane_common::{MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_CT, MAP_PACKETS, MAP_REVNAT, MAP_SERVICES};
 use std::ffi::CString;
@@ -49,8 +49,13 @@ pub const OBJECT_FILE: &str = "skiff-dataplane.o";
 pub const OBJECT_ENV: &str = "SKIFF_EBPF_OBJECT";
 
 /// The socket programs in the object, in attach order. connect4 comes last so that by the time
-/// connections are translated, the reverse programs are in place.
-pub const SOCKET_PROGRAMS: &[&str] = &["skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
+/// connections are translated, the reverse programs (and the release hook that removes a
+/// socket's reverse entry) are in place. All but the release hook are cgroup sock_addr programs.
+pub const SOCKET_PROGRAMS: &[&str] =
+    &[SOCK_RELEASE_PROGRAM, "skiff_getpeername4", "skiff_recvmsg4", "skiff_sendmsg4", "skiff_connect4"];
+
+/// The cgroup sock program (`sock_release`) that deletes a closing socket's `SKIFF_RNAT` entry.
+pub const SOCK_RELEASE_PROGRAM: &str = "skiff_sock_release";
 
 /// The per-packet NodePort program (tc ingress), attached by [`Dataplane::attach_nodeport`].
 pub const NODEPORT_PROGRAM: &str = "skiff_nodeport";
@@ -65,6 +70,12 @@ pub const LINKS_DIR: &str = "links";
 /// The service map's name before its layout gained the affinity timeout: `cleanup` removes a pin
 /// an older agent left.
 const LEGACY_SERVICES_V1: &str = "SKIFF_SVC_V1";
+
+/// The two kinds of cgroup program in [`SOCKET_PROGRAMS`].
+enum SocketProgram<'a> {
+    Addr(&'a mut CgroupSockAddr),
+    Sock(&'a mut CgroupSock),
+}
 
 /// What [`Dataplane::attach_cgroup_pinned`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -227,12 +238,12 @@ impl Dataplane {
             .load(&bytes)
             .context("loading the eBPF object (maps)")?;
         for name in SOCKET_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+            match ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))? {
+                Program::CgroupSockAddr(p) => p.load(),
+                Program::CgroupSock(p) => p.load(),
+                _ => bail!("program {name} is not a cgroup socket program"),
+            }
+            .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let tc: &mut SchedClassifier = ebpf
             .program_mut(NODEPORT_PROGRAM)
@@ -260,6 +271,15 @@ impl Dataplane {
         Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
     }
 
+    /// One of [`SOCKET_PROGRAMS`], by its program type.
+    fn socket_program(&mut self, name: &str) -> Result<SocketProgram<'_>> {
+        match self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))? {
+            Program::CgroupSockAddr(p) => Ok(SocketProgram::Addr(p)),
+            Program::CgroupSock(p) => Ok(SocketProgram::Sock(p)),
+            _ => bail!("program {name} is not a cgroup socket program"),
+        }
+    }
+
     /// Attaches the socket programs to a cgroup v2 directory (e.g. `/sys/fs/cgroup/unified` for
     /// the whole host in hybrid mode, or a test's own cgroup). Processes in that cgroup and its
     /// descendants get service translation.
@@ -275,9 +295,12 @@ impl Dataplane {
         }
         let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCKET_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self.ebpf.program_mut(name).context("program missing")?.try_into()?;
-            prog.attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            // The program keeps the link: detached when the program is dropped.
+            match self.socket_program(name)? {
+                SocketProgram::Addr(p) => p.attach(&dir, CgroupAttachMode::Single).map(drop),
+                SocketProgram::Sock(p) => p.attach(&dir, CgroupAttachMode::Single).map(drop),
+            }
+            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         }
         self.attached.push(cgroup.to_path_buf());
         Ok(())
@@ -301,18 +324,32 @@ impl Dataplane {
         let mut outcome = AttachOutcome::default();
         for name in SOCKET_PROGRAMS {
             let pin = dir.join(name);
-            let prog: &mut CgroupSockAddr = self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            let prog = self.socket_program(name)?;
             if pin.exists() {
                 let link = sys::obj_get(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-                let prog_fd = prog.fd().context("program fd")?.as_fd().as_raw_fd();
+                let prog_fd = match prog {
+                    SocketProgram::Addr(p) => p.fd(),
+                    SocketProgram::Sock(p) => p.fd(),
+                }
+                .context("program fd")?
+                .as_fd()
+                .as_raw_fd();
                 sys::link_update(link.as_raw_fd(), prog_fd)
                     .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
                 outcome.reused += 1;
             } else {
-                let id = prog
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-                let link: FdLink = prog.take_link(id)?.try_into().context("the cgroup link is not an fd link")?;
+                let attach = |e| anyhow::Error::from(e).context(format!("attaching {name} to {}", cgroup.display()));
+                let link: FdLink = match prog {
+                    SocketProgram::Addr(p) => {
+                        let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach)?;
+                        p.take_link(id)?.try_into()
+                    }
+                    SocketProgram::Sock(p) => {
+                        let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach)?;
+                        p.take_link(id)?.try_into()
+                    }
+                }
+                .context("the cgroup link is not an fd link")?;
                 // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
                 link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
                 outcome.attached += 1;

@@ -217,6 +217,13 @@ impl ServiceTable {
         self.state.len()
     }
 
+    /// Entries in the reverse-translation map: one per open socket the programs translated
+    /// (the release hook removes a socket's entry when it closes), plus destinations of
+    /// unconnected UDP sockets until the LRU drops them.
+    pub fn reverse_entries(&self) -> usize {
+        self.revnat.keys().filter(|k| k.is_ok()).count()
+    }
+
     /// Whether the table holds no service.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()

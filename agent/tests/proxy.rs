@@ -686,7 +686,9 @@ fn kill_9_and_restart_of_the_agent_fails_no_connection() {
     wait_metrics_up(m1, Duration::from_secs(20));
     wait_metrics(m1, "3 backends", Duration::from_secs(20), |m| metric(m, &backends_line) == Some(3.0));
     let pins_before = pin_inodes(&pin_dir);
-    assert_eq!(pins_before.iter().filter(|(p, _)| p.contains("/links/")).count(), 4, "{pins_before:?}");
+    // One pinned link per socket program (sock_addr hooks and the release hook).
+    let links = skiff_agent::dataplane::SOCKET_PROGRAMS.len();
+    assert_eq!(pins_before.iter().filter(|(p, _)| p.contains("/links/")).count(), links, "{pins_before:?}");
 
     // Continuous connections (bounded: 400 × ≥5 ms), in turn through the ClusterIP and the
     // NodePort, across kill -9 and a restart.

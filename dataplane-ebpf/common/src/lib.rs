@@ -82,8 +82,9 @@ pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_SERVICE_ID: u32 = MAX_SERVICES - 1;
 /// Capacity of [`MAP_BACKENDS`]: the sum of all services' backend counts.
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
-/// Capacity of [`MAP_REVNAT`]. An LRU map: entries of closed sockets are never deleted explicitly
-/// (the kernel has no close hook for sock_addr programs), they age out as new sockets are made.
+/// Capacity of [`MAP_REVNAT`]. A connected socket's entry is deleted when the socket is released
+/// (`skiff_sock_release`, a cgroup sock program: sock_addr programs have no close hook); the
+/// per-destination entries of unconnected UDP sockets age out of the LRU as new ones are made.
 /// Socket cookies are never reused within a boot, so a stale entry cannot match a new socket.
 pub const MAX_REVNAT: u32 = 262_144;
 

@@ -1219,6 +1219,22 @@ async fn server_side_apply_conflicts_without_force() -> Result<()> {
     let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "theirs"}});
     let s = status_of(cms.patch("ssa", &PatchParams::apply("mgr2"), &Patch::Apply(&theirs)).await);
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"), "{s:?}");
+    assert_eq!(s.message, "Apply failed with 1 conflict: conflict with \"mgr\": .data.k");
+    // The Status lists the conflict as a cause, as the API server's does.
+    let (code, body) = raw(
+        &c.client().await?,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/ssa?fieldManager=mgr2",
+        "application/apply-patch+yaml",
+        serde_json::to_vec(&theirs)?,
+    )
+    .await?;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["details"]["causes"],
+        json!([{"reason": "FieldManagerConflict", "message": "conflict with \"mgr\"", "field": ".data.k"}]),
+        "{body}"
+    );
     assert_eq!(cms.get("ssa").await?.data.unwrap_or_default().get("k").map(String::as_str), Some("v2"));
     let forced = cms.patch("ssa", &PatchParams::apply("mgr2").force(), &Patch::Apply(&theirs)).await?;
     assert_eq!(forced.data.unwrap_or_default().get("k").map(String::as_str), Some("theirs"));

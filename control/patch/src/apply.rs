@@ -24,7 +24,7 @@ use crate::fieldpath::{
 };
 use crate::schema::{self, FieldMeta, ListStrategy, Ty};
 use crate::util::{check_depth, guard, metadata_mut, now_rfc3339, opt_json_eq, remove_key, strip_nulls};
-use crate::{GroupKind, PatchError};
+use crate::{ConflictCause, GroupKind, PatchError};
 
 type Result<T> = std::result::Result<T, PatchError>;
 
@@ -357,6 +357,12 @@ impl Entry {
 fn conflict_error(entries: &[Entry], conflicts: &[(usize, FieldSet)]) -> PatchError {
     // (manager identifier, printed manager, paths); entries with the same identifier merge.
     let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    let causes = |groups: &[(String, String, Vec<String>)]| -> Vec<ConflictCause> {
+        groups
+            .iter()
+            .flat_map(|(_, who, paths)| paths.iter().map(|p| ConflictCause { manager: who.clone(), field: p.clone() }))
+            .collect()
+    };
     for (i, set) in conflicts {
         let e = &entries[*i];
         let id = e.identifier();
@@ -369,7 +375,8 @@ fn conflict_error(entries: &[Entry], conflicts: &[(usize, FieldSet)]) -> PatchEr
     let total: usize = groups.iter().map(|g| g.2.len()).sum();
     if total == 1 {
         let (_, who, paths) = &groups[0];
-        return PatchError::Conflict(format!("Apply failed with 1 conflict: conflict with {who}: {}", paths[0]));
+        let message = format!("Apply failed with 1 conflict: conflict with {who}: {}", paths[0]);
+        return PatchError::Conflict(message, causes(&groups));
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut lines = Vec::new();
@@ -377,7 +384,7 @@ fn conflict_error(entries: &[Entry], conflicts: &[(usize, FieldSet)]) -> PatchEr
         lines.push(format!("conflicts with {who}:"));
         lines.extend(paths.iter().map(|p| format!("- {p}")));
     }
-    PatchError::Conflict(format!("Apply failed with {total} conflicts: {}", lines.join("\n")))
+    PatchError::Conflict(format!("Apply failed with {total} conflicts: {}", lines.join("\n")), causes(&groups))
 }
 
 /// The usable entries of an object's `managedFields`; malformed ones are dropped, as the API
@@ -1146,7 +1153,8 @@ mod tests {
         assert_eq!(
             err,
             PatchError::Conflict(
-                "Apply failed with 1 conflict: conflict with \"kubectl-create\" using v1: .data.a".into()
+                "Apply failed with 1 conflict: conflict with \"kubectl-create\" using v1: .data.a".into(),
+                vec![ConflictCause { manager: "\"kubectl-create\" using v1".into(), field: ".data.a".into() }]
             )
         );
         let applied = apply(Some(&created), &cfg, "ssa", &cm, true).unwrap();
@@ -1201,7 +1209,13 @@ mod tests {
         let cfg = config_map(json!({"k":"w"}));
 
         let err = apply(Some(&live), &cfg, "mgr2", &cm(), false).unwrap_err();
-        assert_eq!(err, PatchError::Conflict("Apply failed with 1 conflict: conflict with \"mgr\": .data.k".into()));
+        assert_eq!(
+            err,
+            PatchError::Conflict(
+                "Apply failed with 1 conflict: conflict with \"mgr\": .data.k".into(),
+                vec![ConflictCause { manager: "\"mgr\"".into(), field: ".data.k".into() }]
+            )
+        );
         assert_eq!((err.status_code(), err.reason()), (409, "Conflict"));
 
         let got = apply(Some(&live), &cfg, "mgr2", &cm(), true).unwrap();
@@ -1297,6 +1311,18 @@ mod tests {
              conflicts with \"mgr\":\n\
              - .data.a\n\
              - .data.b"
+        );
+        // One cause per conflicting field, in the message's order.
+        let causes: Vec<(&str, &str)> =
+            err.conflict_causes().iter().map(|c| (c.manager.as_str(), c.field.as_str())).collect();
+        assert_eq!(
+            causes,
+            [
+                ("\"kubectl-edit\" using v1", ".data.z"),
+                ("\"kubectl-edit\" using v1", ".metadata.labels.x"),
+                ("\"mgr\"", ".data.a"),
+                ("\"mgr\"", ".data.b"),
+            ]
         );
         // Forced, ci owns all four and both other entries are emptied.
         let got = apply(Some(&edited), &cfg, "ci", &cm(), true).unwrap();

@@ -36,9 +36,6 @@
 //! rejected with `Invalid` before any recursive work starts.
 //!
 //! # Known gaps
-//! * Apply conflicts carry only the message: the API server's 409 `Status` also lists each
-//!   conflict as a `details.causes` entry (`type: FieldManagerConflict`, `field: .data.k`);
-//!   the HTTP layer can only rebuild those by parsing the message.
 //! * Conflicts are found on leaf fields only (scalars, atomic lists, empty maps, set elements);
 //!   managers are not converted between API versions before comparing.
 //! * Server-side apply identifies list elements by the single strategic-merge key of
@@ -77,9 +74,10 @@ pub enum PatchError {
     #[error("{0}")]
     Unprocessable(String),
     /// Server-side apply conflict with another field manager (HTTP 409), from [`apply`]
-    /// without `force`; the message lists the managers and fields as Kubernetes does.
+    /// without `force`; the message lists the managers and fields as Kubernetes does, and
+    /// there is one [`ConflictCause`] per conflicting (manager, field), in the message's order.
     #[error("{0}")]
-    Conflict(String),
+    Conflict(String, Vec<ConflictCause>),
     /// Too many JSON patch operations (HTTP 413 RequestEntityTooLarge).
     #[error("{0}")]
     TooLarge(String),
@@ -91,7 +89,7 @@ impl PatchError {
         match self {
             PatchError::Invalid(_) => 400,
             PatchError::Unprocessable(_) => 422,
-            PatchError::Conflict(_) => 409,
+            PatchError::Conflict(..) => 409,
             PatchError::TooLarge(_) => 413,
         }
     }
@@ -101,7 +99,7 @@ impl PatchError {
         match self {
             PatchError::Invalid(_) => "BadRequest",
             PatchError::Unprocessable(_) => "Invalid",
-            PatchError::Conflict(_) => "Conflict",
+            PatchError::Conflict(..) => "Conflict",
             PatchError::TooLarge(_) => "RequestEntityTooLarge",
         }
     }
@@ -111,10 +109,31 @@ impl PatchError {
         match self {
             PatchError::Invalid(m)
             | PatchError::Unprocessable(m)
-            | PatchError::Conflict(m)
+            | PatchError::Conflict(m, _)
             | PatchError::TooLarge(m) => m,
         }
     }
+
+    /// The field-level causes of an apply conflict (empty for every other error).
+    pub fn conflict_causes(&self) -> &[ConflictCause] {
+        match self {
+            PatchError::Conflict(_, causes) => causes,
+            _ => &[],
+        }
+    }
+}
+
+/// One conflicting field of a server-side apply: the API server's `details.causes[]` entry
+/// `{"reason": "FieldManagerConflict", "message": "conflict with <manager>", "field": <field>}`
+/// (k8s.io/apimachinery `managedfields/internal/conflict.go`, `NewConflictError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictCause {
+    /// The manager as the API server prints it: `"kubectl"`, or `"editor" using v1` for an
+    /// `Update` entry.
+    pub manager: String,
+    /// The field path in structured-merge-diff's notation, e.g. `.data.k` or
+    /// `.spec.containers[name="nginx"].image`.
+    pub field: String,
 }
 
 /// An API group and kind; `group` is `""` for the core group.
@@ -153,7 +172,7 @@ mod tests {
     fn status_codes_follow_kubernetes() {
         assert_eq!(PatchError::Invalid("x".into()).status_code(), 400);
         assert_eq!(PatchError::Unprocessable("x".into()).status_code(), 422);
-        assert_eq!(PatchError::Conflict("x".into()).status_code(), 409);
+        assert_eq!(PatchError::Conflict("x".into(), Vec::new()).status_code(), 409);
         assert_eq!(PatchError::TooLarge("x".into()).status_code(), 413);
         assert_eq!(PatchError::Unprocessable("x".into()).reason(), "Invalid");
         assert_eq!(PatchError::Invalid("boom".into()).to_string(), "boom");

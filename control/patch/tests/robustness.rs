@@ -248,7 +248,7 @@ fn random_applies_never_panic() {
             // Chain: apply again with the result as live, and record an update.
             let cfg2 = podish(&mut r);
             match apply(Some(&out), &cfg2, "b", kind, false) {
-                Ok(_) | Err(PatchError::Invalid(_) | PatchError::Conflict(_)) => {}
+                Ok(_) | Err(PatchError::Invalid(_) | PatchError::Conflict(..)) => {}
                 Err(e) => panic!("unexpected error {e:?}"),
             }
             let _ = apply(Some(&out), &cfg2, "b", kind, true);

@@ -903,7 +903,23 @@ fn patch_type(ct: &str) -> ApiResult<PatchType> {
 }
 
 fn patch_error(e: skiff_patch::PatchError) -> ApiError {
-    ApiError::new(e.status_code(), e.reason(), e.message().to_string())
+    let mut err = ApiError::new(e.status_code(), e.reason(), e.message().to_string());
+    // An apply conflict lists each conflicting field as the API server does
+    // (`errors.NewApplyConflict`: causes only, no name or kind in the details).
+    let causes = e.conflict_causes();
+    if !causes.is_empty() {
+        err.details = Some(serde_json::json!({
+            "causes": causes
+                .iter()
+                .map(|c| serde_json::json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {}", c.manager),
+                    "field": c.field,
+                }))
+                .collect::<Vec<_>>()
+        }));
+    }
+    err
 }
 
 fn apply_patch(

@@ -347,6 +347,20 @@ fn sweep_leftovers() {
     }
 }
 
+/// Asserts that all `n` outcomes succeeded and that each saw `peer` as the other end (the
+/// service address: getpeername for TCP, the reply's source for UDP); the count per backend.
+fn all_ok_from(outcomes: &[Outcome], n: u32, peer: &str) -> HashMap<String, u32> {
+    let (ok, errs) = tally(outcomes);
+    assert!(errs.is_empty(), "failed: {errs:?}");
+    assert_eq!(ok.values().sum::<u32>(), n);
+    for o in outcomes {
+        if let Outcome::Ok { peer: seen, .. } = o {
+            assert_eq!(seen, peer, "the client must see the service address");
+        }
+    }
+    ok
+}
+
 fn tally(outcomes: &[Outcome]) -> (HashMap<String, u32>, Vec<&Outcome>) {
     let mut ok = HashMap::new();
     let mut errs = Vec::new();
@@ -455,25 +469,12 @@ fn clusterip_udp_replies_come_from_the_service_address() {
 
     // Unconnected sendto/recvfrom: sendmsg4 translates, recvmsg4 shows the service as source.
     let out = run_client(&env.cgroup.0, "udp-unconnected 10.96.100.2:53 60");
-    let (ok, errs) = tally(&out);
-    assert!(errs.is_empty(), "{errs:?}");
-    assert_eq!(ok.values().sum::<u32>(), 60);
-    for o in &out {
-        if let Outcome::Ok { peer, .. } = o {
-            assert_eq!(peer, "10.96.100.2:53", "a UDP reply must come from the service address");
-        }
-    }
+    all_ok_from(&out, 60, "10.96.100.2:53");
 
     // Connected UDP: connect4 picks one backend for the socket; getpeername shows the service.
     let out = run_client(&env.cgroup.0, "udp-connected 10.96.100.2:53 10");
-    let (ok, errs) = tally(&out);
-    assert!(errs.is_empty(), "{errs:?}");
+    let ok = all_ok_from(&out, 10, "10.96.100.2:53");
     assert_eq!(ok.len(), 1, "a connected UDP socket sticks to one backend: {ok:?}");
-    for o in &out {
-        if let Outcome::Ok { peer, .. } = o {
-            assert_eq!(peer, "10.96.100.2:53");
-        }
-    }
 
     // The TCP entry for the same address and port does not exist: protocols are separate keys.
     assert!(env.dp.services.backends(vip, 53, Protocol::Tcp).is_none());
@@ -604,14 +605,7 @@ fn a_closed_socket_takes_its_reverse_entry_with_it() {
 
     // 300 short connections: each showed the service address while open, none left an entry.
     let out = run_client(&env.cgroup.0, "tcp 10.96.100.4:80 300");
-    let (ok, errs) = tally(&out);
-    assert!(errs.is_empty(), "failed connections: {errs:?}");
-    assert_eq!(ok.values().sum::<u32>(), 300);
-    for o in &out {
-        if let Outcome::Ok { peer, .. } = o {
-            assert_eq!(peer, "10.96.100.4:80", "getpeername must return the service address");
-        }
-    }
+    all_ok_from(&out, 300, "10.96.100.4:80");
     assert_eq!(env.dp.services.reverse_entries(), before, "closed sockets left reverse entries behind");
     env.dp.services.remove_service(vip, 80, Protocol::Tcp).unwrap();
 }

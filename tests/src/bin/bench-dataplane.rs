@@ -2583,23 +2583,20 @@ fn report_clusterip(o: &Opts, c: &ClusterResults, targets: &mut Vec<(String, Opt
     }
     if let Some(&max) = o.sizes.iter().max() {
         for (ci, c) in CONCURRENCY.iter().enumerate() {
-            let r = ratio(max, Mode::Ebpf, Mode::Iptables, ci);
-            targets.push((
-                format!(
-                    "ClusterIP eBPF ≥ 4× the iptables layout at {max} services, {c} at a time: {r:.2}× {}",
-                    pass(r >= 4.0)
-                ),
-                (max >= 10_000).then_some(r >= 4.0),
-            ));
-            if modes.contains(&Mode::Nftables) {
-                let r = ratio(max, Mode::Ebpf, Mode::Nftables, ci);
+            // Judged only when the largest size is the 10,000 services.
+            let mut against = |base: Mode, min: f64, what: &str| {
+                let r = ratio(max, Mode::Ebpf, base, ci);
                 targets.push((
                     format!(
-                        "ClusterIP eBPF ≥ 1.25× Skiff's nftables mode at {max} services, {c} at a time: {r:.2}× {}",
-                        pass(r >= 1.25)
+                        "ClusterIP eBPF ≥ {min}× {what} at {max} services, {c} at a time: {r:.2}× {}",
+                        pass(r >= min)
                     ),
-                    (max >= 10_000).then_some(r >= 1.25),
+                    (max >= 10_000).then_some(r >= min),
                 ));
+            };
+            against(Mode::Iptables, 4.0, "the iptables layout");
+            if modes.contains(&Mode::Nftables) {
+                against(Mode::Nftables, 1.25, "Skiff's nftables mode");
             }
         }
     }

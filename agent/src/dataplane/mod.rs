@@ -71,10 +71,58 @@ pub const LINKS_DIR: &str = "links";
 /// an older agent left.
 const LEGACY_SERVICES_V1: &str = "SKIFF_SVC_V1";
 
-/// The two kinds of cgroup program in [`SOCKET_PROGRAMS`].
+/// The two kinds of cgroup program in [`SOCKET_PROGRAMS`]; the one place that tells them apart.
 enum SocketProgram<'a> {
     Addr(&'a mut CgroupSockAddr),
     Sock(&'a mut CgroupSock),
+}
+
+impl<'a> SocketProgram<'a> {
+    /// One of [`SOCKET_PROGRAMS`] in `ebpf`, by its program type.
+    fn of(ebpf: &'a mut Ebpf, name: &str) -> Result<Self> {
+        match ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))? {
+            Program::CgroupSockAddr(p) => Ok(SocketProgram::Addr(p)),
+            Program::CgroupSock(p) => Ok(SocketProgram::Sock(p)),
+            _ => bail!("program {name} is not a cgroup socket program"),
+        }
+    }
+
+    fn load(self) -> Result<(), aya::programs::ProgramError> {
+        match self {
+            SocketProgram::Addr(p) => p.load(),
+            SocketProgram::Sock(p) => p.load(),
+        }
+    }
+
+    fn fd(&self) -> Result<std::os::fd::RawFd, aya::programs::ProgramError> {
+        Ok(match self {
+            SocketProgram::Addr(p) => p.fd()?.as_fd().as_raw_fd(),
+            SocketProgram::Sock(p) => p.fd()?.as_fd().as_raw_fd(),
+        })
+    }
+
+    /// Attaches to `cgroup`; the program keeps the link (detached when it is dropped).
+    fn attach(self, cgroup: &File) -> Result<(), aya::programs::ProgramError> {
+        match self {
+            SocketProgram::Addr(p) => p.attach(cgroup, CgroupAttachMode::Single).map(drop),
+            SocketProgram::Sock(p) => p.attach(cgroup, CgroupAttachMode::Single).map(drop),
+        }
+    }
+
+    /// Attaches to `cgroup` and hands the link over (to be pinned).
+    fn attach_link(self, cgroup: &File) -> Result<FdLink> {
+        let link = match self {
+            SocketProgram::Addr(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                p.take_link(id)?.try_into()
+            }
+            SocketProgram::Sock(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                p.take_link(id)?.try_into()
+            }
+        };
+        link.context("the cgroup link is not an fd link")
+    }
 }
 
 /// What [`Dataplane::attach_cgroup_pinned`] did.
@@ -238,12 +286,7 @@ impl Dataplane {
             .load(&bytes)
             .context("loading the eBPF object (maps)")?;
         for name in SOCKET_PROGRAMS {
-            match ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))? {
-                Program::CgroupSockAddr(p) => p.load(),
-                Program::CgroupSock(p) => p.load(),
-                _ => bail!("program {name} is not a cgroup socket program"),
-            }
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+            SocketProgram::of(&mut ebpf, name)?.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let tc: &mut SchedClassifier = ebpf
             .program_mut(NODEPORT_PROGRAM)
@@ -271,15 +314,6 @@ impl Dataplane {
         Ok(Self { ebpf, pin_dir: config.pin_dir.clone(), attached: Vec::new(), services })
     }
 
-    /// One of [`SOCKET_PROGRAMS`], by its program type.
-    fn socket_program(&mut self, name: &str) -> Result<SocketProgram<'_>> {
-        match self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))? {
-            Program::CgroupSockAddr(p) => Ok(SocketProgram::Addr(p)),
-            Program::CgroupSock(p) => Ok(SocketProgram::Sock(p)),
-            _ => bail!("program {name} is not a cgroup socket program"),
-        }
-    }
-
     /// Attaches the socket programs to a cgroup v2 directory (e.g. `/sys/fs/cgroup/unified` for
     /// the whole host in hybrid mode, or a test's own cgroup). Processes in that cgroup and its
     /// descendants get service translation.
@@ -295,12 +329,9 @@ impl Dataplane {
         }
         let dir = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCKET_PROGRAMS {
-            // The program keeps the link: detached when the program is dropped.
-            match self.socket_program(name)? {
-                SocketProgram::Addr(p) => p.attach(&dir, CgroupAttachMode::Single).map(drop),
-                SocketProgram::Sock(p) => p.attach(&dir, CgroupAttachMode::Single).map(drop),
-            }
-            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            SocketProgram::of(&mut self.ebpf, name)?
+                .attach(&dir)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         }
         self.attached.push(cgroup.to_path_buf());
         Ok(())
@@ -324,32 +355,16 @@ impl Dataplane {
         let mut outcome = AttachOutcome::default();
         for name in SOCKET_PROGRAMS {
             let pin = dir.join(name);
-            let prog = self.socket_program(name)?;
+            let prog = SocketProgram::of(&mut self.ebpf, name)?;
             if pin.exists() {
                 let link = sys::obj_get(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-                let prog_fd = match prog {
-                    SocketProgram::Addr(p) => p.fd(),
-                    SocketProgram::Sock(p) => p.fd(),
-                }
-                .context("program fd")?
-                .as_fd()
-                .as_raw_fd();
+                let prog_fd = prog.fd().context("program fd")?;
                 sys::link_update(link.as_raw_fd(), prog_fd)
                     .with_context(|| format!("switching the pinned link {} to the new program", pin.display()))?;
                 outcome.reused += 1;
             } else {
-                let attach = |e| anyhow::Error::from(e).context(format!("attaching {name} to {}", cgroup.display()));
-                let link: FdLink = match prog {
-                    SocketProgram::Addr(p) => {
-                        let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach)?;
-                        p.take_link(id)?.try_into()
-                    }
-                    SocketProgram::Sock(p) => {
-                        let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach)?;
-                        p.take_link(id)?.try_into()
-                    }
-                }
-                .context("the cgroup link is not an fd link")?;
+                let link =
+                    prog.attach_link(&cg).with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
                 // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
                 link.pin(&pin).with_context(|| format!("pinning the link {}", pin.display()))?;
                 outcome.attached += 1;

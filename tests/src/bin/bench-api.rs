@@ -266,10 +266,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let etcd = skiff_storage::conformance::EtcdProcess::start().await?;
-    let endpoints = etcd.endpoints();
     let mut embedded_rounds = Vec::new();
     let mut etcd_rounds = Vec::new();
+    // The raw etcd put is the target's baseline for both backends: measured every round, beside
+    // etcd's conditional create; `etcd_rounds` holds only rounds where the etcd API was measured.
+    let (mut raw_puts, mut raw_txns) = (Vec::new(), Vec::new());
     let (mut rounds, mut embedded, mut etcd_backend) = (ROUNDS, true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -289,6 +290,8 @@ async fn main() -> Result<()> {
             other => anyhow::bail!("unknown argument {other:?}; expected --rounds N, --backends embedded,etcd"),
         }
     }
+    let etcd = skiff_storage::conformance::EtcdProcess::start().await?;
+    let endpoints = etcd.endpoints();
     for r in 0..rounds {
         eprintln!("round {} of {rounds}", r + 1);
         // Embedded: raw store, then the API on a fresh data directory.
@@ -306,9 +309,10 @@ async fn main() -> Result<()> {
             embedded_rounds.push(round);
         }
 
-        // The raw etcd put is the target's baseline for both backends: always measured.
         let mut round = Round::default();
         (round.raw_write, round.raw_read, round.raw_txn) = raw_etcd_round(&endpoints, &format!("r{r}")).await?;
+        raw_puts.push(round.raw_write.ops_per_s);
+        raw_txns.push(round.raw_txn.ops_per_s);
         if etcd_backend {
             // A key prefix per round is not available to the server, so each round gets its own etcd.
             let etcd_api = skiff_storage::conformance::EtcdProcess::start().await?;
@@ -317,19 +321,19 @@ async fn main() -> Result<()> {
                 skiff_tests::Control::start_api_only(&["--store", "etcd", "--etcd-endpoints", &url])
             })?;
             api_round(&control, &mut round).await?;
+            eprintln!(
+                "  etcd: api create {:.0}/s vs raw put {:.0}/s (raw conditional create {:.0}/s)",
+                round.api_create.ops_per_s, round.raw_write.ops_per_s, round.raw_txn.ops_per_s
+            );
+            etcd_rounds.push(round);
         }
-        eprintln!(
-            "  etcd: api create {:.0}/s vs raw put {:.0}/s (raw conditional create {:.0}/s)",
-            round.api_create.ops_per_s, round.raw_write.ops_per_s, round.raw_txn.ops_per_s
-        );
-        etcd_rounds.push(round);
     }
     println!(
         "| backend | API create/s | raw write/s | ratio | create p50/p99 ms | API get/s | raw read/s | ratio | get p50/p99 ms | list 10k pods ms | watch p50/p99 ms (100 watchers) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, rounds) in [("embedded (redb)", &embedded_rounds), ("etcd 3.4", &etcd_rounds)] {
-        if rounds.is_empty() || (name.starts_with("etcd") && !etcd_backend) {
+        if rounds.is_empty() {
             continue;
         }
         let m = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
@@ -348,18 +352,17 @@ async fn main() -> Result<()> {
             m(&|r| r.watch_p99_ms),
         );
     }
-    let raw_etcd_put = median(etcd_rounds.iter().map(|r| r.raw_write.ops_per_s).collect());
-    let raw_etcd_txn = median(etcd_rounds.iter().map(|r| r.raw_txn.ops_per_s).collect());
+    let (raw_etcd_put, raw_etcd_txn) = (median(raw_puts), median(raw_txns));
     println!(
         "\netcd's own conditional create (txn, put if absent): {raw_etcd_txn:.0}/s = {:.2}x its put",
         raw_etcd_txn / raw_etcd_put
     );
-    if etcd_backend {
+    if !etcd_rounds.is_empty() {
         let ac = median(etcd_rounds.iter().map(|r| r.api_create.ops_per_s).collect());
         println!("API creates on etcd = {:.2}x etcd's conditional create", ac / raw_etcd_txn);
     }
     for (name, rounds) in [("embedded", &embedded_rounds), ("etcd", &etcd_rounds)] {
-        if name == "etcd" && !etcd_backend || rounds.is_empty() {
+        if rounds.is_empty() {
             continue;
         }
         let ac = median(rounds.iter().map(|r| r.api_create.ops_per_s).collect());

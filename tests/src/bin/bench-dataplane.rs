@@ -1,5 +1,5 @@
 //! `cargo xtask bench dataplane`: three parts, each mode measured in the same rounds as the limit
-//! and the baselines (rounds interleave the modes, order rotated; medians).
+//! and the baselines (rounds interleave the modes, order rotated; medians over rounds).
 //!
 //! **ClusterIP** (`clusterip`): short TCP connections through a ClusterIP with 100, 1,000 and
 //! 10,000 services installed:
@@ -19,10 +19,18 @@
 //!   tables `skiff agent --proxy-mode nftables` programs) in the client netns, all services in
 //!   one `apply_batch` as a full sync does.
 //!
-//! Measured: connections per second (connect, read the server's close, close) one at a time and
-//! 16 concurrent, and `connect()` latency p50/p99; time to program all services from scratch and
+//! Measured: connections per second one at a time and 16 concurrent, in two cycles (see
+//! [`Cycle`]: connect then reset, where the targets are judged; connect, await the server's
+//! close, close), and `connect()` latency p50/p99; time to program all services from scratch and
 //! one service change with all present (eBPF map updates; full `iptables-restore` and a
-//! kube-proxy-style partial `--noflush` restore).
+//! kube-proxy-style partial `--noflush` restore). In each (round, size) all four modes are set
+//! up side by side, each with its own namespaces, server and waiting client, and then take turns
+//! in 0.1-s slices (see [`measure_interleaved`]): this VM's noise comes in bursts of a fraction
+//! of a second to seconds that move a 4-s measurement's p99 by up to 40 %, and turns this short
+//! spread them over all modes alike. While the other modes take their turns the eBPF programs
+//! stay attached to the benchmark's cgroup; clients outside it then pay only the kernel's check
+//! for an empty program list at `connect()` and release (tens of ns, as on any node running
+//! Skiff, where the programs are attached to the root cgroup).
 //!
 //! **NodePort** (`nodeport`), per packet at the node, in two topologies of namespaces (see
 //! [`NpScenario`]): the backend behind the node (`externalTrafficPolicy: Local`, no SNAT) with
@@ -31,10 +39,10 @@
 //! frontend in an `NftServiceTable` in the node's netns); and the hairpin case (backend behind a
 //! second node on the same LAN, `Cluster` policy with SNAT) with `direct`, tc, the native XDP
 //! program `skiff_nodeport_xdp` (`NodePortAttacher::attach_nodeport_xdp`), which handles exactly
-//! that case, and the nftables mode (DNAT and masquerade). Measured: UDP datagrams per second reaching the backend's socket from a client
-//! blasting 64 flows (`sendmmsg`) on CPU 0 — on veths the whole path (send, node, delivery) runs
-//! in that CPU's softirq, so the rate is the inverse of the per-datagram cost — and TCP
-//! connections per second, 16 concurrent.
+//! that case, and the nftables mode (DNAT and masquerade). Measured: UDP datagrams per second
+//! reaching the backend's socket from a client blasting 64 flows (`sendmmsg`) on CPU 0 — on
+//! veths the whole path (send, node, delivery) runs in that CPU's softirq, so the rate is the
+//! inverse of the per-datagram cost — and TCP connections per second, 16 concurrent.
 //!
 //! **API event → datapath** (`latency`): a real `skiff control` (API server alone) on loopback
 //! and the proxy in-process (`Proxy::run`) against the eBPF `ServiceTable` (pin directory of
@@ -45,14 +53,16 @@
 //! records it: no polling interval, no polling CPU; for eBPF the map syscalls are done, for
 //! nftables the transaction is acknowledged).
 //!
-//! Method and safety (DESIGN.md §5): every cell gets fresh network namespaces made here, with
-//! private addresses and nothing but loopback and veths (and, hairpin, the LAN's bridge) in them;
-//! no namespace has a default route, so nothing can leave the machine. The ClusterIP cells use a
-//! client netns and a server netns joined by a veth pair with 10.250.0.1/30 and 10.250.0.2/30,
-//! the service range 10.96.0.0/12 routed over the veth; the latency cells' nftables netns has the
-//! service range blackholed. Fresh namespaces per cell keep TIME_WAIT and conntrack state of one
-//! mode from affecting the next. iptables rules and nftables tables live only inside those
-//! namespaces (never the host's tables) and go away with them; tc/XDP programs are attached only
+//! Method and safety (DESIGN.md §5): every (round, size, mode) gets fresh network namespaces
+//! made here, with private addresses and nothing but loopback and veths (and, hairpin, the LAN's
+//! bridge) in them; no namespace has a default route, so nothing can leave the machine. The
+//! ClusterIP cells use a client netns and a server netns joined by a veth pair with
+//! 10.250.0.1/30 and 10.250.0.2/30, the service range 10.96.0.0/12 routed over the veth; the
+//! latency cells' nftables netns has the service range blackholed. Namespaces of their own per
+//! mode and round keep TIME_WAIT and conntrack state of one mode from affecting another (a
+//! backend namespace shared by two modes meets the other's timestamps: PAWS rejects). iptables
+//! rules and nftables tables live only inside those namespaces (never the host's tables) and go
+//! away with them; tc/XDP programs are attached only
 //! to veths inside them (never eth0), socket programs only to the benchmark's own cgroup. The
 //! client is this binary re-executed (`SKBENCH_ROLE=client`/`blast`): before exec it enters the
 //! client netns (`setns`), joins the benchmark's cgroup for the eBPF ClusterIP mode only, and
@@ -65,7 +75,8 @@
 //!
 //! Options: `--quick` (1 round, 1 s per measurement, 100 and 10,000 services; latency: 1,000
 //! present, 20 measured), `--rounds N`, `--secs S` (per measurement, default 4), `--sizes
-//! 100,1000,10000`, `--parts clusterip,nodeport,latency`, `--latency-sizes 1000,10000`,
+//! 100,1000,10000`, `--modes direct,ebpf,iptables,nftables` (ClusterIP; direct and ebpf
+//! always), `--parts clusterip,nodeport,latency`, `--latency-sizes 1000,10000`,
 //! `--latency-count N` (Services measured per cell at the first size; 25 at larger ones).
 
 use anyhow::{Context, Result, bail, ensure};
@@ -85,7 +96,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const ROLE_ENV: &str = "SKBENCH_ROLE";
@@ -161,8 +172,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Servers exit by themselves after this long even if nobody closes their stdin.
 const SERVER_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Whether Skiff's nftables proxy mode is measured (switch it off to compare the others alone).
-const NFTABLES_MODE: bool = true;
 /// The nftables table of the nftables mode (inside the client netns).
 const NFT_TABLE: &str = "skiff-proxy";
 
@@ -231,51 +240,14 @@ fn client_main() -> Result<()> {
         .split(',')
         .map(|t| t.parse().with_context(|| format!("target {t}")))
         .collect::<Result<_>>()?;
+    if std::env::var_os("SKBENCH_SERVE").is_some() {
+        return client_serve(&targets);
+    }
     let conc: usize = std::env::var("SKBENCH_CONC")?.parse()?;
     let cycle = Cycle::from_env(&std::env::var("SKBENCH_CYCLE")?)?;
     let secs: f64 = std::env::var("SKBENCH_SECS")?.parse()?;
     let warmup: f64 = std::env::var("SKBENCH_WARMUP")?.parse()?;
-    let start = Instant::now();
-    let warm_end = start + Duration::from_secs_f64(warmup);
-    let end = warm_end + Duration::from_secs_f64(secs);
-    let threads: Vec<_> = (0..conc)
-        .map(|j| {
-            let targets = targets.clone();
-            std::thread::spawn(move || {
-                let mut lat_ns: Vec<u32> = Vec::with_capacity(1 << 16);
-                let (mut errors, mut first_err) = (0u64, None::<String>);
-                let mut k = j;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    let target = targets[k % targets.len()];
-                    k += 1;
-                    match connect_once(target, cycle) {
-                        Ok(lat) if t0 >= warm_end => lat_ns.push(lat.as_nanos().min(u32::MAX as u128) as u32),
-                        Ok(_) => {}
-                        Err(e) => {
-                            errors += 1;
-                            first_err.get_or_insert_with(|| format!("{target}: {e}"));
-                            // A refused or timed-out connection must not turn into a busy loop.
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-                (lat_ns, errors, first_err)
-            })
-        })
-        .collect();
-    let (mut lat, mut errors, mut first_err) = (Vec::new(), 0, None);
-    for t in threads {
-        let (l, e, f) = t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
-        lat.extend(l);
-        errors += e;
-        if first_err.is_none() {
-            first_err = f;
-        }
-    }
+    let Samples { lat_ns: mut lat, errors, first_err } = drive(&targets, cycle, conc, warmup, secs)?;
     lat.sort_unstable();
     let pct =
         |p: usize| if lat.is_empty() { 0.0 } else { lat[(lat.len() * p / 100).min(lat.len() - 1)] as f64 / 1000.0 };
@@ -286,6 +258,109 @@ fn client_main() -> Result<()> {
         pct(99),
         first_err.unwrap_or_else(|| "-".into()).replace(' ', "_")
     );
+    Ok(())
+}
+
+/// What a client measured: the `connect()` latency of every connection that completed (ns), and
+/// the failures.
+#[derive(Default)]
+struct Samples {
+    lat_ns: Vec<u32>,
+    errors: u64,
+    first_err: Option<String>,
+}
+
+impl Samples {
+    fn absorb(&mut self, other: Samples) {
+        self.lat_ns.extend(other.lat_ns);
+        self.errors += other.errors;
+        if self.first_err.is_none() {
+            self.first_err = other.first_err;
+        }
+    }
+
+    /// Rate over `secs` of measuring and the pooled percentiles; an error when more than 1 % of
+    /// the connections failed (the mode does not work then).
+    fn run(mut self, secs: f64) -> Result<Run> {
+        let count = self.lat_ns.len() as u64;
+        let first = self.first_err.as_deref().unwrap_or("-");
+        ensure!(
+            count > 0 && self.errors * 100 <= count,
+            "{} failed connections of {count} (first: {first})",
+            self.errors
+        );
+        if self.errors > 0 {
+            eprintln!("  {} failed connection(s) of {count}: {first}", self.errors);
+        }
+        self.lat_ns.sort_unstable();
+        let pct = |p: usize| self.lat_ns[(self.lat_ns.len() * p / 100).min(self.lat_ns.len() - 1)] as f64 / 1000.0;
+        Ok(Run { rate: count as f64 / secs, p50_us: pct(50), p99_us: pct(99), errors: self.errors })
+    }
+}
+
+/// Connections from `conc` threads for `warmup` + `secs`; the latencies of those started after the
+/// warm-up.
+fn drive(targets: &[SocketAddrV4], cycle: Cycle, conc: usize, warmup: f64, secs: f64) -> Result<Samples> {
+    let start = Instant::now();
+    let warm_end = start + Duration::from_secs_f64(warmup);
+    let end = warm_end + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..conc)
+        .map(|j| {
+            let targets = targets.to_vec();
+            std::thread::spawn(move || {
+                let mut s = Samples { lat_ns: Vec::with_capacity(1 << 16), ..Default::default() };
+                let mut k = j;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let target = targets[k % targets.len()];
+                    k += 1;
+                    match connect_once(target, cycle) {
+                        Ok(lat) if t0 >= warm_end => s.lat_ns.push(lat.as_nanos().min(u32::MAX as u128) as u32),
+                        Ok(_) => {}
+                        Err(e) => {
+                            s.errors += 1;
+                            s.first_err.get_or_insert_with(|| format!("{target}: {e}"));
+                            // A refused or timed-out connection must not turn into a busy loop.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for t in threads {
+        all.absorb(t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?);
+    }
+    Ok(all)
+}
+
+/// The ClusterIP part's client: placed once (netns, cgroup, CPU) and kept for a whole round, it
+/// measures on request so that the modes can take turns in short slices. Protocol: `ready`, then
+/// per stdin line `<cycle> <conc> <secs>` a line `SKBENCH-RESULT <count> <errors> <first error>`
+/// followed by `count` latencies as little-endian `u32` nanoseconds. Exits when stdin closes.
+fn client_serve(targets: &[SocketAddrV4]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() == 3, "client order {line:?}: expected <cycle> <conc> <secs>");
+        let s = drive(targets, Cycle::from_env(f[0])?, f[1].parse()?, 0.0, f[2].parse()?)?;
+        let first = s.first_err.unwrap_or_else(|| "-".into()).replace(' ', "_");
+        let mut buf = format!("{RESULT_TAG} {} {} {first}\n", s.lat_ns.len(), s.errors).into_bytes();
+        buf.reserve(s.lat_ns.len() * 4);
+        for l in &s.lat_ns {
+            buf.extend_from_slice(&l.to_le_bytes());
+        }
+        out.write_all(&buf)?;
+        out.flush()?;
+    }
     Ok(())
 }
 
@@ -981,6 +1056,8 @@ struct Opts {
     warmup: f64,
     sizes: Vec<usize>,
     quick: bool,
+    /// ClusterIP: the modes measured (direct and eBPF always).
+    modes: Vec<Mode>,
     /// Which parts run: ClusterIP connections, NodePort, API event → datapath latency.
     clusterip: bool,
     nodeport: bool,
@@ -992,17 +1069,94 @@ struct Opts {
     lat_count_large: usize,
 }
 
-fn run_client(
-    netns: &str,
-    cgroup: Option<&Path>,
-    targets: &[SocketAddrV4],
-    (cycle, conc): (Cycle, usize),
-    o: &Opts,
-) -> Result<Run> {
-    run_client_tolerating(netns, cgroup, targets, (cycle, conc), o, 1)
+/// A client child kept for one (round, size) of the ClusterIP part ([`client_serve`]): placed in
+/// its mode's netns (and cgroup) and pinned once, then told what to measure slice by slice.
+struct Driver {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    results: mpsc::Receiver<Result<Samples>>,
 }
 
-/// [`run_client`], failing only when more than `max_failed_pct` % of the connections failed.
+impl Driver {
+    fn start(netns: &str, cgroup: Option<&Path>, targets: &[SocketAddrV4]) -> Result<Self> {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.env(ROLE_ENV, "client")
+            .env("SKBENCH_SERVE", "1")
+            .env("SKBENCH_TARGETS", targets.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        place(&mut cmd, netns, cgroup, Some(CLIENT_CPU));
+        let mut child = cmd.spawn().context("starting the client child")?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().context("client stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the client did not start: {line:?}");
+        }
+        // Results are read on a thread of their own so that a hung child can be timed out.
+        let (tx, results) = mpsc::channel();
+        std::thread::spawn(move || {
+            while let Some(r) = read_samples(&mut stdout).transpose() {
+                if tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Driver { child, stdin, results })
+    }
+
+    /// `secs` of `load` (the client stops by itself; killed if it is not back a while later).
+    fn measure(&mut self, (cycle, conc): (Cycle, usize), secs: f64) -> Result<Samples> {
+        let stdin = self.stdin.as_mut().context("client stdin")?;
+        writeln!(stdin, "{} {conc} {secs}", cycle.env())?;
+        stdin.flush()?;
+        let limit = Duration::from_secs_f64(secs) + IO_TIMEOUT * 3 + Duration::from_secs(5);
+        match self.results.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.child.kill();
+                bail!("no result from the client within {limit:?} ({e})")
+            }
+        }
+    }
+}
+
+/// One result of [`client_serve`]; `None` at the end of the stream.
+fn read_samples(r: &mut impl BufRead) -> Result<Option<Samples>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let f: Vec<&str> = line.strip_prefix(RESULT_TAG).context("no result from the client")?.split_whitespace().collect();
+    ensure!(f.len() == 3, "client result {line:?}");
+    let (count, errors): (usize, u64) = (f[0].parse()?, f[1].parse()?);
+    let mut raw = vec![0u8; count * 4];
+    r.read_exact(&mut raw)?;
+    let lat_ns = raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let first_err = (f[2] != "-").then(|| f[2].replace('_', " "));
+    Ok(Some(Samples { lat_ns, errors, first_err }))
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // A closed stdin ends the child between measurements; kill covers one hung inside one.
+        drop(self.stdin.take());
+        let t = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-shot client child (the NodePort part): `o.warmup` + `o.secs` of `load`, failing only when
+/// more than `max_failed_pct` % of the connections failed.
 fn run_client_tolerating(
     netns: &str,
     cgroup: Option<&Path>,
@@ -1053,61 +1207,67 @@ fn run_client_tolerating(
     Ok(Run { rate: count as f64 / o.secs, p50_us: f[3].parse()?, p99_us: f[4].parse()?, errors })
 }
 
-/// One (round, size, mode) cell: fresh namespaces, the mode programmed, both concurrencies.
-fn cell(mode: Mode, size: usize, cgroup: &skiff_tests::OwnCgroup, o: &Opts) -> Result<(Vec<Run>, Option<Programming>)> {
-    let net = NetPair::create()?;
-    let listen: Vec<SocketAddrV4> = BACKEND_PORTS.iter().map(|p| SocketAddrV4::new(SERVER_IP, *p)).collect();
-    let _server = Server::start(&net.server, &listen, None)?;
-    let svcs = services(size);
-    let vip = [SocketAddrV4::new(VIP, SERVICE_PORT)];
-    let direct: Vec<SocketAddrV4> = BACKEND_PORTS.iter().map(|p| SocketAddrV4::new(SERVER_IP, *p)).collect();
-    let mut prog = None;
-    // Field order is drop order: the eBPF programs go before the namespaces (and the cgroup,
-    // which outlives every cell).
-    let mut ebpf = None;
-    let mut nft: Option<NftServiceTable> = None;
-    let (targets, in_cgroup): (&[SocketAddrV4], bool) = match mode {
-        Mode::Direct => (&direct, false),
-        Mode::Ebpf => {
-            let t = Instant::now();
-            let mut e = Ebpf::load()?;
-            e.dp().attach_cgroup(&cgroup.0).context("attaching to the benchmark's cgroup")?;
-            let load = t.elapsed();
-            let t = Instant::now();
-            for s in &svcs {
-                e.dp().services.upsert_service(s.vip, s.port, Protocol::Tcp, &s.backends, None)?;
+/// One mode ready to be measured in one (round, size): fresh namespaces, its server, the services
+/// programmed, its client waiting. Field order is drop order: the client, then the eBPF programs
+/// and the nftables table, before the server and the namespaces (the cgroup outlives them all).
+struct Setup {
+    mode: Mode,
+    driver: Driver,
+    ebpf: Option<Ebpf>,
+    nft: Option<NftServiceTable>,
+    _server: Server,
+    net: NetPair,
+    prog: Option<Programming>,
+}
+
+impl Setup {
+    fn create(mode: Mode, svcs: &[Service], cgroup: &skiff_tests::OwnCgroup) -> Result<Self> {
+        let net = NetPair::create()?;
+        let listen: Vec<SocketAddrV4> = BACKEND_PORTS.iter().map(|p| SocketAddrV4::new(SERVER_IP, *p)).collect();
+        let server = Server::start(&net.server, &listen, None)?;
+        let vip = vec![SocketAddrV4::new(VIP, SERVICE_PORT)];
+        let (mut ebpf, mut nft, mut prog) = (None, None, None);
+        let targets = match mode {
+            Mode::Direct => listen,
+            Mode::Ebpf => {
+                let t = Instant::now();
+                let mut e = Ebpf::load()?;
+                e.dp().attach_cgroup(&cgroup.0).context("attaching to the benchmark's cgroup")?;
+                let load = t.elapsed();
+                let t = Instant::now();
+                for s in svcs {
+                    e.dp().services.upsert_service(s.vip, s.port, Protocol::Tcp, &s.backends, None)?;
+                }
+                prog = Some(Programming { scratch: t.elapsed(), load: Some(load), ..Default::default() });
+                ebpf = Some(e);
+                vip
             }
-            prog = Some(Programming { scratch: t.elapsed(), load: Some(load), ..Default::default() });
-            ebpf = Some(e);
-            (&vip, true)
-        }
-        Mode::Iptables => {
-            let scratch = iptables_restore(&net, &[], &iptables_ruleset(&svcs))?;
-            prog = Some(Programming { scratch, ..Default::default() });
-            (&vip, false)
-        }
-        Mode::Nftables => {
-            let (table, scratch) = program_nftables(&net, &svcs)?;
-            nft = Some(table);
-            prog = Some(Programming { scratch, ..Default::default() });
-            (&vip, false)
-        }
-    };
-    let cg = in_cgroup.then_some(cgroup.0.as_path());
-    let mut runs = Vec::new();
-    for load in LOADS {
-        runs.push(
-            run_client(&net.client, cg, targets, load, o)
-                .with_context(|| format!("{} at {}, {}", mode.name(), load.1, load.0.env()))?,
-        );
+            Mode::Iptables => {
+                let scratch = iptables_restore(&net, &[], &iptables_ruleset(svcs))?;
+                prog = Some(Programming { scratch, ..Default::default() });
+                vip
+            }
+            Mode::Nftables => {
+                let (table, scratch) = program_nftables(&net, svcs)?;
+                nft = Some(table);
+                prog = Some(Programming { scratch, ..Default::default() });
+                vip
+            }
+        };
+        let cg = (mode == Mode::Ebpf).then_some(cgroup.0.as_path());
+        let driver = Driver::start(&net.client, cg, &targets)?;
+        Ok(Setup { mode, driver, ebpf, nft, _server: server, net, prog })
     }
-    // A full conntrack table would drop SYNs and slow the NAT modes for a reason that is not the
-    // rule set; the client netns's own statistics say whether it happened.
-    let drops = conntrack_drops(&net.client)?;
-    ensure!(drops == 0, "{drops} conntrack drops/insert failures in the client netns ({} mode)", mode.name());
-    // One service change with all present (after the traffic, so it does not disturb it):
-    // services other than the measured one, each getting one endpoint replaced, once.
-    if let Some(p) = prog.as_mut() {
+
+    /// After the traffic: the conntrack check, then one service change with all present timed
+    /// (after, so that it does not disturb the traffic).
+    fn finish(&mut self, svcs: &[Service], o: &Opts) -> Result<()> {
+        // A full conntrack table would drop SYNs and slow the NAT modes for a reason that is not
+        // the rule set; the client netns's own statistics say whether it happened.
+        let drops = conntrack_drops(&self.net.client)?;
+        ensure!(drops == 0, "{drops} conntrack drops/insert failures in the client netns ({} mode)", self.mode.name());
+        let Some(p) = self.prog.as_mut() else { return Ok(()) };
+        // Services other than the measured one, each getting one endpoint replaced, once.
         let changes = (if o.quick { 5 } else { 21 }).min(svcs.len() - 1);
         let mut times = Vec::new();
         for g in 0..changes {
@@ -1117,42 +1277,65 @@ fn cell(mode: Mode, size: usize, cgroup: &skiff_tests::OwnCgroup, o: &Opts) -> R
             backends[0] = (new, 8080);
             let (vip, port) = (svcs[i].vip, svcs[i].port);
             let t = Instant::now();
-            match mode {
+            match self.mode {
                 Mode::Ebpf => {
-                    ebpf.as_mut().expect("loaded").dp().services.upsert_service(
-                        vip,
-                        port,
-                        Protocol::Tcp,
-                        &backends,
-                        None,
-                    )?;
+                    let e = self.ebpf.as_mut().expect("loaded");
+                    e.dp().services.upsert_service(vip, port, Protocol::Tcp, &backends, None)?;
                 }
                 Mode::Iptables => {
-                    iptables_restore(&net, &["--noflush"], &iptables_one_change(&svcs, i, new))?;
+                    iptables_restore(&self.net, &["--noflush"], &iptables_one_change(svcs, i, new))?;
                 }
                 Mode::Nftables => {
                     backends.sort();
-                    nft.as_mut().expect("programmed").upsert_frontend(
-                        vip,
-                        port,
-                        Protocol::Tcp,
-                        &backends,
-                        FrontendPolicy::default(),
-                    )?;
+                    let table = self.nft.as_mut().expect("programmed");
+                    table.upsert_frontend(vip, port, Protocol::Tcp, &backends, FrontendPolicy::default())?;
                 }
                 Mode::Direct => {}
             }
             times.push(t.elapsed());
         }
-        if mode == Mode::Iptables {
-            p.resync = Some(iptables_restore(&net, &[], &iptables_ruleset(&svcs))?);
+        if self.mode == Mode::Iptables {
+            p.resync = Some(iptables_restore(&self.net, &[], &iptables_ruleset(svcs))?);
         }
         times.sort();
         p.change = times.get(times.len() / 2).copied().unwrap_or_default();
+        Ok(())
     }
-    drop(nft);
-    drop(ebpf);
-    Ok((runs, prog))
+}
+
+/// Length of one turn of a mode within a measurement (see [`measure_interleaved`]).
+const SLICE_SECS: f64 = 0.1;
+
+/// Every load measured for every setup, the modes taking turns in slices of ~[`SLICE_SECS`]
+/// (`o.secs` per mode and load in all, after an `o.warmup` turn each). Whole 4-s measurements
+/// one mode after the other left the comparison to whatever the machine (a VM sharing its host)
+/// was doing during each: eBPF's connect p99 against direct's ranged from −25 % to +42 % between
+/// single rounds. Per 0.5-s slice, direct's p99 was either ~24 µs or 31–40 µs, in bursts that
+/// hit whichever modes ran at the time; with 0.1-s turns a burst falls on all modes alike. The
+/// slice order rotates so that no mode always follows the same one. Returns per setup the runs
+/// of [`LOADS`], each pooled over its slices.
+fn measure_interleaved(setups: &mut [Setup], o: &Opts) -> Result<Vec<Vec<Run>>> {
+    let slices = ((o.secs / SLICE_SECS).round() as usize).max(1);
+    let slice = o.secs / slices as f64;
+    let mut runs: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
+    for load in LOADS {
+        let what = |s: &Setup| format!("{} at {}, {}", s.mode.name(), load.1, load.0.env());
+        for s in setups.iter_mut() {
+            s.driver.measure(load, o.warmup).with_context(|| format!("warm-up of {}", what(s)))?;
+        }
+        let mut pooled: Vec<Samples> = setups.iter().map(|_| Samples::default()).collect();
+        for k in 0..slices {
+            for j in 0..setups.len() {
+                let i = (j + k) % setups.len();
+                let s = &mut setups[i];
+                pooled[i].absorb(s.driver.measure(load, slice).with_context(|| what(s))?);
+            }
+        }
+        for ((s, p), r) in setups.iter().zip(pooled).zip(runs.iter_mut()) {
+            r.push(p.run(o.secs).with_context(|| what(s))?);
+        }
+    }
+    Ok(runs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2236,6 +2419,7 @@ fn parse_opts() -> Result<Opts> {
         warmup: 0.5,
         sizes: vec![100, 1_000, 10_000],
         quick: false,
+        modes: vec![Mode::Direct, Mode::Ebpf, Mode::Iptables, Mode::Nftables],
         clusterip: true,
         nodeport: true,
         latency: true,
@@ -2261,6 +2445,22 @@ fn parse_opts() -> Result<Opts> {
             "--rounds" => o.rounds = val("--rounds")?.parse()?,
             "--secs" => o.secs = val("--secs")?.parse()?,
             "--sizes" => o.sizes = list(val("--sizes")?)?,
+            "--modes" => {
+                let v = val("--modes")?;
+                let all = [Mode::Direct, Mode::Ebpf, Mode::Iptables, Mode::Nftables];
+                let named: Vec<&str> = v.split(',').collect();
+                for n in &named {
+                    ensure!(
+                        all.iter().any(|m| m.name() == *n),
+                        "unknown mode {n:?} (direct, ebpf, iptables, nftables)"
+                    );
+                }
+                ensure!(
+                    named.contains(&"direct") && named.contains(&"ebpf"),
+                    "--modes must include direct and ebpf (every ratio is eBPF's against direct)"
+                );
+                o.modes = all.into_iter().filter(|m| named.contains(&m.name())).collect();
+            }
             "--latency-sizes" => o.lat_sizes = list(val("--latency-sizes")?)?,
             "--latency-count" => o.lat_count = val("--latency-count")?.parse()?,
             "--parts" => {
@@ -2275,6 +2475,7 @@ fn parse_opts() -> Result<Opts> {
             "-h" | "--help" => {
                 println!(
                     "bench-dataplane [--quick] [--rounds N] [--secs S] [--sizes 100,1000,10000] \
+                     [--modes direct,ebpf,iptables,nftables] \
                      [--parts clusterip,nodeport,latency] [--latency-sizes 1000,10000] [--latency-count 200]"
                 );
                 std::process::exit(0);
@@ -2298,17 +2499,25 @@ struct ClusterResults {
 
 fn clusterip_part(o: &Opts) -> Result<ClusterResults> {
     let cgroup = skiff_tests::OwnCgroup::create(&format!("{DIR_PREFIX}{}", std::process::id()))?;
-    let mut r = ClusterResults { modes: vec![Mode::Direct, Mode::Ebpf, Mode::Iptables], ..Default::default() };
-    if NFTABLES_MODE {
-        r.modes.push(Mode::Nftables);
-    }
+    let mut r = ClusterResults { modes: o.modes.clone(), ..Default::default() };
     for round in 0..o.rounds {
         for (si, &size) in o.sizes.iter().enumerate() {
+            let svcs = services(size);
+            // Set up (and programmed) in a rotated order; measured in turns.
             let mut order = r.modes.clone();
             order.rotate_left((round + si) % r.modes.len());
+            let mut setups = Vec::new();
             for mode in order {
-                let (runs, prog) = cell(mode, size, &cgroup, o)
-                    .with_context(|| format!("round {round}, {size} services, {}", mode.name()))?;
+                setups.push(
+                    Setup::create(mode, &svcs, &cgroup)
+                        .with_context(|| format!("round {round}, {size} services, setting up {}", mode.name()))?,
+                );
+            }
+            let runs =
+                measure_interleaved(&mut setups, o).with_context(|| format!("round {round}, {size} services"))?;
+            for (setup, runs) in setups.iter_mut().zip(runs) {
+                let mode = setup.mode;
+                setup.finish(&svcs, o).with_context(|| format!("round {round}, {size} services, {}", mode.name()))?;
                 let desc: Vec<String> = runs
                     .iter()
                     .zip(LOADS)
@@ -2316,7 +2525,8 @@ fn clusterip_part(o: &Opts) -> Result<ClusterResults> {
                         format!("{} c{c} {:.0}/s p50 {:.1} p99 {:.1} µs", cy.env(), r.rate, r.p50_us, r.p99_us)
                     })
                     .collect();
-                let pdesc = prog
+                let pdesc = setup
+                    .prog
                     .map(|p| {
                         format!(
                             "; programmed in {:.3} s, one change {:.3} ms",
@@ -2327,7 +2537,7 @@ fn clusterip_part(o: &Opts) -> Result<ClusterResults> {
                     .unwrap_or_default();
                 eprintln!("round {round} {size:>5} svc {:<8} {}{pdesc}", mode.name(), desc.join(", "));
                 r.results.entry((size, mode)).or_default().push(runs);
-                if let Some(p) = prog {
+                if let Some(p) = setup.prog {
                     r.programming.entry((size, mode)).or_default().push(p);
                 }
             }
@@ -2494,9 +2704,6 @@ fn main() -> Result<()> {
     }
     let judged: Vec<bool> = targets.iter().filter_map(|(_, m)| *m).collect();
     println!("- all targets: {}", pass(judged.iter().all(|m| *m)));
-    if !NFTABLES_MODE {
-        println!("- nftables mode: not measured (nftables mode not landed)");
-    }
     Ok(())
 }
 
@@ -2594,20 +2801,34 @@ fn report_clusterip(o: &Opts, c: &ClusterResults, targets: &mut Vec<(String, Opt
                     (max >= 10_000).then_some(r >= min),
                 ));
             };
-            against(Mode::Iptables, 4.0, "the iptables layout");
+            if modes.contains(&Mode::Iptables) {
+                against(Mode::Iptables, 4.0, "the iptables layout");
+            }
             if modes.contains(&Mode::Nftables) {
                 against(Mode::Nftables, 1.25, "Skiff's nftables mode");
             }
         }
     }
-    // Connect p99, one connection at a time (the connect cycle's first load), within 10 % of direct.
+    // Connect p99, one connection at a time (the connect cycle's first load), within 10 % of
+    // direct: like the rate ratios, the median over rounds of the ratio within each round (the
+    // two modes took turns in the same seconds), not the ratio of two medians taken from
+    // different rounds. Each round's own difference is printed beside it: single rounds still
+    // move by ±10–30 % either way when a burst of the VM's noise lands on one mode's turns.
     for &size in &o.sizes {
-        let (e, d) = (med(size, Mode::Ebpf, 0, |r| r.p99_us), med(size, Mode::Direct, 0, |r| r.p99_us));
-        let ok = e <= d * 1.10;
+        let (Some(e), Some(d)) = (results.get(&(size, Mode::Ebpf)), results.get(&(size, Mode::Direct))) else {
+            continue;
+        };
+        let per_round: Vec<f64> = e.iter().zip(d).map(|(e, d)| e[0].p99_us / d[0].p99_us).collect();
+        let r = median(per_round.clone());
+        let ok = r <= 1.10;
+        let rounds: Vec<String> = per_round.iter().map(|x| format!("{:+.0} %", (x - 1.0) * 100.0)).collect();
         targets.push((
             format!(
-                "ClusterIP eBPF connect p99 within 10 % of direct, {size} services, 1 at a time: {e:.1} vs {d:.1} µs ({:+.0} %) {}",
-                (e / d - 1.0) * 100.0,
+                "ClusterIP eBPF connect p99 within 10 % of direct, {size} services, 1 at a time: {:+.0} % (median over rounds; rounds: {}; medians {:.1} vs {:.1} µs) {}",
+                (r - 1.0) * 100.0,
+                rounds.join(", "),
+                med(size, Mode::Ebpf, 0, |r| r.p99_us),
+                med(size, Mode::Direct, 0, |r| r.p99_us),
                 pass(ok)
             ),
             Some(ok),

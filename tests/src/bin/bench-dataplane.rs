@@ -53,25 +53,25 @@
 //! records it: no polling interval, no polling CPU; for eBPF the map syscalls are done, for
 //! nftables the transaction is acknowledged).
 //!
-//! Method and safety (DESIGN.md §5): every (round, size, mode) gets fresh network namespaces
-//! made here, with private addresses and nothing but loopback and veths (and, hairpin, the LAN's
-//! bridge) in them; no namespace has a default route, so nothing can leave the machine. The
-//! ClusterIP cells use a client netns and a server netns joined by a veth pair with
+//! Method and safety (DESIGN.md §5): every cell (ClusterIP: round, size and mode) gets fresh
+//! network namespaces made here, with private addresses and nothing but loopback and veths (and,
+//! hairpin, the LAN's bridge) in them; no namespace has a default route, so nothing can leave the
+//! machine. The ClusterIP cells use a client netns and a server netns joined by a veth pair with
 //! 10.250.0.1/30 and 10.250.0.2/30, the service range 10.96.0.0/12 routed over the veth; the
-//! latency cells' nftables netns has the service range blackholed. Namespaces of their own per
-//! mode and round keep TIME_WAIT and conntrack state of one mode from affecting another (a
-//! backend namespace shared by two modes meets the other's timestamps: PAWS rejects). iptables
-//! rules and nftables tables live only inside those namespaces (never the host's tables) and go
-//! away with them; tc/XDP programs are attached only
-//! to veths inside them (never eth0), socket programs only to the benchmark's own cgroup. The
-//! client is this binary re-executed (`SKBENCH_ROLE=client`/`blast`): before exec it enters the
-//! client netns (`setns`), joins the benchmark's cgroup for the eBPF ClusterIP mode only, and
-//! pins itself to CPU 0; the server (`SKBENCH_ROLE=server`: accept and close, and a counting UDP
-//! sink for NodePort) runs in its netns on CPU 1. Namespaces, the cgroup, pin directories, the
-//! API server (also killed by the kernel if this process dies: `PR_SET_PDEATHSIG`) and its data
-//! directory, and the children are released by `Drop` guards, also on error or panic; leftovers
-//! of killed runs (their pid is gone) are swept at start. Children stop by themselves (clients
-//! after their time, the server when its stdin closes or after an hour).
+//! latency cells' nftables netns has the service range blackholed. Namespaces of their own per mode
+//! and round keep TIME_WAIT and conntrack state of one mode from affecting another (a backend
+//! namespace shared by two modes meets the other's timestamps: PAWS rejects). iptables rules and
+//! nftables tables live only inside those namespaces (never the host's tables) and go away with
+//! them; tc/XDP programs are attached only to veths inside them (never eth0), socket programs only
+//! to the benchmark's own cgroup. The client is this binary re-executed
+//! (`SKBENCH_ROLE=client`/`blast`): before exec it enters the client netns (`setns`), joins the
+//! benchmark's cgroup for the eBPF ClusterIP mode only, and pins itself to CPU 0; the server
+//! (`SKBENCH_ROLE=server`: accept and close, and a counting UDP sink for NodePort) runs in its
+//! netns on CPU 1. Namespaces, the cgroup, pin directories, the API server (also killed by the
+//! kernel if this process dies: `PR_SET_PDEATHSIG`) and its data directory, and the children are
+//! released by `Drop` guards, also on error or panic; leftovers of killed runs (their pid is gone)
+//! are swept at start. Children stop by themselves (clients after their time, the server when its
+//! stdin closes or after an hour).
 //!
 //! Options: `--quick` (1 round, 1 s per measurement, 100 and 10,000 services; latency: 1,000
 //! present, 20 measured), `--rounds N`, `--secs S` (per measurement, default 4), `--sizes
@@ -1090,24 +1090,51 @@ impl Driver {
         place(&mut cmd, netns, cgroup, Some(CLIENT_CPU));
         let mut child = cmd.spawn().context("starting the client child")?;
         let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().context("client stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if line.trim() != "ready" {
+        let Some(stdout) = child.stdout.take() else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the client did not start: {line:?}");
-        }
-        // Results are read on a thread of their own so that a hung child can be timed out.
+            bail!("no stdout of the client child");
+        };
+        // Results (and the first line, `ready`) are read on a thread of their own so that a hung
+        // child can be timed out.
         let (tx, results) = mpsc::channel();
         std::thread::spawn(move || {
-            while let Some(r) = read_samples(&mut stdout).transpose() {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let ready = match stdout.read_line(&mut line) {
+                Ok(_) if line.trim() == "ready" => Ok(Samples::default()),
+                Ok(_) => Err(anyhow::anyhow!("the client did not start: {line:?}")),
+                Err(e) => Err(e.into()),
+            };
+            let mut go_on = ready.is_ok();
+            let _ = tx.send(ready);
+            while go_on {
+                // After an error the stream is out of step: nothing more is read.
+                let Some(r) = read_samples(&mut stdout).transpose() else { break };
+                go_on = r.is_ok();
                 if tx.send(r).is_err() {
                     break;
                 }
             }
         });
-        Ok(Driver { child, stdin, results })
+        let mut driver = Driver { child, stdin, results };
+        // Drop kills the child if it does not start.
+        driver.result(Duration::from_secs(10))?;
+        Ok(driver)
+    }
+
+    /// The child's next answer, within `limit`.
+    fn result(&mut self, limit: Duration) -> Result<Samples> {
+        match self.results.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                bail!("no answer from the client child within {limit:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the client child ended without an answer: {:?}", self.child.try_wait())
+            }
+        }
     }
 
     /// `secs` of `load` (the client stops by itself; killed if it is not back a while later).
@@ -1115,14 +1142,7 @@ impl Driver {
         let stdin = self.stdin.as_mut().context("client stdin")?;
         writeln!(stdin, "{} {conc} {secs}", cycle.env())?;
         stdin.flush()?;
-        let limit = Duration::from_secs_f64(secs) + IO_TIMEOUT * 3 + Duration::from_secs(5);
-        match self.results.recv_timeout(limit) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.child.kill();
-                bail!("no result from the client within {limit:?} ({e})")
-            }
-        }
+        self.result(Duration::from_secs_f64(secs) + IO_TIMEOUT * 3 + Duration::from_secs(5))
     }
 }
 
@@ -1135,6 +1155,8 @@ fn read_samples(r: &mut impl BufRead) -> Result<Option<Samples>> {
     let f: Vec<&str> = line.strip_prefix(RESULT_TAG).context("no result from the client")?.split_whitespace().collect();
     ensure!(f.len() == 3, "client result {line:?}");
     let (count, errors): (usize, u64) = (f[0].parse()?, f[1].parse()?);
+    // No measurement here comes near 2^26 connections (~30,000 a second): more is a garbled stream.
+    ensure!(count <= 1 << 26, "client result of {count} latencies");
     let mut raw = vec![0u8; count * 4];
     r.read_exact(&mut raw)?;
     let lat_ns = raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -1307,13 +1329,13 @@ impl Setup {
 const SLICE_SECS: f64 = 0.1;
 
 /// Every load measured for every setup, the modes taking turns in slices of ~[`SLICE_SECS`]
-/// (`o.secs` per mode and load in all, after an `o.warmup` turn each). Whole 4-s measurements
+/// (`o.secs` per mode and load in all, after an `o.warmup` turn each), in the orders of
+/// [`turn_order`]. Whole 4-s measurements
 /// one mode after the other left the comparison to whatever the machine (a VM sharing its host)
 /// was doing during each: eBPF's connect p99 against direct's ranged from −25 % to +42 % between
 /// single rounds. Per 0.5-s slice, direct's p99 was either ~24 µs or 31–40 µs, in bursts that
-/// hit whichever modes ran at the time; with 0.1-s turns a burst falls on all modes alike. The
-/// slice order rotates so that no mode always follows the same one. Returns per setup the runs
-/// of [`LOADS`], each pooled over its slices.
+/// hit whichever modes ran at the time; with 0.1-s turns a burst falls on all modes alike.
+/// Returns per setup the runs of [`LOADS`], each pooled over its slices.
 fn measure_interleaved(setups: &mut [Setup], o: &Opts) -> Result<Vec<Vec<Run>>> {
     let slices = ((o.secs / SLICE_SECS).round() as usize).max(1);
     let slice = o.secs / slices as f64;
@@ -1325,8 +1347,7 @@ fn measure_interleaved(setups: &mut [Setup], o: &Opts) -> Result<Vec<Vec<Run>>> 
         }
         let mut pooled: Vec<Samples> = setups.iter().map(|_| Samples::default()).collect();
         for k in 0..slices {
-            for j in 0..setups.len() {
-                let i = (j + k) % setups.len();
+            for i in turn_order(setups.len(), k) {
                 let s = &mut setups[i];
                 pooled[i].absorb(s.driver.measure(load, slice).with_context(|| what(s))?);
             }
@@ -1336,6 +1357,26 @@ fn measure_interleaved(setups: &mut [Setup], o: &Opts) -> Result<Vec<Vec<Run>>> 
         }
     }
     Ok(runs)
+}
+
+/// The order in which `n` modes take their turns in slice `k`: the rows of a balanced Latin
+/// square (Williams design; for odd `n` each row is followed by its reverse), so that over `n`
+/// (odd: `2n`) slices every mode comes right after every other one equally often. A mode's
+/// first connections pay for what the previous one left in the caches (the iptables layout at
+/// 10,000 services walks ~1 MB of rules per connection); a fixed cycle, which a rotation is,
+/// would charge that to the same mode every time.
+fn turn_order(n: usize, k: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // 0, 1, n-1, 2, n-2, …: consecutive differences 1, -2, 3, -4, … are all distinct mod n.
+    let base = (0..n).map(|i| if i % 2 == 1 { i.div_ceil(2) } else { (n - i / 2) % n });
+    let row = k % n;
+    let mut order: Vec<usize> = base.map(|b| (b + row) % n).collect();
+    if n % 2 == 1 && (k / n) % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2962,4 +3003,32 @@ fn report_latency(l: &LatResults, targets: &mut Vec<(String, Option<bool>)>) {
 
 fn pass(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turn_order;
+    use std::collections::BTreeMap;
+
+    /// Every slice's order is a permutation, and over one period of the design every mode comes
+    /// right after every other mode equally often.
+    #[test]
+    fn turns_are_balanced_over_who_goes_before_whom() {
+        for n in 1..=6 {
+            let period = if n % 2 == 0 { n } else { 2 * n };
+            let mut after: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+            for k in 0..period {
+                let order = turn_order(n, k);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "n {n}, slice {k}: {order:?}");
+                for w in order.windows(2) {
+                    *after.entry((w[0], w[1])).or_default() += 1;
+                }
+            }
+            let counts: Vec<usize> = after.values().copied().collect();
+            assert_eq!(after.len(), n * (n - 1), "n {n}: every ordered pair occurs: {after:?}");
+            assert!(counts.iter().all(|c| *c == counts[0]), "n {n}: {after:?}");
+        }
+    }
 }

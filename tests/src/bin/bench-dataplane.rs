@@ -240,25 +240,7 @@ fn client_main() -> Result<()> {
         .split(',')
         .map(|t| t.parse().with_context(|| format!("target {t}")))
         .collect::<Result<_>>()?;
-    if std::env::var_os("SKBENCH_SERVE").is_some() {
-        return client_serve(&targets);
-    }
-    let conc: usize = std::env::var("SKBENCH_CONC")?.parse()?;
-    let cycle = Cycle::from_env(&std::env::var("SKBENCH_CYCLE")?)?;
-    let secs: f64 = std::env::var("SKBENCH_SECS")?.parse()?;
-    let warmup: f64 = std::env::var("SKBENCH_WARMUP")?.parse()?;
-    let Samples { lat_ns: mut lat, errors, first_err } = drive(&targets, cycle, conc, warmup, secs)?;
-    lat.sort_unstable();
-    let pct =
-        |p: usize| if lat.is_empty() { 0.0 } else { lat[(lat.len() * p / 100).min(lat.len() - 1)] as f64 / 1000.0 };
-    println!(
-        "{RESULT_TAG} {} {errors} {secs} {:.2} {:.2} {}",
-        lat.len(),
-        pct(50),
-        pct(99),
-        first_err.unwrap_or_else(|| "-".into()).replace(' ', "_")
-    );
-    Ok(())
+    client_serve(&targets)
 }
 
 /// What a client measured: the `connect()` latency of every connection that completed (ns), and
@@ -279,13 +261,14 @@ impl Samples {
         }
     }
 
-    /// Rate over `secs` of measuring and the pooled percentiles; an error when more than 1 % of
-    /// the connections failed (the mode does not work then).
-    fn run(mut self, secs: f64) -> Result<Run> {
+    /// Rate over `secs` of measuring and the pooled percentiles. A rare timeout on a loaded
+    /// machine is reported; more than `max_failed_pct` % of the connections failing is an error
+    /// (the mode does not work then).
+    fn run(mut self, secs: f64, max_failed_pct: u64) -> Result<Run> {
         let count = self.lat_ns.len() as u64;
         let first = self.first_err.as_deref().unwrap_or("-");
         ensure!(
-            count > 0 && self.errors * 100 <= count,
+            count > 0 && self.errors * 100 <= count * max_failed_pct,
             "{} failed connections of {count} (first: {first})",
             self.errors
         );
@@ -298,12 +281,9 @@ impl Samples {
     }
 }
 
-/// Connections from `conc` threads for `warmup` + `secs`; the latencies of those started after the
-/// warm-up.
-fn drive(targets: &[SocketAddrV4], cycle: Cycle, conc: usize, warmup: f64, secs: f64) -> Result<Samples> {
-    let start = Instant::now();
-    let warm_end = start + Duration::from_secs_f64(warmup);
-    let end = warm_end + Duration::from_secs_f64(secs);
+/// Connections from `conc` threads for `secs`, with their latencies.
+fn drive(targets: &[SocketAddrV4], cycle: Cycle, conc: usize, secs: f64) -> Result<Samples> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
     let threads: Vec<_> = (0..conc)
         .map(|j| {
             let targets = targets.to_vec();
@@ -311,15 +291,13 @@ fn drive(targets: &[SocketAddrV4], cycle: Cycle, conc: usize, warmup: f64, secs:
                 let mut s = Samples { lat_ns: Vec::with_capacity(1 << 16), ..Default::default() };
                 let mut k = j;
                 loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
+                    if Instant::now() >= end {
                         break;
                     }
                     let target = targets[k % targets.len()];
                     k += 1;
                     match connect_once(target, cycle) {
-                        Ok(lat) if t0 >= warm_end => s.lat_ns.push(lat.as_nanos().min(u32::MAX as u128) as u32),
-                        Ok(_) => {}
+                        Ok(lat) => s.lat_ns.push(lat.as_nanos().min(u32::MAX as u128) as u32),
                         Err(e) => {
                             s.errors += 1;
                             s.first_err.get_or_insert_with(|| format!("{target}: {e}"));
@@ -339,8 +317,8 @@ fn drive(targets: &[SocketAddrV4], cycle: Cycle, conc: usize, warmup: f64, secs:
     Ok(all)
 }
 
-/// The ClusterIP part's client: placed once (netns, cgroup, CPU) and kept for a whole round, it
-/// measures on request so that the modes can take turns in short slices. Protocol: `ready`, then
+/// The client child: placed once (netns, cgroup, CPU) and kept (for the ClusterIP part, a whole
+/// round), it measures on request so that the modes can take turns in short slices. Protocol: `ready`, then
 /// per stdin line `<cycle> <conc> <secs>` a line `SKBENCH-RESULT <count> <errors> <first error>`
 /// followed by `count` latencies as little-endian `u32` nanoseconds. Exits when stdin closes.
 fn client_serve(targets: &[SocketAddrV4]) -> Result<()> {
@@ -351,7 +329,7 @@ fn client_serve(targets: &[SocketAddrV4]) -> Result<()> {
         let line = line?;
         let f: Vec<&str> = line.split_whitespace().collect();
         ensure!(f.len() == 3, "client order {line:?}: expected <cycle> <conc> <secs>");
-        let s = drive(targets, Cycle::from_env(f[0])?, f[1].parse()?, 0.0, f[2].parse()?)?;
+        let s = drive(targets, Cycle::from_env(f[0])?, f[1].parse()?, f[2].parse()?)?;
         let first = s.first_err.unwrap_or_else(|| "-".into()).replace(' ', "_");
         let mut buf = format!("{RESULT_TAG} {} {} {first}\n", s.lat_ns.len(), s.errors).into_bytes();
         buf.reserve(s.lat_ns.len() * 4);
@@ -1069,8 +1047,8 @@ struct Opts {
     lat_count_large: usize,
 }
 
-/// A client child kept for one (round, size) of the ClusterIP part ([`client_serve`]): placed in
-/// its mode's netns (and cgroup) and pinned once, then told what to measure slice by slice.
+/// A client child ([`client_serve`]) placed in its mode's netns (and cgroup) and pinned once,
+/// then told what to measure: slice by slice for a whole (round, size) of the ClusterIP part.
 struct Driver {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -1082,7 +1060,6 @@ impl Driver {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(ROLE_ENV, "client")
-            .env("SKBENCH_SERVE", "1")
             .env("SKBENCH_TARGETS", targets.join(","))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1177,56 +1154,19 @@ impl Drop for Driver {
     }
 }
 
-/// A one-shot client child (the NodePort part): `o.warmup` + `o.secs` of `load`, failing only when
-/// more than `max_failed_pct` % of the connections failed.
+/// A client child for one measurement (the NodePort part): `o.warmup` + `o.secs` of `load`,
+/// failing only when more than `max_failed_pct` % of the connections failed.
 fn run_client_tolerating(
     netns: &str,
     cgroup: Option<&Path>,
     targets: &[SocketAddrV4],
-    (cycle, conc): (Cycle, usize),
+    load: (Cycle, usize),
     o: &Opts,
     max_failed_pct: u64,
 ) -> Result<Run> {
-    let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.env(ROLE_ENV, "client")
-        .env("SKBENCH_TARGETS", targets.join(","))
-        .env("SKBENCH_CONC", conc.to_string())
-        .env("SKBENCH_CYCLE", cycle.env())
-        .env("SKBENCH_SECS", o.secs.to_string())
-        .env("SKBENCH_WARMUP", o.warmup.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    place(&mut cmd, netns, cgroup, Some(CLIENT_CPU));
-    let mut child = cmd.spawn().context("starting the client child")?;
-    // The child stops by itself after warm-up + secs (+ one I/O timeout); kill it if it hangs.
-    let limit = Duration::from_secs_f64(o.warmup + o.secs) + IO_TIMEOUT * 3 + Duration::from_secs(5);
-    let t = Instant::now();
-    while child.try_wait()?.is_none() {
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the client child did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "client child failed: {}", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix(RESULT_TAG)).context("no result from the client")?;
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let (count, errors): (u64, u64) = (f[0].parse()?, f[1].parse()?);
-    // A rare timeout on a loaded machine is reported; more than 1 % means the mode does not work.
-    ensure!(
-        count > 0 && errors * 100 <= count * max_failed_pct,
-        "{errors} failed connections of {count} (first: {})",
-        f[5].replace('_', " ")
-    );
-    if errors > 0 {
-        eprintln!("  {errors} failed connection(s) of {count}: {}", f[5].replace('_', " "));
-    }
-    Ok(Run { rate: count as f64 / o.secs, p50_us: f[3].parse()?, p99_us: f[4].parse()?, errors })
+    let mut client = Driver::start(netns, cgroup, targets)?;
+    client.measure(load, o.warmup).context("warm-up")?;
+    client.measure(load, o.secs)?.run(o.secs, max_failed_pct)
 }
 
 /// One mode ready to be measured in one (round, size): fresh namespaces, its server, the services
@@ -1353,7 +1293,7 @@ fn measure_interleaved(setups: &mut [Setup], o: &Opts) -> Result<Vec<Vec<Run>>> 
             }
         }
         for ((s, p), r) in setups.iter().zip(pooled).zip(runs.iter_mut()) {
-            r.push(p.run(o.secs).with_context(|| what(s))?);
+            r.push(p.run(o.secs, 1).with_context(|| what(s))?);
         }
     }
     Ok(runs)
